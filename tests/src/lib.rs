@@ -1,0 +1,1 @@
+//! Test doubles for tsboot and the helpers its end-to-end tests share.

@@ -1,0 +1,2 @@
+//! The Kubernetes client of tsboot.
+//! PLACEHOLDER: being written (see kube-api.md).

@@ -1,0 +1,2 @@
+//! tailscaled's LocalAPI over its unix socket.
+//! PLACEHOLDER: being written (see localapi.md §1-2).

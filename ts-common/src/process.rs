@@ -1,0 +1,245 @@
+//! Child processes: finding programs, spawning them cleanly, readiness through `TS_READY_FD`,
+//! and turning a wait status into an exit code.
+//!
+//! Spawning never waits: in ts-init exactly one loop owns `waitpid` (see ts-init's reaper), so
+//! the helpers here return the pid and leave the status to whoever owns the wait.
+
+use nix::sys::wait::WaitStatus;
+use std::ffi::OsStr;
+use std::io::Write as _;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// The fd number a long-lived child finds its readiness pipe at.
+pub const CHILD_READY_FD: RawFd = 3;
+
+/// Variables that carry the auth key; tailscaled and the watchers never receive them (D15).
+pub const AUTH_KEY_VARS: &[&str] = &["TS_AUTHKEY", "TS_AUTH_KEY"];
+
+/// Set by ts-init on its children so they do not repeat ts-init's one-time startup warnings.
+pub const UNDER_INIT_VAR: &str = "TSBOOT_UNDER_INIT";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{program}: executable file not found in $PATH (install it or put its directory on PATH)")]
+    NotFound { program: String },
+    #[error("starting {program} failed: {source}")]
+    Start {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Exit code a shell would report: the code itself, or 128+N for a death by signal N.
+pub fn exit_code(status: &WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(*code),
+        WaitStatus::Signaled(_, sig, _) => Some(crate::exit::signal_status(*sig as i32)),
+        _ => None,
+    }
+}
+
+/// Human description of a final wait status: "exit status 3", "killed by signal SIGSEGV".
+pub fn describe(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!(
+                "killed by signal {}{}",
+                sig.as_str(),
+                if *core { " (core dumped)" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Finds `name` like Go's `exec.LookPath`: a name with a slash is used as is, else each `PATH`
+/// entry is tried in order.
+pub fn look_path(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Finds one of tsboot's own binaries: next to the running executable first, then `PATH`.
+pub fn find_sibling(name: &str) -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|p| is_executable(p));
+    beside.or_else(|| look_path(name))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// How ts-init starts a child.
+pub struct SpawnSpec<'a> {
+    /// Name shown in logs and errors.
+    pub program: &'a str,
+    /// Resolved executable.
+    pub path: &'a Path,
+    pub args: Vec<String>,
+    /// Variables removed from the inherited environment.
+    pub env_remove: &'a [&'a str],
+    /// Variables added (or replaced).
+    pub env_set: Vec<(String, String)>,
+    /// Write end of a readiness pipe, given to the child as fd [`CHILD_READY_FD`].
+    pub ready_fd: Option<&'a OwnedFd>,
+    /// Extra pipe for a one-shot result (the preflight's), given to the child as fd 4.
+    pub result_fd: Option<&'a OwnedFd>,
+    /// Where the child's stdout goes (inherited by default).
+    pub stdout: Option<Stdio>,
+}
+
+/// The fd number of [`SpawnSpec::result_fd`] inside the child.
+pub const CHILD_RESULT_FD: RawFd = 4;
+
+/// Starts a child in its own process group, with default signal dispositions, an empty signal
+/// mask (both done by std before exec), no inherited fds but stdio and the ones in `spec`.
+/// Returns its pid; the caller's reaper owns the wait.
+pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
+    let mut cmd = std::process::Command::new(spec.path);
+    cmd.arg0(spec.program)
+        .args(&spec.args)
+        .process_group(0)
+        .stdin(Stdio::null());
+    if let Some(out) = spec.stdout {
+        cmd.stdout(out);
+    }
+    for var in spec.env_remove {
+        cmd.env_remove(var);
+    }
+    for (k, v) in &spec.env_set {
+        cmd.env(k, v);
+    }
+    let mut moves: Vec<(RawFd, RawFd)> = Vec::new();
+    if let Some(fd) = spec.ready_fd {
+        moves.push((fd.as_raw_fd(), CHILD_READY_FD));
+    }
+    if let Some(fd) = spec.result_fd {
+        moves.push((fd.as_raw_fd(), CHILD_RESULT_FD));
+    }
+    if !moves.is_empty() {
+        // SAFETY: the closure only calls async-signal-safe functions (dup, dup2, fcntl).
+        unsafe {
+            cmd.pre_exec(move || move_fds(&moves));
+        }
+    }
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // Dropping a std Child neither waits nor kills: the reaper owns the status.
+            drop(child);
+            Ok(pid)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SpawnError::NotFound {
+            program: spec.program.to_string(),
+        }),
+        Err(source) => Err(SpawnError::Start {
+            program: spec.program.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Puts each `(from, to)` fd at `to` without close-on-exec, even when sources and targets
+/// overlap (first every source is duplicated above the targets).
+fn move_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    let mut temps = [0 as RawFd; 4];
+    for (i, (from, _)) in moves.iter().enumerate() {
+        // F_DUPFD to >= 10 keeps the temporaries clear of the targets (3 and 4).
+        let tmp = unsafe { nix::libc::fcntl(*from, nix::libc::F_DUPFD, 10) };
+        if tmp < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        temps[i] = tmp;
+    }
+    for (i, (_, to)) in moves.iter().enumerate() {
+        if unsafe { nix::libc::dup2(temps[i], *to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A long-lived phase's side of the readiness protocol: writes one newline to `fd` and closes
+/// it. `None` (no `TS_READY_FD`) means nobody is waiting: nothing happens.
+pub fn notify_ready(fd: Option<i32>) -> std::io::Result<()> {
+    let Some(fd) = fd else { return Ok(()) };
+    // SAFETY: the fd was handed to us for this purpose (TS_READY_FD / --ready-fd) and nothing
+    // else in the process uses it; it is closed when `file` drops.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(b"\n")?;
+    Ok(())
+}
+
+/// The environment ts-init's children see when ts-init was given flags: the flags become the
+/// variables they stand for, so every phase reads one configuration.
+pub fn override_env(overrides: &[crate::settings::Override]) -> Vec<(String, String)> {
+    overrides
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect()
+}
+
+/// True when `name` is found as an executable on `PATH` or is a path to one.
+pub fn program_exists(name: impl AsRef<OsStr>) -> bool {
+    name.as_ref().to_str().and_then(look_path).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal;
+    use nix::unistd::Pid;
+
+    #[test]
+    fn exit_codes() {
+        let pid = Pid::from_raw(1);
+        assert_eq!(exit_code(&WaitStatus::Exited(pid, 3)), Some(3));
+        assert_eq!(
+            exit_code(&WaitStatus::Signaled(pid, Signal::SIGSEGV, true)),
+            Some(139)
+        );
+        assert_eq!(
+            exit_code(&WaitStatus::Signaled(pid, Signal::SIGKILL, false)),
+            Some(137)
+        );
+        assert_eq!(
+            describe(&WaitStatus::Signaled(pid, Signal::SIGSEGV, false)),
+            "killed by signal SIGSEGV"
+        );
+    }
+
+    #[test]
+    fn look_path_finds_sh_and_not_nonsense() {
+        assert!(look_path("sh").is_some());
+        assert!(look_path("definitely-not-a-program-tsboot").is_none());
+        assert_eq!(look_path("/x/y"), Some(PathBuf::from("/x/y")));
+    }
+
+    #[test]
+    fn ready_pipe_carries_one_newline() {
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        use std::os::fd::IntoRawFd;
+        notify_ready(Some(w.into_raw_fd())).expect("notify");
+        let mut buf = String::new();
+        use std::io::Read;
+        std::fs::File::from(r).read_to_string(&mut buf).unwrap();
+        assert_eq!(buf, "\n");
+        notify_ready(None).expect("no fd is fine");
+    }
+}
