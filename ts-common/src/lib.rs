@@ -3,6 +3,7 @@
 //! client ([`kube`]), child-process helpers ([`process`]) and logging ([`logging`]).
 
 pub mod argv;
+pub mod cli;
 pub mod exit;
 pub mod logging;
 pub mod process;

@@ -1,0 +1,53 @@
+//! What every tsboot binary's command line shares: settings loading with flag overrides,
+//! the exit-code help text, and the `--explain` printer.
+
+use crate::settings::{Override, Settings};
+
+/// `after_help` text of every phase binary.
+pub const EXIT_CODES_HELP: &str = "Exit status: 0 success, 1 failure (the log says what to fix), \
+2 invalid configuration (nothing was changed).\n\
+Configuration comes from the same TS_* environment as ts-init; a flag overrides the variable \
+named in its help.";
+
+/// Loads [`Settings`] from the environment plus `overrides`, then installs logging for `bin`.
+/// On invalid configuration the error (which names the variable and value) is logged and the
+/// exit code to use ([`crate::exit::USAGE`]) is returned.
+pub fn load_settings(bin: &'static str, overrides: &[Override]) -> Result<Settings, i32> {
+    match Settings::load(overrides) {
+        Ok(settings) => {
+            crate::logging::init(bin, settings.log_format);
+            Ok(settings)
+        }
+        Err(err) => {
+            crate::logging::init(bin, crate::settings::LogFormat::Text);
+            tracing::error!("invalid configuration: {err}");
+            Err(crate::exit::USAGE)
+        }
+    }
+}
+
+/// Collects `(variable, value)` overrides from optional flag values.
+pub fn overrides(pairs: &[(&'static str, Option<&String>)]) -> Vec<Override> {
+    pairs
+        .iter()
+        .filter_map(|(var, value)| value.map(|v| (*var, v.clone())))
+        .collect()
+}
+
+/// Logs one warning per recognised-but-unsupported variable (D16), unless ts-init (which has
+/// already warned) started this process.
+pub fn warn_unsupported(settings: &Settings) {
+    if std::env::var_os(crate::process::UNDER_INIT_VAR).is_some() {
+        return;
+    }
+    for var in &settings.unsupported_vars {
+        tracing::warn!(
+            "{var} is set but not supported by tsboot yet (newer containerboot feature); it is ignored"
+        );
+    }
+}
+
+/// Prints one `--explain` plan line to stdout.
+pub fn plan(line: impl AsRef<str>) {
+    println!("{}", line.as_ref());
+}
