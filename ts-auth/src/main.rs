@@ -1,4 +1,91 @@
+//! ts-auth — brings tailscaled to Running.
+//!
+//! Duty: watch tailscaled's IPN bus, run `tailscale up` (at once, or with TS_AUTH_ONCE only when
+//! tailscaled reports NeedsLogin), and wait until tailscaled is Running. With `--guard` (how
+//! ts-init runs it) it then reports readiness on TS_READY_FD and stays, exiting 1 as soon as
+//! tailscaled leaves Running.
+//! Inputs: TS_SOCKET, TS_AUTHKEY / TS_AUTH_KEY (never a flag: argv is visible to every process),
+//! TS_ACCEPT_DNS, TS_ROUTES, TS_EXTRA_ARGS, TS_AUTH_ONCE, TS_BOOT_TIMEOUT, TS_READY_FD.
+//! Leaves behind: tailscaled logged in and Running.
+//! Exit: 0 Running reached (or guard stopped by SIGTERM/SIGINT); 1 any failure (the log says
+//! which); 2 invalid configuration.
+
+use clap::Parser;
+use ts_common::exit;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Bring tailscaled to Running: tailscale up and the login watch",
+    long_about = "Bring tailscaled to Running: watch the IPN bus, run `tailscale up` (at once, or with \
+TS_AUTH_ONCE only when tailscaled needs a login), and wait for Running. The auth key comes from \
+TS_AUTHKEY or TS_AUTH_KEY only (a flag would show it in the process list).",
+    after_help = ts_common::cli::EXIT_CODES_HELP
+)]
+struct Cli {
+    /// Print the plan (the exact `tailscale up` argv, key redacted) and exit without running anything.
+    #[arg(long)]
+    explain: bool,
+    /// After Running, report readiness and stay; exit 1 when tailscaled leaves Running (ts-init uses this).
+    #[arg(long)]
+    guard: bool,
+    /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+    /// Run `tailscale up` only when tailscaled needs a login (true/false) [env: TS_AUTH_ONCE]
+    #[arg(long, value_name = "BOOL")]
+    auth_once: Option<String>,
+    /// Use the tailnet's DNS configuration (true/false) [env: TS_ACCEPT_DNS]
+    #[arg(long, value_name = "BOOL")]
+    accept_dns: Option<String>,
+    /// Subnet routes to advertise, comma-separated CIDRs [env: TS_ROUTES]
+    #[arg(long, value_name = "CIDRS")]
+    routes: Option<String>,
+    /// Extra arguments for `tailscale up`, split on whitespace [env: TS_EXTRA_ARGS]
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    extra_args: Option<String>,
+    /// Deadline for reaching Running, e.g. 60s [env: TS_BOOT_TIMEOUT]
+    #[arg(long, value_name = "DURATION")]
+    boot_timeout: Option<String>,
+    /// File descriptor to write one newline to once Running is reached (with --guard) [env: TS_READY_FD]
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<String>,
+}
+
 fn main() {
-    eprintln!("ts-auth: not built yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let overrides = ts_common::cli::overrides(&[
+        ("TS_SOCKET", cli.socket.as_ref()),
+        ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
+        ("TS_ACCEPT_DNS", cli.accept_dns.as_ref()),
+        ("TS_ROUTES", cli.routes.as_ref()),
+        ("TS_EXTRA_ARGS", cli.extra_args.as_ref()),
+        ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
+        ("TS_READY_FD", cli.ready_fd.as_ref()),
+    ]);
+    let settings = match ts_common::cli::load_settings("ts-auth", &overrides) {
+        Ok(s) => s,
+        Err(code) => std::process::exit(code),
+    };
+    let mode = ts_auth::Mode { guard: cli.guard };
+    if cli.explain {
+        print!("{}", ts_auth::explain(&settings, mode));
+        std::process::exit(exit::SUCCESS);
+    }
+    ts_common::cli::warn_unsupported(&settings);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            std::process::exit(exit::FAILURE);
+        }
+    };
+    let code = match runtime.block_on(ts_auth::run(&settings, mode)) {
+        Ok(()) => exit::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            exit::FAILURE
+        }
+    };
+    std::process::exit(code);
 }

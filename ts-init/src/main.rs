@@ -1,4 +1,57 @@
+//! ts-init — tsboot's container entrypoint and PID 1.
+//!
+//! Duty: validate the TS_* configuration, run `ts-prep`, (in Kubernetes) `ts-kubestate
+//! preflight`, start `tailscaled`, run `ts-auth` until tailscaled is Running, start the watchers
+//! the configuration needs (`ts-proxy-rules`, `ts-kubestate`), log
+//! `Startup complete, waiting for shutdown signal`, then reap every process, forward signals to
+//! tailscaled and stop everything cleanly.
+//! Inputs: the TS_* environment (see README), flags below override it.
+//! Leaves behind: nothing running; the socket symlink /var/run/tailscale/tailscaled.sock.
+//! Exit: 0 requested shutdown; 137 tailscaled had to be SIGKILLed; tailscaled's own status
+//! (128+N for signal N) when it dies; 1 failed startup, failed watcher, or leaving Running;
+//! 2 invalid configuration (nothing started).
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Boot tailscaled in a container: tsboot's entrypoint and PID 1",
+    long_about = "Boot tailscaled in a container: tsboot's entrypoint and PID 1.\n\n\
+Runs ts-prep, the Kubernetes preflight (ts-kubestate preflight) when in Kubernetes, starts \
+tailscaled, runs ts-auth until tailscaled is Running, starts the watchers the configuration \
+needs (ts-proxy-rules for TS_DEST_IP, ts-kubestate for the state secret), then reaps every \
+process, forwards SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to tailscaled and shuts down on SIGTERM/SIGINT.\n\
+Configuration is the TS_* environment of containerboot; every phase reads the same environment.",
+    after_help = "Exit status: 0 requested shutdown; 137 tailscaled had to be SIGKILLed after the grace; \
+tailscaled's own status (128+N if killed by signal N) when it exits on its own; 1 failed startup, \
+failed watcher, or tailscaled leaving Running; 2 invalid configuration (nothing was started)."
+)]
+struct Cli {
+    /// Print the boot plan (phases, command lines, auth key redacted) and exit without starting anything.
+    #[arg(long)]
+    explain: bool,
+    /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+    /// Startup deadline, e.g. 60s or 2m [env: TS_BOOT_TIMEOUT]
+    #[arg(long, value_name = "DURATION")]
+    boot_timeout: Option<String>,
+    /// Time tailscaled gets after SIGTERM before SIGKILL, e.g. 20s [env: TS_SHUTDOWN_GRACE]
+    #[arg(long, value_name = "DURATION")]
+    shutdown_grace: Option<String>,
+    /// Log format, text or json [env: TS_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
 fn main() {
-    eprintln!("ts-init: not built yet");
-    std::process::exit(1);
+    let cli = Cli::parse();
+    let overrides = ts_common::cli::overrides(&[
+        ("TS_SOCKET", cli.socket.as_ref()),
+        ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
+        ("TS_SHUTDOWN_GRACE", cli.shutdown_grace.as_ref()),
+        ("TS_LOG_FORMAT", cli.log_format.as_ref()),
+    ]);
+    std::process::exit(ts_init::run(overrides, cli.explain));
 }

@@ -1,0 +1,227 @@
+//! ts-auth: `tailscale up` with the reference's argv and the login watch over the IPN bus until
+//! tailscaled is Running (contract §5 steps 9-11, §6). In guard mode (what ts-init asks for) it
+//! then stays resident and ends the container when tailscaled leaves Running (§7 step 1).
+
+use std::time::Duration;
+use tokio::time::Instant;
+use ts_common::argv;
+use ts_common::localapi::{BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
+use ts_common::notify::{BackendState, Notify};
+use ts_common::settings::Settings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("failed to watch tailscaled for updates: {0}")]
+    Watch(#[source] LocalApiError),
+    #[error("rewatching tailscaled for updates after auth: {0}")]
+    Rewatch(#[source] LocalApiError),
+    #[error("failed to read from tailscaled: {0}")]
+    Read(String),
+    // The reference wraps this twice; operators grep for the exact text.
+    #[error("failed to auth tailscale: failed to auth tailscale: {0}")]
+    Up(String),
+    #[error("tailscaled left running state (now in state {0:?}), exiting")]
+    LeftRunning(String),
+    #[error("tailscaled did not reach Running within {0:?} (TS_BOOT_TIMEOUT); check the log above for a login URL or machine approval")]
+    Deadline(Duration),
+    #[error("interrupted by {0} before tailscaled reached Running")]
+    Interrupted(&'static str),
+}
+
+/// How ts-auth was asked to run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Mode {
+    /// Stay resident after Running and fail when tailscaled leaves it.
+    pub guard: bool,
+}
+
+/// Brings tailscaled to Running. Returns when Running is reached (not in guard mode), or when
+/// guarding ends: `Ok(())` on a requested stop, an error when tailscaled left Running.
+pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
+    let api = LocalApi::new(settings.socket.clone());
+    let deadline = Instant::now() + settings.boot_timeout;
+    let login = Login {
+        settings,
+        api: &api,
+        deadline,
+        did_login: false,
+    };
+    tokio::select! {
+        reached = login.until_running() => reached?,
+        sig = stop_signal() => return Err(AuthError::Interrupted(sig)),
+    }
+    if !mode.guard {
+        tracing::info!("tailscaled is Running");
+        return Ok(());
+    }
+    if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
+        tracing::warn!("could not report readiness on TS_READY_FD: {e}");
+    }
+    tokio::select! {
+        left = guard(api) => left,
+        sig = stop_signal() => {
+            tracing::debug!("{sig} received, stopping the guard");
+            Ok(())
+        }
+    }
+}
+
+struct Login<'a> {
+    settings: &'a Settings,
+    api: &'a LocalApi,
+    deadline: Instant,
+    /// The auth step runs at most once per process, as in the reference.
+    did_login: bool,
+}
+
+impl Login<'_> {
+    async fn until_running(mut self) -> Result<(), AuthError> {
+        let mut watch = self.watch(MASK_FIRST_WATCH).await.map_err(AuthError::Watch)?;
+        if !self.settings.auth_once {
+            watch = self.auth_step(watch).await?;
+        }
+        loop {
+            let notify = match tokio::time::timeout_at(self.deadline, watch.next()).await {
+                Err(_) => return Err(AuthError::Deadline(self.settings.boot_timeout)),
+                Ok(Ok(Some(n))) => n,
+                Ok(Ok(None)) => return Err(AuthError::Read("EOF (tailscaled closed the IPN bus stream)".into())),
+                Ok(Err(e)) => return Err(AuthError::Read(e.to_string())),
+            };
+            if let Some(msg) = &notify.err_message {
+                tracing::warn!("tailscaled reported an error: {msg}");
+            }
+            match notify.backend_state() {
+                Some(BackendState::NeedsLogin) => {
+                    if !self.did_login {
+                        watch = self.auth_step(watch).await?;
+                    }
+                }
+                Some(BackendState::NeedsMachineAuth) => {
+                    tracing::info!("machine authorization required, please visit the admin panel")
+                }
+                Some(BackendState::Running) => return Ok(()),
+                Some(other) => tracing::info!("tailscaled in state {:?}, waiting", other.name()),
+                None => {}
+            }
+        }
+    }
+
+    async fn watch(&self, mask: u64) -> Result<BusWatch, LocalApiError> {
+        match tokio::time::timeout_at(self.deadline, self.api.watch_ipn_bus(mask)).await {
+            Ok(result) => result,
+            Err(_) => Err(LocalApiError::Timeout),
+        }
+    }
+
+    /// Closes the watch (so `up` is not blocked by our unread stream), runs `tailscale up`,
+    /// and re-watches.
+    async fn auth_step(&mut self, watch: BusWatch) -> Result<BusWatch, AuthError> {
+        if self.did_login {
+            return Ok(watch);
+        }
+        self.did_login = true;
+        drop(watch);
+        self.tailscale_up().await?;
+        self.watch(MASK_STEADY).await.map_err(AuthError::Rewatch)
+    }
+
+    async fn tailscale_up(&self) -> Result<(), AuthError> {
+        let cmd = argv::tailscale_up(self.settings, self.settings.auth_key.as_ref());
+        tracing::info!("Running 'tailscale up'");
+        tracing::debug!("{cmd}");
+        let path = ts_common::process::look_path(&cmd.program).ok_or_else(|| {
+            AuthError::Up(format!(
+                "exec: \"{}\": executable file not found in $PATH",
+                cmd.program
+            ))
+        })?;
+        let mut child = tokio::process::Command::new(path)
+            .args(cmd.argv())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| AuthError::Up(format!("starting tailscale up: {e}")))?;
+        let status = match tokio::time::timeout_at(self.deadline, child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => return Err(AuthError::Up(format!("waiting for tailscale up: {e}"))),
+            Err(_) => {
+                // As the reference's context does: kill it at the deadline.
+                let _ = child.kill().await;
+                return Err(AuthError::Up("tailscale up failed: signal: killed".into()));
+            }
+        };
+        if status.success() {
+            return Ok(());
+        }
+        use std::os::unix::process::ExitStatusExt as _;
+        let how = match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(sig)) => format!(
+                "signal: {}",
+                nix::sys::signal::Signal::try_from(sig)
+                    .map(|s| s.as_str().trim_start_matches("SIG").to_ascii_lowercase())
+                    .unwrap_or_else(|_| sig.to_string())
+            ),
+            _ => "unknown status".into(),
+        };
+        Err(AuthError::Up(format!("tailscale up failed: {how}")))
+    }
+}
+
+/// Follows the bus after Running: any other state ends the container.
+async fn guard(api: LocalApi) -> Result<(), AuthError> {
+    let mut follower = Follower::new(api, MASK_STEADY);
+    loop {
+        let notify: Notify = follower
+            .next()
+            .await
+            .map_err(|e| AuthError::Read(e.to_string()))?;
+        match notify.backend_state() {
+            Some(BackendState::Running) | None => {}
+            Some(other) => return Err(AuthError::LeftRunning(other.name())),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handling the default action (terminate) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+/// The `--explain` plan.
+pub fn explain(settings: &Settings, mode: Mode) -> String {
+    let up = argv::tailscale_up(settings, settings.auth_key.as_ref());
+    let mut out = String::new();
+    out.push_str(&format!(
+        "ts-auth plan (nothing below has been run)\n1. watch the IPN bus on {} (GET /localapi/v0/watch-ipn-bus?mask={MASK_FIRST_WATCH})\n",
+        settings.socket.display()
+    ));
+    if settings.auth_once {
+        out.push_str(&format!(
+            "2. only if tailscaled reports NeedsLogin: run {up}\n"
+        ));
+    } else {
+        out.push_str(&format!("2. run {up} at once\n"));
+    }
+    out.push_str(&format!(
+        "3. re-watch (mask={MASK_STEADY}) until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
+        settings.boot_timeout
+    ));
+    if mode.guard {
+        out.push_str("4. report readiness on TS_READY_FD, then stay and exit 1 if tailscaled leaves Running\n");
+    } else {
+        out.push_str("4. exit 0\n");
+    }
+    if settings.auth_key.is_none() {
+        out.push_str("note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n");
+    }
+    out
+}

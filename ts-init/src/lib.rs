@@ -1,0 +1,641 @@
+//! ts-init: validates the configuration, runs each phase in order under one startup deadline,
+//! supervises tailscaled and the watchers, and stops everything cleanly.
+
+pub mod plan;
+pub mod supervisor;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::Signal;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+use plan::{BootPlan, Phase};
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use supervisor::{Event, Exit, Role, Supervisor};
+use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, UNDER_INIT_VAR};
+use ts_common::settings::{Override, Settings};
+use ts_common::{exit, process::describe};
+
+/// Why the container ends; the first observed cause decides the exit status.
+#[derive(Debug, Clone)]
+pub enum Cause {
+    /// SIGTERM/SIGINT from the runtime.
+    Requested(Signal),
+    /// tailscaled ended on its own.
+    TailscaledExited(WaitStatus, bool),
+    /// A phase or watcher failed; the message says which and why.
+    Failed(String),
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Requested(sig) => write!(f, "shutdown requested by {}", sig.as_str()),
+            Cause::TailscaledExited(status, during_startup) => write!(
+                f,
+                "tailscaled exited on its own ({}){}",
+                describe(status),
+                if *during_startup { " during startup" } else { "" }
+            ),
+            Cause::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How long a watcher's failure waits for tailscaled's death to show up, so that a watcher
+/// losing the bus because tailscaled died does not mask tailscaled's own status.
+const CAUSE_SETTLE: Duration = Duration::from_millis(250);
+/// After SIGKILL, how long to wait for the kernel to hand the statuses back.
+const KILL_SETTLE: Duration = Duration::from_secs(5);
+
+/// Runs ts-init; returns the exit status.
+pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
+    // Signal intake comes first: before any child exists or any thread could be started.
+    let supervisor = match Supervisor::new() {
+        Ok(s) => s,
+        Err(e) => {
+            ts_common::logging::init("ts-init", ts_common::settings::LogFormat::Text);
+            tracing::error!("cannot set up signal handling: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let settings = match ts_common::cli::load_settings("ts-init", &overrides) {
+        Ok(s) => s,
+        Err(code) => {
+            tracing::error!("Exiting with status {code}: invalid configuration, nothing was started");
+            return code;
+        }
+    };
+    let plan = BootPlan::new(&settings, overrides);
+    if explain {
+        print!("{}", plan.explain(&settings));
+        return exit::SUCCESS;
+    }
+    ts_common::cli::warn_unsupported(&settings);
+    let mut boot = Boot {
+        deadline: Instant::now() + settings.boot_timeout,
+        sup: supervisor,
+        settings,
+        plan,
+    };
+    let cause = boot.run();
+    boot.shutdown(cause)
+}
+
+struct Boot {
+    sup: Supervisor,
+    settings: Settings,
+    plan: BootPlan,
+    deadline: Instant,
+}
+
+/// What the preflight hands back through its result fd.
+#[derive(serde::Deserialize)]
+struct PreflightResult {
+    can_patch: bool,
+    authkey: Option<String>,
+}
+
+impl Boot {
+    fn run(&mut self) -> Cause {
+        if let Err(cause) = self.startup() {
+            return cause;
+        }
+        tracing::info!("Startup complete, waiting for shutdown signal");
+        if let Err(e) = process::notify_ready(self.settings.ready_fd) {
+            tracing::warn!("could not report readiness on TS_READY_FD: {e}");
+        }
+        self.steady()
+    }
+
+    fn startup(&mut self) -> Result<(), Cause> {
+        let prep = self.plan.prep.clone();
+        self.run_phase(Role::Prep, &prep)?;
+
+        let mut auth_env: Vec<(String, String)> = Vec::new();
+        let mut can_patch = false;
+        if let Some(preflight) = self.plan.preflight.clone() {
+            let result = self.run_preflight(&preflight)?;
+            can_patch = result.can_patch;
+            if let Some(key) = result.authkey.filter(|k| !k.is_empty()) {
+                auth_env.push(("TS_AUTHKEY".to_string(), key));
+            }
+        }
+
+        self.link_socket();
+        tracing::info!("Starting tailscaled");
+        let tailscaled = self.plan.tailscaled.clone();
+        let path = process::look_path(&tailscaled.program).ok_or_else(|| {
+            Cause::Failed(format!(
+                "failed to bring up tailscale: starting tailscaled failed: exec: \"{}\": executable file not found in $PATH",
+                tailscaled.program
+            ))
+        })?;
+        self.sup
+            .spawn(
+                Role::Tailscaled,
+                SpawnSpec {
+                    program: &tailscaled.program,
+                    path: &path,
+                    args: tailscaled.argv(),
+                    env_remove: &["TS_AUTHKEY", "TS_AUTH_KEY", "TS_READY_FD", UNDER_INIT_VAR],
+                    env_set: process::override_env(&self.plan.env_overrides),
+                    ready_fd: None,
+                    result_fd: None,
+                    stdout: None,
+                },
+            )
+            .map_err(|e| Cause::Failed(format!("failed to bring up tailscale: starting tailscaled failed: {e}")))?;
+
+        tracing::info!("Waiting for tailscaled socket");
+        self.wait_socket()?;
+
+        let auth = self.plan.auth.clone();
+        let auth_ready = self.start_ready_phase(Role::Auth, &auth, auth_env)?;
+        self.wait_ready(vec![(Role::Auth, auth_ready)], "waiting for tailscaled to reach Running")?;
+
+        let mut watchers = Vec::new();
+        if let Some(p) = self.plan.proxy_rules.clone() {
+            let fd = self.start_ready_phase(Role::Watcher("ts-proxy-rules"), &p, Vec::new())?;
+            watchers.push((Role::Watcher("ts-proxy-rules"), fd));
+        }
+        if let Some(p) = self.plan.kubestate.clone() {
+            if can_patch {
+                let fd = self.start_ready_phase(Role::Watcher("ts-kubestate"), &p, Vec::new())?;
+                watchers.push((Role::Watcher("ts-kubestate"), fd));
+            } else {
+                tracing::info!(
+                    "no patch permission on secret {:?}: device info will not be stored, ts-kubestate not started",
+                    self.settings.kube_secret
+                );
+            }
+        }
+        if !watchers.is_empty() {
+            self.wait_ready(watchers, "waiting for the watchers' first reconcile")?;
+        }
+        Ok(())
+    }
+
+    /// Environment for a tsboot phase: ts-init's flags as variables, and the marker that keeps
+    /// phases from repeating ts-init's one-time warnings.
+    fn child_env(&self, with_ready_fd: bool) -> Vec<(String, String)> {
+        let mut env = process::override_env(&self.plan.env_overrides);
+        env.push((UNDER_INIT_VAR.to_string(), "1".to_string()));
+        if with_ready_fd {
+            env.push(("TS_READY_FD".to_string(), process::CHILD_READY_FD.to_string()));
+        }
+        env
+    }
+
+    fn resolve(&self, phase: &Phase) -> Result<std::path::PathBuf, Cause> {
+        process::find_sibling(phase.program).ok_or_else(|| {
+            Cause::Failed(format!(
+                "cannot find {}: install tsboot's binaries next to ts-init or on PATH",
+                phase.program
+            ))
+        })
+    }
+
+    /// Runs a one-shot phase to completion; non-zero exit fails the boot.
+    fn run_phase(&mut self, role: Role, phase: &Phase) -> Result<(), Cause> {
+        let path = self.resolve(phase)?;
+        let env_set = self.child_env(false);
+        let pid = self
+            .sup
+            .spawn(
+                role,
+                SpawnSpec {
+                    program: phase.program,
+                    path: &path,
+                    args: phase.args.clone(),
+                    env_remove: &["TS_READY_FD"],
+                    env_set,
+                    ready_fd: None,
+                    result_fd: None,
+                    stdout: None,
+                },
+            )
+            .map_err(|e| Cause::Failed(e.to_string()))?;
+        let status = self.wait_exit(pid, role)?;
+        check_success(role, &status)
+    }
+
+    fn run_preflight(&mut self, phase: &Phase) -> Result<PreflightResult, Cause> {
+        let path = self.resolve(phase)?;
+        let (read_end, write_end) = pipe()?;
+        let env_set = self.child_env(false);
+        let pid = self
+            .sup
+            .spawn(
+                Role::Preflight,
+                SpawnSpec {
+                    program: phase.program,
+                    path: &path,
+                    args: phase.args.clone(),
+                    env_remove: &["TS_READY_FD"],
+                    env_set,
+                    ready_fd: None,
+                    result_fd: Some(&write_end),
+                    stdout: None,
+                },
+            )
+            .map_err(|e| Cause::Failed(e.to_string()))?;
+        drop(write_end);
+        let mut reader = PipeReader::new(read_end);
+        let mut status = None;
+        while status.is_none() || !reader.eof {
+            let fds: Vec<_> = if reader.eof {
+                Vec::new()
+            } else {
+                vec![reader.fd.as_fd()]
+            };
+            match self.next(&fds, "running the Kubernetes preflight")? {
+                Event::Readable(_) => reader.read_some(),
+                Event::Exited(e) if e.pid == pid => status = Some(e.status),
+                Event::Exited(e) => return Err(self.unexpected_exit(e)),
+                Event::Shutdown(sig) => return Err(Cause::Requested(sig)),
+                Event::Timeout => {}
+            }
+        }
+        let status = status.unwrap_or(WaitStatus::StillAlive);
+        check_success(Role::Preflight, &status)?;
+        serde_json::from_slice::<PreflightResult>(&reader.data).map_err(|e| {
+            Cause::Failed(format!(
+                "ts-kubestate preflight returned an unreadable result ({e}); is ts-kubestate from the same tsboot release as ts-init?"
+            ))
+        })
+    }
+
+    fn start_ready_phase(
+        &mut self,
+        role: Role,
+        phase: &Phase,
+        extra_env: Vec<(String, String)>,
+    ) -> Result<OwnedFd, Cause> {
+        let path = self.resolve(phase)?;
+        let (read_end, write_end) = pipe()?;
+        let mut env_set = self.child_env(phase.readiness);
+        let has_key = !extra_env.is_empty();
+        env_set.extend(extra_env);
+        // The auth key goes to ts-auth only; watchers never see it (D15). A key found by the
+        // preflight replaces whatever the environment had.
+        let env_remove: &[&str] = if role == Role::Auth && !has_key {
+            &[]
+        } else {
+            AUTH_KEY_VARS
+        };
+        self.sup
+            .spawn(
+                role,
+                SpawnSpec {
+                    program: phase.program,
+                    path: &path,
+                    args: phase.args.clone(),
+                    env_remove,
+                    env_set,
+                    ready_fd: Some(&write_end),
+                    result_fd: None,
+                    stdout: None,
+                },
+            )
+            .map_err(|e| Cause::Failed(e.to_string()))?;
+        Ok(read_end)
+    }
+
+    /// Waits until every phase in `pending` wrote its readiness newline.
+    fn wait_ready(&mut self, pending: Vec<(Role, OwnedFd)>, what: &str) -> Result<(), Cause> {
+        let mut pending: Vec<(Role, PipeReader)> = pending
+            .into_iter()
+            .map(|(role, fd)| (role, PipeReader::new(fd)))
+            .collect();
+        while !pending.is_empty() {
+            let fds: Vec<_> = pending.iter().map(|(_, r)| r.fd.as_fd()).collect();
+            let event = self.next(&fds, what)?;
+            drop(fds);
+            match event {
+                Event::Readable(raw) => {
+                    if let Some(i) = pending.iter().position(|(_, r)| r.fd.as_raw_fd() == raw) {
+                        let reader = &mut pending[i].1;
+                        reader.read_some();
+                        if reader.data.contains(&b'\n') {
+                            let (role, _) = pending.remove(i);
+                            tracing::debug!("{} is ready", role.name());
+                        } else if reader.eof {
+                            // Closed without the newline: it will never be ready. Its exit
+                            // status, which follows, says why.
+                            let role = pending[i].0;
+                            return Err(self.await_failure(role));
+                        }
+                    }
+                }
+                Event::Exited(e) => return Err(self.unexpected_exit(e)),
+                Event::Shutdown(sig) => return Err(Cause::Requested(sig)),
+                Event::Timeout => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A phase closed its readiness fd without reporting: wait for its exit to explain why.
+    fn await_failure(&mut self, role: Role) -> Cause {
+        loop {
+            match self.next(&[], "waiting for a failed phase to exit") {
+                Ok(Event::Exited(e)) => return self.unexpected_exit(e),
+                Ok(Event::Shutdown(sig)) => return Cause::Requested(sig),
+                Ok(_) => {}
+                Err(cause) => {
+                    return match cause {
+                        Cause::Failed(why) => Cause::Failed(format!(
+                            "{} closed its readiness fd without becoming ready; {why}",
+                            role.name()
+                        )),
+                        other => other,
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, pid: Pid, role: Role) -> Result<WaitStatus, Cause> {
+        let what = format!("running {}", role.name());
+        loop {
+            match self.next(&[], &what)? {
+                Event::Exited(e) if e.pid == pid => return Ok(e.status),
+                Event::Exited(e) => return Err(self.unexpected_exit(e)),
+                Event::Shutdown(sig) => return Err(Cause::Requested(sig)),
+                Event::Readable(_) | Event::Timeout => {}
+            }
+        }
+    }
+
+    /// Waits for the socket with inotify on its directory; where that cannot be watched (the
+    /// directory does not exist yet), a tight bounded poll takes over.
+    fn wait_socket(&mut self) -> Result<(), Cause> {
+        let socket = self.settings.socket.clone();
+        let dir = socket
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut inotify = None;
+        loop {
+            if socket_ready(&socket) {
+                return Ok(());
+            }
+            if inotify.is_none() {
+                inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                    .ok()
+                    .and_then(|ino| {
+                        ino.add_watch(
+                            &dir,
+                            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB,
+                        )
+                        .ok()
+                        .map(|_| ino)
+                    });
+                // The socket may have appeared between the check and the watch.
+                if socket_ready(&socket) {
+                    return Ok(());
+                }
+            }
+            let fds: Vec<_> = inotify.iter().map(|i| i.as_fd()).collect();
+            // Without inotify, or when the socket exists but does not accept yet, re-check soon.
+            let recheck = Instant::now() + Duration::from_millis(if inotify.is_some() && !socket.exists() { 1000 } else { 5 });
+            let event = self.sup.next_event(&fds, Some(recheck.min(self.deadline)));
+            drop(fds);
+            match event {
+                Ok(Event::Readable(_)) => {
+                    if let Some(ino) = &inotify {
+                        let _ = ino.read_events();
+                    }
+                }
+                Ok(Event::Timeout) => {
+                    if Instant::now() >= self.deadline {
+                        return Err(Cause::Failed("Timed out waiting for tailscaled socket".into()));
+                    }
+                }
+                Ok(Event::Exited(e)) => return Err(self.unexpected_exit(e)),
+                Ok(Event::Shutdown(sig)) => return Err(Cause::Requested(sig)),
+                Err(e) => return Err(Cause::Failed(format!("Waiting for tailscaled socket: {e}"))),
+            }
+        }
+    }
+
+    /// Next event before the startup deadline.
+    fn next(&mut self, fds: &[std::os::fd::BorrowedFd<'_>], what: &str) -> Result<Event, Cause> {
+        match self.sup.next_event(fds, Some(self.deadline)) {
+            Ok(Event::Timeout) => Err(Cause::Failed(format!(
+                "startup deadline of {:?} (TS_BOOT_TIMEOUT) passed while {what}",
+                self.settings.boot_timeout
+            ))),
+            Ok(event) => Ok(event),
+            Err(e) => Err(Cause::Failed(format!("waiting for events failed: {e}"))),
+        }
+    }
+
+    /// A child we were not waiting for ended during startup.
+    fn unexpected_exit(&mut self, e: Exit) -> Cause {
+        if e.role == Role::Tailscaled {
+            return Cause::TailscaledExited(e.status, true);
+        }
+        let cause = Cause::Failed(format!("{} failed during startup ({})", e.role.name(), describe(&e.status)));
+        self.settle(cause)
+    }
+
+    /// After startup: wait for a shutdown request or the first thing to go wrong.
+    fn steady(&mut self) -> Cause {
+        loop {
+            let event = match self.sup.next_event(&[], None) {
+                Ok(e) => e,
+                Err(e) => return Cause::Failed(format!("waiting for events failed: {e}")),
+            };
+            match event {
+                Event::Shutdown(sig) => return Cause::Requested(sig),
+                Event::Exited(e) if e.role == Role::Tailscaled => {
+                    tracing::info!("Tailscaled exited");
+                    return Cause::TailscaledExited(e.status, false);
+                }
+                Event::Exited(e) if e.role == Role::Auth => {
+                    let cause = Cause::Failed(format!(
+                        "ts-auth (guard of the Running state) exited ({}): tailscaled left Running",
+                        describe(&e.status)
+                    ));
+                    return self.settle(cause);
+                }
+                Event::Exited(e) => {
+                    if matches!(e.status, WaitStatus::Exited(_, 0)) {
+                        tracing::info!("{} exited with nothing left to do", e.role.name());
+                        continue;
+                    }
+                    let cause = Cause::Failed(format!("watcher {} failed ({})", e.role.name(), describe(&e.status)));
+                    return self.settle(cause);
+                }
+                Event::Readable(_) | Event::Timeout => {}
+            }
+        }
+    }
+
+    /// Gives tailscaled's death a moment to show up before blaming `cause`.
+    fn settle(&mut self, cause: Cause) -> Cause {
+        if !self.sup.tailscaled_alive() {
+            return cause;
+        }
+        let until = Instant::now() + CAUSE_SETTLE;
+        loop {
+            match self.sup.next_event(&[], Some(until)) {
+                Ok(Event::Exited(e)) if e.role == Role::Tailscaled => {
+                    return Cause::TailscaledExited(e.status, false);
+                }
+                Ok(Event::Exited(e)) => {
+                    tracing::info!("{} also exited ({})", e.role.name(), describe(&e.status));
+                }
+                Ok(Event::Timeout) | Err(_) => return cause,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Stops every child (SIGTERM, then SIGKILL after the grace) and picks the exit status.
+    fn shutdown(&mut self, cause: Cause) -> i32 {
+        match &cause {
+            Cause::Requested(sig) => tracing::info!(
+                "Received {} from container runtime, shutting down tailscaled",
+                sig.as_str()
+            ),
+            Cause::TailscaledExited(..) => {}
+            Cause::Failed(why) => tracing::error!("{why}"),
+        }
+        let mut tailscaled_killed = false;
+        if self.sup.live_children() > 0 {
+            self.sup.signal_children(Signal::SIGTERM);
+            let grace_end = Instant::now() + self.settings.shutdown_grace;
+            while self.sup.live_children() > 0 {
+                match self.sup.next_event(&[], Some(grace_end)) {
+                    Ok(Event::Timeout) | Err(_) => break,
+                    Ok(Event::Exited(e)) => tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status)),
+                    Ok(Event::Shutdown(sig)) => {
+                        tracing::info!("{} received while already shutting down", sig.as_str())
+                    }
+                    Ok(Event::Readable(_)) => {}
+                }
+            }
+            if self.sup.live_children() > 0 {
+                tailscaled_killed = self.sup.tailscaled_alive();
+                tracing::warn!(
+                    "shutdown grace of {:?} (TS_SHUTDOWN_GRACE) passed; sending SIGKILL to what is left{}",
+                    self.settings.shutdown_grace,
+                    if tailscaled_killed { ", including tailscaled" } else { "" }
+                );
+            }
+        }
+        self.sup.kill_leftovers();
+        self.sup.reap_until_empty(Instant::now() + KILL_SETTLE);
+        let _ = self.sup.drain_exits();
+        tracing::debug!("orphans reaped: {}", self.sup.orphans_reaped());
+
+        let code = match &cause {
+            Cause::Requested(_) if tailscaled_killed => exit::signal_status(Signal::SIGKILL as i32),
+            Cause::Requested(_) => exit::SUCCESS,
+            Cause::TailscaledExited(status, during_startup) => {
+                match process::exit_code(status) {
+                    // Exiting 0 before startup completed is still a failed startup.
+                    Some(0) if *during_startup => exit::FAILURE,
+                    Some(code) => code,
+                    None => exit::FAILURE,
+                }
+            }
+            Cause::Failed(_) => exit::FAILURE,
+        };
+        tracing::info!("Exiting with status {code}: {cause}");
+        code
+    }
+
+    fn link_socket(&self) {
+        let Some(link) = &self.plan.socket_symlink else {
+            return;
+        };
+        let result = (|| -> std::io::Result<()> {
+            if let Some(parent) = link.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            match std::fs::symlink_metadata(link) {
+                Ok(meta) if meta.file_type().is_symlink() => std::fs::remove_file(link)?,
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "a file that is not a symlink is in the way",
+                    ))
+                }
+                Err(_) => {}
+            }
+            std::os::unix::fs::symlink(&self.settings.socket, link)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(
+                "could not create the socket symlink {} -> {}: {e}; `tailscale` without --socket will not find tailscaled",
+                link.display(),
+                self.settings.socket.display()
+            );
+        }
+    }
+}
+
+fn check_success(role: Role, status: &WaitStatus) -> Result<(), Cause> {
+    match status {
+        WaitStatus::Exited(_, 0) => Ok(()),
+        other => Err(Cause::Failed(format!("{} failed ({})", role.name(), describe(other)))),
+    }
+}
+
+/// The socket exists and accepts connections (a stale socket file from an earlier run does not).
+fn socket_ready(socket: &Path) -> bool {
+    !socket.as_os_str().is_empty() && std::os::unix::net::UnixStream::connect(socket).is_ok()
+}
+
+/// A close-on-exec pipe whose read end (ours) does not block; the child's end stays blocking.
+fn pipe() -> Result<(OwnedFd, OwnedFd), Cause> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fail = |e: nix::errno::Errno| Cause::Failed(format!("cannot create a pipe: {e}"));
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(fail)?;
+    fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(fail)?;
+    Ok((read_end, write_end))
+}
+
+/// The read end of a readiness or result pipe.
+struct PipeReader {
+    fd: OwnedFd,
+    data: Vec<u8>,
+    eof: bool,
+}
+
+impl PipeReader {
+    fn new(fd: OwnedFd) -> Self {
+        PipeReader {
+            fd,
+            data: Vec::new(),
+            eof: false,
+        }
+    }
+
+    fn read_some(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match nix::unistd::read(&self.fd, &mut buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    return;
+                }
+                Ok(n) => {
+                    // Bounded: a result is one short JSON line.
+                    if self.data.len() < 64 * 1024 {
+                        self.data.extend_from_slice(&buf[..n]);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The boot plan: which phases run, with which command lines and environment. `--explain`
+//! prints it and the boot executes it, so the two cannot drift apart.
+
+use std::fmt::Write as _;
+use ts_common::argv::{self, Command};
+use ts_common::process::AUTH_KEY_VARS;
+use ts_common::settings::{AuthKeySource, Override, Settings};
+
+/// A tsboot phase binary ts-init runs, with its arguments.
+#[derive(Clone, Debug)]
+pub struct Phase {
+    pub program: &'static str,
+    pub args: Vec<String>,
+    /// Long-lived phases report readiness on fd 3 (`TS_READY_FD=3`).
+    pub readiness: bool,
+}
+
+impl Phase {
+    fn new(program: &'static str, args: &[&str], readiness: bool) -> Self {
+        Phase {
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            readiness,
+        }
+    }
+
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.to_string())
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BootPlan {
+    /// Always run: it validates and, in kernel mode, prepares tun and sysctls.
+    pub prep: Phase,
+    /// In Kubernetes with secret storage: RBAC check and the authkey lookup, before tailscaled.
+    pub preflight: Option<Phase>,
+    /// The compatibility symlink of newer images (D17).
+    pub socket_symlink: Option<std::path::PathBuf>,
+    pub tailscaled: Command,
+    /// ts-auth stays resident as the guard of the Running state.
+    pub auth: Phase,
+    /// The `tailscale up` ts-auth will run (shown by `--explain`; ts-auth builds it itself).
+    pub up: Command,
+    pub proxy_rules: Option<Phase>,
+    /// Started only if the preflight reports patch permission.
+    pub kubestate: Option<Phase>,
+    /// Flags given to ts-init, passed to every phase as the variables they stand for.
+    pub env_overrides: Vec<Override>,
+}
+
+impl BootPlan {
+    pub fn new(settings: &Settings, env_overrides: Vec<Override>) -> Self {
+        let kube = settings.kube_state_enabled();
+        BootPlan {
+            prep: Phase::new("ts-prep", &[], false),
+            preflight: kube.then(|| Phase::new("ts-kubestate", &["preflight", "--result-fd", "4"], false)),
+            socket_symlink: settings.socket_symlink(),
+            tailscaled: argv::tailscaled(settings),
+            auth: Phase::new("ts-auth", &["--guard"], true),
+            up: argv::tailscale_up(settings, settings.auth_key.as_ref()),
+            proxy_rules: settings
+                .dest_ip
+                .is_some()
+                .then(|| Phase::new("ts-proxy-rules", &[], true)),
+            kubestate: kube.then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
+            env_overrides,
+        }
+    }
+
+    /// The plan as `--explain` prints it.
+    pub fn explain(&self, settings: &Settings) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(w, "ts-init boot plan (nothing below has been run)");
+        let _ = writeln!(
+            w,
+            "startup deadline: {:?} (TS_BOOT_TIMEOUT); shutdown grace: {:?} (TS_SHUTDOWN_GRACE)",
+            settings.boot_timeout, settings.shutdown_grace
+        );
+        let _ = writeln!(w, "1. run {} (see `ts-prep --explain`)", self.prep.display());
+        match &self.preflight {
+            Some(p) => {
+                let _ = writeln!(
+                    w,
+                    "2. run {} (see `ts-kubestate preflight --explain`): SelfSubjectAccessReviews for get/update/patch on secret {:?}{}",
+                    p.display(),
+                    settings.kube_secret,
+                    if settings.auth_key.is_none() {
+                        "; reads the secret's authkey"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            None => {
+                let _ = writeln!(w, "2. no Kubernetes preflight (not in Kubernetes, or TS_KUBE_SECRET is empty)");
+            }
+        }
+        if let Some(link) = &self.socket_symlink {
+            let _ = writeln!(w, "3. symlink {} -> {}", link.display(), settings.socket.display());
+        } else {
+            let _ = writeln!(w, "3. no socket symlink (TS_SOCKET is already the standard path)");
+        }
+        let _ = writeln!(
+            w,
+            "4. start {} (own process group; without {})",
+            self.tailscaled,
+            AUTH_KEY_VARS.join(", ")
+        );
+        let _ = writeln!(w, "5. wait for the LocalAPI socket {}", settings.socket.display());
+        let key_note = match (settings.auth_key_source, &settings.auth_key) {
+            (_, Some(_)) => "",
+            (AuthKeySource::Unset, None) if self.preflight.is_some() => {
+                " (plus --authkey=<redacted> if the preflight finds one in the secret)"
+            }
+            _ => "",
+        };
+        let _ = writeln!(
+            w,
+            "6. run {} : {} {}{}, then wait for Running and stay as its guard",
+            self.auth.display(),
+            if settings.auth_once {
+                "only on NeedsLogin:"
+            } else {
+                "at once:"
+            },
+            self.up,
+            key_note
+        );
+        let mut n = 7;
+        for (phase, what) in [
+            (&self.proxy_rules, "DNAT rule to TS_DEST_IP"),
+            (&self.kubestate, "device info in the secret (only with patch permission)"),
+        ] {
+            if let Some(p) = phase {
+                let _ = writeln!(w, "{n}. start watcher {} ({what}) and wait for its readiness", p.display());
+                n += 1;
+            }
+        }
+        let _ = writeln!(w, "{n}. log \"Startup complete, waiting for shutdown signal\"");
+        for var in &settings.unsupported_vars {
+            let _ = writeln!(w, "warning: {var} is set but not supported by tsboot yet; it is ignored");
+        }
+        out
+    }
+}

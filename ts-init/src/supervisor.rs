@@ -1,0 +1,389 @@
+//! The PID-1 core: signal intake, the one owner of `wait`, and child bookkeeping.
+//!
+//! Every signal is blocked and read from a signalfd, so nothing runs in a handler and nothing is
+//! lost between two polls. SIGCHLD drains `waitpid(-1, WNOHANG)` until it is empty (signals
+//! coalesce): statuses of the children ts-init started are queued for whoever waits for them,
+//! everything else (orphans re-parented to us) is simply collected. No other code in ts-init
+//! calls `wait`, so no status can be stolen.
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, killpg, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
+use ts_common::process::{self, SpawnError, SpawnSpec};
+
+/// What a child is to ts-init.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Prep,
+    Preflight,
+    Tailscaled,
+    Auth,
+    Watcher(&'static str),
+}
+
+impl Role {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::Prep => "ts-prep",
+            Role::Preflight => "ts-kubestate preflight",
+            Role::Tailscaled => "tailscaled",
+            Role::Auth => "ts-auth",
+            Role::Watcher(name) => name,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    pub pid: Pid,
+    pub role: Role,
+    pub status: WaitStatus,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// SIGTERM or SIGINT: the runtime wants us gone.
+    Shutdown(Signal),
+    /// A child ts-init started has ended.
+    Exited(Exit),
+    /// One of the caller's fds is readable (or hung up).
+    Readable(i32),
+    /// The caller's deadline passed.
+    Timeout,
+}
+
+struct Child {
+    role: Role,
+    /// Each child leads its own process group, so its helpers can be stopped with it.
+    pgid: Pid,
+}
+
+/// Signals forwarded to tailscaled rather than acted on (D5).
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Signals left unblocked: faults must still kill us, and job-control stops keep their meaning.
+const UNBLOCKED: [Signal; 9] = [
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGABRT,
+    Signal::SIGTRAP,
+    Signal::SIGSYS,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+pub struct Supervisor {
+    sigfd: SignalFd,
+    children: HashMap<Pid, Child>,
+    /// Every process group we created, including those whose leader is gone.
+    groups: Vec<Pid>,
+    exits: VecDeque<Exit>,
+    pending_shutdown: Option<Signal>,
+    tailscaled: Option<Pid>,
+    orphans_reaped: u64,
+    subreaper: bool,
+}
+
+impl Supervisor {
+    /// Blocks signals and opens the signalfd. Must run before any thread or child exists, so
+    /// that every thread and every child's window inherits the blocked mask.
+    pub fn new() -> Result<Self, Errno> {
+        let mut mask = SigSet::all();
+        for sig in UNBLOCKED {
+            mask.remove(sig);
+        }
+        mask.thread_block()?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        // Not PID 1 (docker --init, shareProcessNamespace): orphans of our tree must still come
+        // to us, not to whatever the real PID 1 is.
+        let subreaper = if std::process::id() != 1 {
+            nix::sys::prctl::set_child_subreaper(true)?;
+            true
+        } else {
+            false
+        };
+        Ok(Supervisor {
+            sigfd,
+            children: HashMap::new(),
+            groups: Vec::new(),
+            exits: VecDeque::new(),
+            pending_shutdown: None,
+            tailscaled: None,
+            orphans_reaped: 0,
+            subreaper,
+        })
+    }
+
+    pub fn spawn(&mut self, role: Role, spec: SpawnSpec<'_>) -> Result<Pid, SpawnError> {
+        let pid = process::spawn(spec)?;
+        self.children.insert(pid, Child { role, pgid: pid });
+        self.groups.push(pid);
+        if role == Role::Tailscaled {
+            self.tailscaled = Some(pid);
+        }
+        tracing::debug!("started {} as pid {pid}", role.name());
+        Ok(pid)
+    }
+
+    pub fn is_alive(&self, role: Role) -> bool {
+        self.children.values().any(|c| c.role == role)
+    }
+
+    pub fn tailscaled_alive(&self) -> bool {
+        self.tailscaled
+            .is_some_and(|pid| self.children.contains_key(&pid))
+    }
+
+    pub fn live_children(&self) -> usize {
+        self.children.len()
+    }
+
+    pub fn orphans_reaped(&self) -> u64 {
+        self.orphans_reaped
+    }
+
+    /// Waits for the next event. Exits already collected come first, tailscaled's before any
+    /// other, because when several things end together the first cause must be tailscaled's.
+    pub fn next_event(
+        &mut self,
+        fds: &[BorrowedFd<'_>],
+        deadline: Option<Instant>,
+    ) -> Result<Event, Errno> {
+        loop {
+            if let Some(exit) = self.take_exit() {
+                return Ok(Event::Exited(exit));
+            }
+            if let Some(sig) = self.pending_shutdown.take() {
+                return Ok(Event::Shutdown(sig));
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(Event::Timeout);
+                    }
+                    // Round up so we never wake a hair early and spin.
+                    let ms = left.as_millis().saturating_add(1).min(i32::MAX as u128);
+                    PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let mut pollfds = Vec::with_capacity(fds.len() + 1);
+            pollfds.push(PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN));
+            for fd in fds {
+                pollfds.push(PollFd::new(*fd, PollFlags::POLLIN));
+            }
+            match poll(&mut pollfds, timeout) {
+                Ok(0) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(Event::Timeout);
+                    }
+                    continue;
+                }
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            let ready: Vec<bool> = pollfds
+                .iter()
+                .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                .collect();
+            if ready[0] {
+                self.drain_signals()?;
+            }
+            if let Some(i) = ready.iter().skip(1).position(|r| *r) {
+                // Exits and shutdown requests found in the same wake take precedence.
+                if self.exits.is_empty() && self.pending_shutdown.is_none() {
+                    return Ok(Event::Readable(fds[i].as_raw_fd_compat()));
+                }
+            }
+        }
+    }
+
+    fn take_exit(&mut self) -> Option<Exit> {
+        let idx = self
+            .exits
+            .iter()
+            .position(|e| e.role == Role::Tailscaled)
+            .unwrap_or(0);
+        self.exits.remove(idx)
+    }
+
+    fn drain_signals(&mut self) -> Result<(), Errno> {
+        while let Some(info) = self.sigfd.read_signal()? {
+            let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                continue;
+            };
+            match sig {
+                Signal::SIGCHLD => self.reap(),
+                Signal::SIGTERM | Signal::SIGINT => {
+                    if self.pending_shutdown.is_none() {
+                        self.pending_shutdown = Some(sig);
+                    }
+                }
+                s if FORWARDED.contains(&s) => self.forward(s),
+                other => tracing::debug!("ignoring {}", other.as_str()),
+            }
+        }
+        // A SIGCHLD may have been merged with one we already consumed; draining again is cheap
+        // and makes sure no zombie waits for the next signal.
+        self.reap();
+        Ok(())
+    }
+
+    /// Collects every child that has ended.
+    pub fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    if !matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..)) {
+                        continue;
+                    }
+                    match self.children.remove(&pid) {
+                        Some(child) => self.exits.push_back(Exit {
+                            pid,
+                            role: child.role,
+                            status,
+                        }),
+                        None => self.orphans_reaped += 1,
+                    }
+                }
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::warn!("waitpid failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn forward(&self, sig: Signal) {
+        match self.tailscaled.filter(|pid| self.children.contains_key(pid)) {
+            Some(pid) => match kill(pid, sig) {
+                Ok(()) => tracing::info!("Forwarded {} to tailscaled", sig.as_str()),
+                Err(Errno::ESRCH) => tracing::warn!(
+                    "could not forward {}: tailscaled is already gone",
+                    sig.as_str()
+                ),
+                Err(e) => tracing::warn!("could not forward {}: {e}", sig.as_str()),
+            },
+            None => tracing::info!("{} received before tailscaled started; ignored", sig.as_str()),
+        }
+    }
+
+    /// Sends `sig` to every live child: tailscaled itself (it manages its own helpers), every
+    /// other child with its whole process group (ts-auth's `tailscale up`, iptables runs).
+    pub fn signal_children(&self, sig: Signal) {
+        for (pid, child) in &self.children {
+            let result = if child.role == Role::Tailscaled {
+                kill(*pid, sig)
+            } else {
+                killpg(child.pgid, sig)
+            };
+            match result {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => tracing::warn!("sending {} to {}: {e}", sig.as_str(), child.role.name()),
+            }
+        }
+    }
+
+    /// SIGKILLs everything that may be left of our tree: every process group we created and,
+    /// as a subreaper, every process that was re-parented to us.
+    pub fn kill_leftovers(&mut self) {
+        for pgid in &self.groups {
+            let _ = killpg(*pgid, Signal::SIGKILL);
+        }
+        if self.subreaper {
+            for pid in adopted_children() {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        } else {
+            // As PID 1 of a namespace everything left is ours, and the kernel would kill it
+            // when we exit anyway; doing it first lets us reap it and exit cleanly.
+            let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        }
+        self.reap();
+    }
+
+    /// Reaps until no child of ours is left or `deadline` passes.
+    pub fn reap_until_empty(&mut self, deadline: Instant) {
+        loop {
+            self.reap();
+            let any_left = !self.children.is_empty() || has_children();
+            if !any_left || Instant::now() >= deadline {
+                return;
+            }
+            let mut fds = [PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = (left.as_millis() as i32).clamp(1, 50);
+            let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::ZERO));
+            let _ = self.drain_signals();
+        }
+    }
+
+    /// Statuses collected for children whose exit nobody consumed yet.
+    pub fn drain_exits(&mut self) -> Vec<Exit> {
+        self.exits.drain(..).collect()
+    }
+}
+
+/// Helper to get a raw fd number from a borrowed fd for event reporting.
+trait RawCompat {
+    fn as_raw_fd_compat(&self) -> i32;
+}
+
+impl RawCompat for BorrowedFd<'_> {
+    fn as_raw_fd_compat(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd()
+    }
+}
+
+/// True while we have any child at all (known or adopted).
+fn has_children() -> bool {
+    // waitid with WNOWAIT would tell us too, but ECHILD from a non-reaping probe is simplest.
+    matches!(
+        nix::sys::wait::waitid(
+            nix::sys::wait::Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
+        ),
+        Ok(_)
+    )
+}
+
+/// Processes whose parent is us: orphans adopted as a subreaper.
+fn adopted_children() -> Vec<Pid> {
+    let me = std::process::id().to_string();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The command name may contain spaces and ')' — fields restart after the last ')'.
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1).map(|ppid| ppid == me)
+                })
+                .unwrap_or(false)
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
