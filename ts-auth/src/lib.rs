@@ -76,7 +76,7 @@ struct Login<'a> {
 
 impl Login<'_> {
     async fn until_running(mut self) -> Result<(), AuthError> {
-        let mut watch = self.watch(MASK_FIRST_WATCH).await.map_err(AuthError::Watch)?;
+        let mut watch = self.watch(MASK_FIRST_WATCH, AuthError::Watch).await?;
         if !self.settings.auth_once {
             watch = self.auth_step(watch).await?;
         }
@@ -106,10 +106,14 @@ impl Login<'_> {
         }
     }
 
-    async fn watch(&self, mask: u64) -> Result<BusWatch, LocalApiError> {
+    async fn watch(
+        &self,
+        mask: u64,
+        wrap: fn(LocalApiError) -> AuthError,
+    ) -> Result<BusWatch, AuthError> {
         match tokio::time::timeout_at(self.deadline, self.api.watch_ipn_bus(mask)).await {
-            Ok(result) => result,
-            Err(_) => Err(LocalApiError::Timeout),
+            Ok(result) => result.map_err(wrap),
+            Err(_) => Err(AuthError::Deadline(self.settings.boot_timeout)),
         }
     }
 
@@ -122,7 +126,7 @@ impl Login<'_> {
         self.did_login = true;
         drop(watch);
         self.tailscale_up().await?;
-        self.watch(MASK_STEADY).await.map_err(AuthError::Rewatch)
+        self.watch(MASK_STEADY, AuthError::Rewatch).await
     }
 
     async fn tailscale_up(&self) -> Result<(), AuthError> {

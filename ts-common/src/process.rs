@@ -87,7 +87,7 @@ fn is_executable(p: &Path) -> bool {
 
 /// How ts-init starts a child.
 pub struct SpawnSpec<'a> {
-    /// Name shown in logs and errors.
+    /// Name shown in errors.
     pub program: &'a str,
     /// Resolved executable.
     pub path: &'a Path,
@@ -112,8 +112,9 @@ pub const CHILD_RESULT_FD: RawFd = 4;
 /// Returns its pid; the caller's reaper owns the wait.
 pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     let mut cmd = std::process::Command::new(spec.path);
-    cmd.arg0(spec.program)
-        .args(&spec.args)
+    // argv[0] stays the resolved path, which is what a script's `$0` shows (the reference's
+    // test fakes record it).
+    cmd.args(&spec.args)
         .process_group(0)
         .stdin(Stdio::null());
     if let Some(out) = spec.stdout {

@@ -1,0 +1,351 @@
+//! End-to-end harness: a temporary root laid out like the reference's `main_test.go` harness
+//! (fake `tailscaled`, `tailscale`, `iptables`, `ip6tables` first on PATH, proc/sys files, the
+//! record file), and a running ts-init whose stderr is kept for assertions.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long any single expectation may take before the test fails (a deadline against hangs,
+/// not a performance assertion).
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The fixtures directory (copied from the spec; tests never read ../shared).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/ipn-bus")
+        .join(name)
+}
+
+/// A message stream era: which fixtures drive the fake tailscaled and what identity they carry.
+#[derive(Clone, Copy, Debug)]
+pub struct Era {
+    pub name: &'static str,
+    /// Initial state of the fake tailscaled (a Notify JSON file).
+    pub initial: &'static str,
+    /// What `tailscale up` makes tailscaled send (NDJSON), ending in Running with a netmap.
+    pub login: &'static str,
+    /// A Running-era change of the node's identity (new StableID and name).
+    pub identity_change: &'static str,
+    pub stable_id: &'static str,
+    pub fqdn: &'static str,
+    pub ipv4: &'static str,
+    pub new_stable_id: &'static str,
+    pub new_fqdn: &'static str,
+}
+
+/// The reference harness's own notifies (seed `main_test.go`: myID, test-node.test.ts.net).
+pub const HARNESS: Era = Era {
+    name: "harness",
+    initial: "seed-era-testharness-needslogin.json",
+    login: "seed-era-testharness-running.json",
+    identity_change: "seed-era-testharness-running-newid.json",
+    stable_id: "myID",
+    fqdn: "test-node.test.ts.net",
+    ipv4: "100.64.0.1",
+    new_stable_id: "newID",
+    new_fqdn: "new-name.test.ts.net",
+};
+
+/// A seed-era (v1.36) daemon: identity in NetMap, top-level Addresses.
+pub const SEED: Era = Era {
+    name: "seed",
+    initial: "seed-era-01-initial-needslogin-mask14.json",
+    login: "seed-era-stream-authkey-login-mask14.ndjson",
+    identity_change: "seed-era-13-netmap-new-stableid-and-name.json",
+    stable_id: "n5Ez6W7CNTRL",
+    fqdn: "test-node.tail1234.ts.net.",
+    ipv4: "100.101.102.103",
+    new_stable_id: "nQw3rTy7CNTRL",
+    new_fqdn: "new-name.tail1234.ts.net.",
+};
+
+/// A HEAD-era (v1.102) daemon: identity only in SelfChange at runtime.
+pub const HEAD: Era = Era {
+    name: "head",
+    initial: "head-era-01-initial-needslogin-mask14.json",
+    login: "head-era-stream-authkey-login-mask14.ndjson",
+    identity_change: "head-era-14-selfchange-new-stableid-and-name.json",
+    stable_id: "n5Ez6W7CNTRL",
+    fqdn: "test-node.tail1234.ts.net.",
+    ipv4: "100.101.102.103",
+    new_stable_id: "nQw3rTy7CNTRL",
+    new_fqdn: "new-name.tail1234.ts.net.",
+};
+
+pub const ERAS: [Era; 3] = [HARNESS, SEED, HEAD];
+
+/// A temporary root (`TS_TEST_ONLY_ROOT`) with the fakes installed.
+pub struct Root {
+    pub dir: PathBuf,
+    pub record: PathBuf,
+    pub control: PathBuf,
+    pub socket: PathBuf,
+    pub stderr: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Root {
+    pub fn new(test: &str) -> Root {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("tsboot-{test}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["usr/bin", "tmp", "dev/net", "proc/sys/net/ipv4", "proc/sys/net/ipv6/conf/all"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create root dirs");
+        }
+        // Like the reference harness: a tun node already exists (a plain file is enough to
+        // satisfy "exists"), so the tests need no CAP_MKNOD.
+        std::fs::write(dir.join("dev/net/tun"), "").expect("tun");
+        std::fs::write(dir.join("proc/sys/net/ipv4/ip_forward"), "0").expect("sysctl");
+        std::fs::write(dir.join("proc/sys/net/ipv6/conf/all/forwarding"), "0").expect("sysctl");
+        for (name, fake) in [
+            ("tailscaled", "fake-tailscaled"),
+            ("tailscale", "fake-tailscale"),
+            ("iptables", "fake-iptables"),
+            ("ip6tables", "fake-iptables"),
+        ] {
+            std::os::unix::fs::symlink(crate::bin_path(fake), dir.join("usr/bin").join(name))
+                .expect("symlink fake");
+        }
+        let record = dir.join("args");
+        let control = dir.join("tailscaled-control.sock");
+        let socket = dir.join("tmp/tailscaled.sock");
+        let path = format!(
+            "{}:{}",
+            dir.join("usr/bin").display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
+        );
+        let env = vec![
+            ("PATH".to_string(), path),
+            ("TS_TEST_RECORD_ARGS".to_string(), record.display().to_string()),
+            ("TS_TEST_SOCKET".to_string(), dir.join("test.sock").display().to_string()),
+            ("TS_SOCKET".to_string(), socket.display().to_string()),
+            ("TS_TEST_ONLY_ROOT".to_string(), dir.display().to_string()),
+            ("FAKE_TAILSCALED_CONTROL".to_string(), control.display().to_string()),
+        ];
+        Root {
+            stderr: dir.join("stderr.log"),
+            dir,
+            record,
+            control,
+            socket,
+            env,
+        }
+    }
+
+    /// The harness environment plus the era's fixtures (initial state, what `up` replays).
+    pub fn era_env(&self, era: &Era) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        env.push(("FAKE_TAILSCALED_INITIAL".into(), fixture(era.initial).display().to_string()));
+        env.push(("FAKE_TAILSCALE_UP_REPLAY".into(), fixture(era.login).display().to_string()));
+        env
+    }
+
+    pub fn base_env(&self) -> Vec<(String, String)> {
+        self.env.clone()
+    }
+
+    /// Starts ts-init with exactly `env` (nothing inherited, as the reference harness does).
+    pub fn start_init(&self, env: &[(String, String)], args: &[&str]) -> Init {
+        self.start_program(&crate::bin_path("ts-init"), env, args)
+    }
+
+    pub fn start_program(&self, program: &Path, env: &[(String, String)], args: &[&str]) -> Init {
+        let stderr = std::fs::File::create(&self.stderr).expect("stderr file");
+        let child = Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start ts-init");
+        Init {
+            child: Some(child),
+            stderr: self.stderr.clone(),
+            status: None,
+        }
+    }
+
+    /// Recorded command lines with the root stripped, as the reference harness compares them.
+    pub fn records(&self) -> Vec<String> {
+        read_lines(&self.record)
+            .into_iter()
+            .map(|l| l.replace(&self.dir.display().to_string(), ""))
+            .collect()
+    }
+
+    /// Waits until the records equal `want` exactly (fails on a mismatch that persists).
+    pub fn expect_records(&self, want: &[String]) {
+        let start = Instant::now();
+        loop {
+            let got = self.records();
+            if got == want {
+                return;
+            }
+            if start.elapsed() > PATIENCE || got.len() > want.len() {
+                panic!(
+                    "recorded commands differ\n got: {got:#?}\nwant: {want:#?}\nstderr:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends one control command to the fake tailscaled and returns its answer line.
+    pub fn control(&self, command: &str) -> String {
+        let start = Instant::now();
+        let mut stream = loop {
+            match UnixStream::connect(&self.control) {
+                Ok(s) => break s,
+                Err(e) if start.elapsed() > PATIENCE => panic!("fake tailscaled control socket: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .expect("control timeout");
+        writeln!(stream, "{command}").expect("control write");
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .expect("control answer");
+        assert!(line.starts_with("ok"), "control {command:?} answered {line:?}");
+        line.trim_end().to_string()
+    }
+
+    /// Sends a control command that ends the fake (`exit`, `signal`), so no answer comes.
+    pub fn control_nowait(&self, command: &str) {
+        let mut stream = UnixStream::connect(&self.control).expect("fake tailscaled control socket");
+        writeln!(stream, "{command}").expect("control write");
+        // Keep the connection until the fake has read the command and gone.
+        let mut rest = String::new();
+        let _ = stream.set_read_timeout(Some(PATIENCE));
+        let _ = BufReader::new(stream).read_line(&mut rest);
+    }
+
+    pub fn notify_file(&self, name: &str) {
+        let path = fixture(name);
+        if name.ends_with(".ndjson") {
+            self.control(&format!("replay {}", path.display()));
+        } else {
+            let json = std::fs::read_to_string(&path).expect("fixture");
+            self.control(&format!("notify {}", json.trim()));
+        }
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.join(rel)).unwrap_or_default()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A running ts-init (or another program started by the harness).
+pub struct Init {
+    child: Option<Child>,
+    stderr: PathBuf,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl Init {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until a stderr line ends with `suffix` (the reference harness's matching rule).
+    pub fn expect_log(&mut self, suffix: &str) {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.lines().any(|l| l.ends_with(suffix)) {
+                return;
+            }
+            if let Some(status) = self.try_status() {
+                panic!("exited ({status:?}) before logging {suffix:?}\nstderr:\n{log}");
+            }
+            if start.elapsed() > PATIENCE {
+                panic!("no log line ending in {suffix:?}\nstderr:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+        if self.status.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                self.status = child.try_wait().ok().flatten();
+            }
+        }
+        self.status
+    }
+
+    /// Waits for the exit and returns the exit code (128+N for a signal death).
+    pub fn wait_code(&mut self, within: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.try_status() {
+                use std::os::unix::process::ExitStatusExt;
+                return status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            }
+            if start.elapsed() > within {
+                panic!("still running after {within:?}\nstderr:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Init {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.status.is_none() && child.try_wait().ok().flatten().is_none() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `/usr/bin/tailscaled <args>` as the fake records it.
+pub fn rec(program: &str, args: &str) -> String {
+    if args.is_empty() {
+        format!("/usr/bin/{program}")
+    } else {
+        format!("/usr/bin/{program} {args}")
+    }
+}
