@@ -109,9 +109,9 @@ impl fmt::Display for IpPrefix {
 impl FromStr for IpPrefix {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, bits) = s
-            .split_once('/')
-            .ok_or_else(|| "no '/' (want an address and a prefix length, e.g. 10.0.0.0/24)".to_string())?;
+        let (addr, bits) = s.split_once('/').ok_or_else(|| {
+            "no '/' (want an address and a prefix length, e.g. 10.0.0.0/24)".to_string()
+        })?;
         let addr: IpAddr = addr
             .parse()
             .map_err(|_| format!("{addr:?} is not an IP address"))?;
@@ -122,7 +122,10 @@ impl FromStr for IpPrefix {
             .ok_or_else(|| format!("bad prefix length {bits:?}"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if len > max {
-            return Err(format!("prefix length {len} too large for {}", family_name(&addr)));
+            return Err(format!(
+                "prefix length {len} too large for {}",
+                family_name(&addr)
+            ));
         }
         Ok(IpPrefix { addr, len })
     }
@@ -210,7 +213,10 @@ pub enum SettingsError {
         why: String,
     },
     #[error("{var} is not set: {why}")]
-    Missing { var: &'static str, why: &'static str },
+    Missing {
+        var: &'static str,
+        why: &'static str,
+    },
     #[error("{var} is not valid UTF-8; set it to a UTF-8 value")]
     NotUnicode { var: String },
 }
@@ -310,8 +316,13 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 
 /// A positive Go-style duration (`500ms`, `1m30s`, `1.5h`) or a plain number of seconds.
 pub fn parse_duration(v: &str) -> Option<Duration> {
-    let nanos = if let Ok(secs) = v.parse::<u64>() {
-        u128::from(secs) * 1_000_000_000
+    // Go's ParseDuration takes one optional leading '+' (and '-', which can never give a
+    // positive value, so it is left to fail below). Strip it once here so every form agrees:
+    // before, "+5" passed (u64's FromStr takes '+') while the Go-valid "+5s" and "+1.5" failed.
+    let v = v.strip_prefix('+').unwrap_or(v);
+    let nanos = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Only digits are left, so the one way this parse fails is overflow: refuse it.
+        u128::from(v.parse::<u64>().ok()?) * 1_000_000_000
     } else if is_plain_decimal(v) {
         decimal_nanos(v, 1_000_000_000)?
     } else {
@@ -455,7 +466,8 @@ impl Settings {
         let env = Env { vars };
 
         // Reference `defaultEnvs`: the first *set* name wins, even when empty.
-        let (auth_key_raw, auth_key_source) = match (env.get("TS_AUTHKEY"), env.get("TS_AUTH_KEY")) {
+        let (auth_key_raw, auth_key_source) = match (env.get("TS_AUTHKEY"), env.get("TS_AUTH_KEY"))
+        {
             (Some(k), _) => (k.to_string(), AuthKeySource::TsAuthkey),
             (None, Some(k)) => (k.to_string(), AuthKeySource::TsAuthKeyOld),
             (None, None) => (String::new(), AuthKeySource::Unset),
@@ -473,10 +485,14 @@ impl Settings {
         let dest_ip = if dest_ip_raw.is_empty() {
             None
         } else {
-            Some(dest_ip_raw.parse::<IpAddr>().map_err(|_| SettingsError::DestIp {
-                value: dest_ip_raw.clone(),
-                why: format!("ParseAddr({dest_ip_raw:?}): not an IP address"),
-            })?)
+            Some(
+                dest_ip_raw
+                    .parse::<IpAddr>()
+                    .map_err(|_| SettingsError::DestIp {
+                        value: dest_ip_raw.clone(),
+                        why: format!("ParseAddr({dest_ip_raw:?}): not an IP address"),
+                    })?,
+            )
         };
         if dest_ip.is_some() && userspace {
             return Err(SettingsError::DestIpUserspace { value: dest_ip_raw });
@@ -613,11 +629,13 @@ fn parse_routes(routes: &str) -> Result<Vec<IpPrefix>, SettingsError> {
     routes
         .split(',')
         .map(|route| {
-            route.parse::<IpPrefix>().map_err(|why| SettingsError::Route {
-                value: routes.to_string(),
-                route: route.to_string(),
-                why,
-            })
+            route
+                .parse::<IpPrefix>()
+                .map_err(|why| SettingsError::Route {
+                    value: routes.to_string(),
+                    route: route.to_string(),
+                    why,
+                })
         })
         .collect()
 }

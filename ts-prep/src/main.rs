@@ -1,4 +1,111 @@
-fn main() {
-    eprintln!("ts-prep: not built yet");
-    std::process::exit(1);
+//! ts-prep: prepare the host for kernel-mode tailscaled (contract §5 step 3, §9, §10).
+//!
+//! **Duty.** In kernel mode (`TS_USERSPACE=false`): make sure `<root>/dev/net/tun` exists
+//! (creating `dev/net` 0755 and the char device 10,200 0600 only if missing), and enable IP
+//! forwarding for the families `TS_ROUTES` / `TS_DEST_IP` contain
+//! (`proc/sys/net/ipv4/ip_forward`, then `proc/sys/net/ipv6/conf/all/forwarding`), writing `1`
+//! only where the value is not already `1`. In userspace mode (the default) there is nothing to
+//! do.
+//!
+//! **Inputs.** The `TS_*` environment ts-init gets (read by `ts_common::settings`): `TS_USERSPACE`,
+//! `TS_ROUTES`, `TS_DEST_IP`, `TS_TEST_ONLY_ROOT`, plus `KUBERNETES_SERVICE_HOST` (picks the
+//! advice) and `TS_LOG_FORMAT`. Flags override the variable named in their help. ts-init runs
+//! this binary with no arguments; in Kubernetes it can run alone as a privileged initContainer.
+//!
+//! **Leaves behind.** The tun node and the sysctl values; nothing else. Every sysctl is read
+//! before anything is changed, and a failed write restores the ones this run wrote.
+//! `--explain` prints the plan and changes nothing.
+//!
+//! **Exit codes.** 0 done (or nothing to do), 1 a change was refused (the log carries the
+//! reference's message and what to do), 2 invalid configuration (nothing changed).
+
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use std::process::ExitCode;
+use ts_common::{cli, exit};
+use ts_prep::{PrepError, RealHost};
+
+const ABOUT: &str = "Prepare the host for kernel-mode tailscaled: /dev/net/tun and IP forwarding";
+
+const LONG_ABOUT: &str = "\
+Prepare the host for kernel-mode tailscaled (the phase containerboot runs before starting it).
+
+In kernel mode (TS_USERSPACE=false) ts-prep makes sure <root>/dev/net/tun exists (char device \
+10,200, created only if missing) and enables IP forwarding for the IP families that TS_ROUTES and \
+TS_DEST_IP contain (<root>/proc/sys/net/ipv4/ip_forward, <root>/proc/sys/net/ipv6/conf/all/forwarding), \
+writing 1 only where the value is not already 1. In userspace mode (the default) there is nothing \
+to do.
+
+ts-init runs it with no arguments; it also runs alone, e.g. as a privileged Kubernetes \
+initContainer, configured by the same environment.";
+
+const ENV_HELP: &str = "\
+Environment: TS_USERSPACE, TS_ROUTES, TS_DEST_IP, TS_TEST_ONLY_ROOT (see the flags); \
+KUBERNETES_SERVICE_HOST (non-empty: the advice on failure is for Kubernetes); \
+TS_LOG_FORMAT (text or json); RUST_LOG (log level).";
+
+#[derive(Parser, Debug)]
+#[command(name = "ts-prep", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Args {
+    /// Userspace networking (true: nothing to prepare) [env: TS_USERSPACE]
+    #[arg(long, value_name = "BOOL")]
+    userspace: Option<String>,
+
+    /// Comma-separated CIDRs to be advertised; their families get forwarding [env: TS_ROUTES]
+    #[arg(long, value_name = "CIDRS")]
+    routes: Option<String>,
+
+    /// Proxy destination; its family gets forwarding [env: TS_DEST_IP]
+    #[arg(long, value_name = "IP")]
+    dest_ip: Option<String>,
+
+    /// Prefix of dev/ and proc/ paths [env: TS_TEST_ONLY_ROOT]
+    #[arg(long, value_name = "DIR")]
+    root: Option<String>,
+
+    /// Print the plan (tun node, each sysctl and its value) to stdout and change nothing
+    #[arg(long)]
+    explain: bool,
+}
+
+fn main() -> ExitCode {
+    let command = Args::command().after_help(format!("{ENV_HELP}\n\n{}", cli::EXIT_CODES_HELP));
+    let args = match Args::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    let overrides = cli::overrides(&[
+        ("TS_USERSPACE", args.userspace.as_ref()),
+        ("TS_ROUTES", args.routes.as_ref()),
+        ("TS_DEST_IP", args.dest_ip.as_ref()),
+        ("TS_TEST_ONLY_ROOT", args.root.as_ref()),
+    ]);
+    let code = match cli::load_settings("ts-prep", &overrides) {
+        Err(code) => code,
+        Ok(settings) => {
+            cli::warn_unsupported(&settings);
+            if args.explain {
+                // Planning only needs the read-only probe: --explain cannot change anything.
+                for line in ts_prep::plan(&settings, &RealHost).explain() {
+                    cli::plan(line);
+                }
+                exit::SUCCESS
+            } else {
+                exit_code(ts_prep::run(&settings, &mut RealHost).map(drop))
+            }
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The one place a result becomes an exit status (and its failure lines are logged).
+fn exit_code(result: Result<(), PrepError>) -> i32 {
+    match result {
+        Ok(()) => exit::SUCCESS,
+        Err(err) => {
+            for line in err.log_lines() {
+                tracing::error!("{line}");
+            }
+            exit::FAILURE
+        }
+    }
 }
