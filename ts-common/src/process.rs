@@ -133,11 +133,13 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     if let Some(fd) = spec.result_fd {
         moves.push((fd.as_raw_fd(), CHILD_RESULT_FD));
     }
-    if !moves.is_empty() {
-        // SAFETY: the closure only calls async-signal-safe functions (dup, dup2, fcntl).
-        unsafe {
-            cmd.pre_exec(move || move_fds(&moves));
-        }
+    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
+    // functions (sigprocmask, signal, fcntl, dup2).
+    unsafe {
+        cmd.pre_exec(move || {
+            reset_signals();
+            move_fds(&moves)
+        });
     }
     match cmd.spawn() {
         Ok(child) => {
@@ -153,6 +155,32 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
             program: spec.program.to_string(),
             source,
         }),
+    }
+}
+
+/// A child must not inherit ts-init's blocked mask (every signal is blocked there and read from
+/// a signalfd) nor any disposition set to "ignore" by whoever started ts-init, or SIGTERM would
+/// never reach it. std does not reset these, so every child gets an empty mask and defaults.
+pub fn reset_signals() {
+    // SAFETY: plain libc calls on valid arguments.
+    unsafe {
+        let mut empty: nix::libc::sigset_t = std::mem::zeroed();
+        nix::libc::sigemptyset(&mut empty);
+        nix::libc::sigprocmask(nix::libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
+    reset_dispositions();
+}
+
+/// Sets every signal's disposition back to the default.
+pub fn reset_dispositions() {
+    // SAFETY: signal(2) with SIG_DFL is async-signal-safe; failures (for the numbers glibc
+    // reserves, SIGKILL and SIGSTOP) are harmless and ignored.
+    unsafe {
+        for signo in 1..=nix::libc::SIGRTMAX() {
+            if signo != nix::libc::SIGKILL && signo != nix::libc::SIGSTOP {
+                nix::libc::signal(signo, nix::libc::SIG_DFL);
+            }
+        }
     }
 }
 

@@ -106,6 +106,10 @@ impl Supervisor {
             mask.remove(sig);
         }
         mask.thread_block()?;
+        // Whoever started us may have set some signals to "ignore" (a shell's background job
+        // ignores SIGINT and SIGQUIT); an ignored SIGCHLD would even make the kernel reap our
+        // children behind our back. Back to defaults: they are blocked, so nothing is lost.
+        ts_common::process::reset_dispositions();
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         // Not PID 1 (docker --init, shareProcessNamespace): orphans of our tree must still come
         // to us, not to whatever the real PID 1 is.
