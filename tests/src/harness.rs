@@ -61,7 +61,7 @@ pub const SEED: Era = Era {
     stable_id: "n5Ez6W7CNTRL",
     fqdn: "test-node.tail1234.ts.net.",
     ipv4: "100.101.102.103",
-    new_stable_id: "nQw3rTy7CNTRL",
+    new_stable_id: "nQ9xR2tCNTRL",
     new_fqdn: "new-name.tail1234.ts.net.",
 };
 
@@ -74,7 +74,7 @@ pub const HEAD: Era = Era {
     stable_id: "n5Ez6W7CNTRL",
     fqdn: "test-node.tail1234.ts.net.",
     ipv4: "100.101.102.103",
-    new_stable_id: "nQw3rTy7CNTRL",
+    new_stable_id: "nQ9xR2tCNTRL",
     new_fqdn: "new-name.tail1234.ts.net.",
 };
 
@@ -347,5 +347,84 @@ pub fn rec(program: &str, args: &str) -> String {
         format!("/usr/bin/{program}")
     } else {
         format!("/usr/bin/{program} {args}")
+    }
+}
+
+/// The fake kube-apiserver as a separate process (`fake-apiserver`), with its service-account
+/// files written under the test root and its state mirrored into `state`.
+pub struct ApiServer {
+    child: Child,
+    pub state: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl ApiServer {
+    /// Starts it with a JSON `FakeConfig` (see `fake-apiserver`'s docs).
+    pub fn start(root: &Root, config: &str) -> ApiServer {
+        let state = root.dir.join("apiserver");
+        std::fs::create_dir_all(&state).expect("apiserver state dir");
+        let config_file = state.join("config.json");
+        std::fs::write(&config_file, config).expect("apiserver config");
+        let child = Command::new(crate::bin_path("fake-apiserver"))
+            .arg("--root")
+            .arg(&root.dir)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--config")
+            .arg(&config_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start fake-apiserver");
+        let start = Instant::now();
+        while !state.join("port").exists() {
+            assert!(start.elapsed() < PATIENCE, "fake-apiserver did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let env = read_lines(&state.join("env"))
+            .into_iter()
+            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        ApiServer { child, state, env }
+    }
+
+    /// The secret's data, decoded (`None` while it does not exist).
+    pub fn secret(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let text = std::fs::read_to_string(self.state.join(format!("secret-default-{name}.data.json"))).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the secret's data is exactly `want`.
+    pub fn expect_secret(&self, name: &str, want: &[(&str, &str)]) {
+        let want: std::collections::BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let start = Instant::now();
+        loop {
+            let got = self.secret(name).unwrap_or_default();
+            if got == want {
+                return;
+            }
+            if start.elapsed() > PATIENCE {
+                panic!("secret {name}: got {got:?}, want {want:?}\nrequests:\n{}", self.requests().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One JSON line per request the server saw.
+    pub fn requests(&self) -> Vec<String> {
+        read_lines(&self.state.join("requests.log"))
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
     }
 }
