@@ -1,2 +1,435 @@
-//! tailscaled's LocalAPI over its unix socket.
-//! PLACEHOLDER: being written (see localapi.md §1-2).
+//! tailscaled's LocalAPI over its unix socket (localapi.md §1-2): the IPN bus watch.
+//!
+//! One HTTP/1.1 connection per watch, driven by a task on the caller's runtime (works on a
+//! `current_thread` runtime) and torn down when the [`BusWatch`] is dropped. The connection is
+//! made with hyper directly over a tokio `UnixStream` rather than through a pooled client: a
+//! watch is a single endless request, and dialing ourselves keeps "cannot connect" (tailscaled
+//! is not there) apart from "the stream broke" (tailscaled went away mid-stream), which is what
+//! [`Follower`] needs to decide between watching again and giving up.
+//!
+//! Requests carry `Host: local-tailscaled.sock` and no `Referer`/`Origin`: tailscaled answers
+//! 403 to any other Host (a hex-encoded socket path, as a generic unix-socket URI would put
+//! there, included).
+
+use crate::notify::{Notify, NotifyError};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Incoming;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::task::AbortHandle;
+
+/// Seed containerboot's first watch: InitialNetMap | InitialPrefs | InitialState.
+pub const MASK_FIRST_WATCH: u64 = 14;
+/// Re-watch / steady state: InitialNetMap | InitialState.
+pub const MASK_STEADY: u64 = 10;
+
+/// The only Host tailscaled accepts besides an empty one.
+pub const HOST: &str = "local-tailscaled.sock";
+/// Path of the bus endpoint.
+pub const WATCH_PATH: &str = "/localapi/v0/watch-ipn-bus";
+
+/// A bus message larger than this is refused instead of growing the buffer without bound.
+/// Real netmaps of large tailnets reach a few MiB.
+pub const MAX_MESSAGE: usize = 64 << 20;
+/// Error bodies are read up to this size.
+const MAX_ERROR_BODY: usize = 64 << 10;
+/// After a big message the buffer is shrunk back to this, so one large netmap does not pin
+/// its memory for the life of a long-running watcher.
+const KEEP_CAPACITY: usize = 64 << 10;
+
+/// Consecutive re-watches that end without a single message before [`Follower`] decides the
+/// daemon is going away (it still accepts connections but closes every stream).
+const MAX_EMPTY_REWATCHES: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalApiError {
+    #[error("cannot connect to tailscaled's LocalAPI at {socket}: {source} (is tailscaled running? does TS_SOCKET / --socket name the path tailscaled was started with?)")]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tailscaled is gone: its LocalAPI at {socket} stopped serving the IPN bus ({source}); check why tailscaled exited")]
+    Gone {
+        socket: PathBuf,
+        #[source]
+        source: Box<LocalApiError>,
+    },
+    #[error("HTTP request to tailscaled's LocalAPI at {socket} failed: {source} (is the socket really tailscaled's?)")]
+    Request {
+        socket: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("tailscaled answered GET {path} with {code}: {body:?}{hint}")]
+    Status {
+        path: String,
+        code: u16,
+        body: String,
+        /// What to check for well-known codes.
+        hint: &'static str,
+    },
+    #[error("reading the IPN bus from {socket}: {source}")]
+    Read {
+        socket: PathBuf,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("an IPN bus message from {socket} exceeds {limit} bytes without a newline; is the socket really tailscaled's?")]
+    TooLarge { socket: PathBuf, limit: usize },
+    #[error("tailscaled at {socket} ended the IPN bus stream {times} times in a row without sending anything")]
+    EmptyStreams { socket: PathBuf, times: u32 },
+    #[error("decoding an IPN bus message from {socket}: {source}")]
+    Decode {
+        socket: PathBuf,
+        #[source]
+        source: NotifyError,
+    },
+}
+
+/// A client of one tailscaled LocalAPI socket.
+#[derive(Clone, Debug)]
+pub struct LocalApi {
+    socket: PathBuf,
+}
+
+impl LocalApi {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        LocalApi {
+            socket: socket.into(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Opens `GET /localapi/v0/watch-ipn-bus?mask=<mask>`. Returns once tailscaled has sent the
+    /// response headers, i.e. once the watcher is registered: no event after this call is lost.
+    pub async fn watch_ipn_bus(&self, mask: u64) -> Result<BusWatch, LocalApiError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| LocalApiError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let request_err = |source| LocalApiError::Request {
+            socket: self.socket.clone(),
+            source,
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(request_err)?;
+        // The connection's errors surface through the request and body; the task only drives it.
+        let conn_task = tokio::spawn(async move {
+            let _ = conn.await;
+        })
+        .abort_handle();
+        let guard = ConnGuard(conn_task);
+
+        let path = format!("{WATCH_PATH}?mask={mask}");
+        let request = http::Request::get(path.as_str())
+            .header(http::header::HOST, HOST)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| LocalApiError::Status {
+                path: path.clone(),
+                code: 0,
+                body: e.to_string(),
+                hint: "",
+            })?;
+        let response = sender.send_request(request).await.map_err(request_err)?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if status != http::StatusCode::OK {
+            let text = read_error_body(&mut body).await;
+            return Err(LocalApiError::Status {
+                path,
+                code: status.as_u16(),
+                body: text,
+                hint: status_hint(status.as_u16()),
+            });
+        }
+        Ok(BusWatch {
+            socket: self.socket.clone(),
+            body,
+            buf: Vec::new(),
+            scanned: 0,
+            ended: false,
+            _conn: guard,
+            _sender: sender,
+        })
+    }
+}
+
+fn status_hint(code: u16) -> &'static str {
+    match code {
+        403 => " (tailscaled refused the request: run as root or as tailscaled's operator user)",
+        404 => " (this tailscaled does not know the endpoint; is it a tailscaled LocalAPI?)",
+        _ => "",
+    }
+}
+
+async fn read_error_body(body: &mut Incoming) -> String {
+    let mut out = Vec::new();
+    // A broken error body is reported as what arrived so far: the status is the news.
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+            if out.len() >= MAX_ERROR_BODY {
+                out.truncate(MAX_ERROR_BODY);
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).trim_end().to_string()
+}
+
+/// Aborting the connection task closes the socket, which is how tailscaled learns the watcher
+/// is gone.
+struct ConnGuard(AbortHandle);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// An open IPN bus stream. Dropping it closes the connection.
+pub struct BusWatch {
+    socket: PathBuf,
+    body: Incoming,
+    /// Bytes received but not yet returned as a message.
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no newline.
+    scanned: usize,
+    ended: bool,
+    _conn: ConnGuard,
+    /// Kept so hyper does not consider the connection abandoned.
+    _sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+impl BusWatch {
+    /// The next message; `Ok(None)` once tailscaled ended the stream cleanly. A `Decode` error
+    /// concerns one line only: the stream stays usable and the next call reads the next line.
+    pub async fn next(&mut self) -> Result<Option<Notify>, LocalApiError> {
+        loop {
+            if let Some(line) = self.take_line() {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return Notify::from_line(&line).map(Some).map_err(|source| {
+                    LocalApiError::Decode {
+                        socket: self.socket.clone(),
+                        source,
+                    }
+                });
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.body.frame().await {
+                None => {
+                    self.ended = true;
+                    // Go's decoder accepts a last value without a newline; so do we.
+                    if !self.buf.is_empty() {
+                        self.buf.push(b'\n');
+                    }
+                }
+                Some(Err(source)) => {
+                    self.ended = true;
+                    self.buf.clear();
+                    return Err(LocalApiError::Read {
+                        socket: self.socket.clone(),
+                        source,
+                    });
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                    if self.buf.len() > MAX_MESSAGE && !self.buf[self.scanned..].contains(&b'\n') {
+                        self.ended = true;
+                        self.buf = Vec::new();
+                        return Err(LocalApiError::TooLarge {
+                            socket: self.socket.clone(),
+                            limit: MAX_MESSAGE,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes and returns the first complete line (without its `\n`), if any.
+    fn take_line(&mut self) -> Option<Vec<u8>> {
+        let pos = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
+        let Some(pos) = pos else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let end = self.scanned + pos;
+        let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+        line.pop();
+        self.scanned = 0;
+        if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() < KEEP_CAPACITY {
+            self.buf.shrink_to(KEEP_CAPACITY);
+        }
+        Some(line)
+    }
+}
+
+/// Follows the bus across stream ends.
+///
+/// When a stream ends or is cut (HEAD's "IPN bus consumer fell behind; closing watch" then EOF,
+/// a read error), it watches again with the same mask — whose first message re-delivers the
+/// full state, so nothing is missed for good — for as long as tailscaled accepts connections.
+/// Once connecting fails (or tailscaled keeps closing streams without sending anything) it
+/// returns [`LocalApiError::Gone`]: tailscaled is gone. One log line per re-watch.
+pub struct Follower {
+    api: LocalApi,
+    mask: u64,
+    watch: Option<BusWatch>,
+    /// Re-watches since the last message.
+    empty_rewatches: u32,
+    /// Why the previous stream ended, for the re-watch log line.
+    ended_because: Option<String>,
+    started: bool,
+}
+
+impl Follower {
+    pub fn new(api: LocalApi, mask: u64) -> Self {
+        Follower {
+            api,
+            mask,
+            watch: None,
+            empty_rewatches: 0,
+            ended_because: None,
+            started: false,
+        }
+    }
+
+    pub fn api(&self) -> &LocalApi {
+        &self.api
+    }
+
+    /// The next message. The first call opens the watch; a failure to connect then is a
+    /// `Connect` error (tailscaled not there), a failure on a later re-watch is `Gone`.
+    /// `Status` errors are returned as they are (re-watching would get the same answer), and
+    /// `Decode` errors leave the follower usable.
+    pub async fn next(&mut self) -> Result<Notify, LocalApiError> {
+        loop {
+            let watch = match self.watch.as_mut() {
+                Some(w) => w,
+                None => {
+                    if self.started {
+                        self.rewatch_pause().await?;
+                    }
+                    let first = !self.started;
+                    self.started = true;
+                    match self.api.watch_ipn_bus(self.mask).await {
+                        Ok(w) => self.watch.insert(w),
+                        Err(e @ LocalApiError::Status { .. }) => return Err(e),
+                        Err(e) if first => return Err(e),
+                        Err(e) => return Err(self.gone(e)),
+                    }
+                }
+            };
+            match watch.next().await {
+                Ok(Some(msg)) => {
+                    self.empty_rewatches = 0;
+                    if msg.is_fell_behind() {
+                        self.ended_because =
+                            Some("tailscaled cut the stream: the watcher fell behind".into());
+                    }
+                    return Ok(msg);
+                }
+                Ok(None) => {
+                    self.watch = None;
+                    if self.ended_because.is_none() {
+                        self.ended_because = Some("tailscaled ended the stream".into());
+                    }
+                }
+                Err(e @ LocalApiError::Decode { .. }) => return Err(e),
+                Err(e) => {
+                    self.watch = None;
+                    self.ended_because = Some(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Counts a re-watch, backs off a little when streams keep ending empty (a daemon shutting
+    /// down still accepts connections for a moment), and gives up after a few.
+    async fn rewatch_pause(&mut self) -> Result<(), LocalApiError> {
+        let why = self
+            .ended_because
+            .take()
+            .unwrap_or_else(|| "stream ended".into());
+        if self.empty_rewatches >= MAX_EMPTY_REWATCHES {
+            let times = self.empty_rewatches;
+            return Err(self.gone(LocalApiError::EmptyStreams {
+                socket: self.api.socket.clone(),
+                times,
+            }));
+        }
+        if self.empty_rewatches > 0 {
+            let ms = 25u64 << self.empty_rewatches.min(5);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        self.empty_rewatches += 1;
+        tracing::info!(
+            "IPN bus watch ended ({why}); watching again with mask={}",
+            self.mask
+        );
+        Ok(())
+    }
+
+    fn gone(&self, source: LocalApiError) -> LocalApiError {
+        LocalApiError::Gone {
+            socket: self.api.socket.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_are_the_references() {
+        // InitialNetMap (8) | InitialPrefs (4) | InitialState (2), and without prefs.
+        assert_eq!(MASK_FIRST_WATCH, 8 | 4 | 2);
+        assert_eq!(MASK_STEADY, 8 | 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn connect_error_names_the_socket_and_what_to_check() {
+        let api = LocalApi::new("/nonexistent/tsboot-test/tailscaled.sock");
+        let err = match api.watch_ipn_bus(MASK_STEADY).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected to a nonexistent socket"),
+        };
+        let msg = err.to_string();
+        assert!(matches!(err, LocalApiError::Connect { .. }), "{msg}");
+        assert!(
+            msg.contains("/nonexistent/tsboot-test/tailscaled.sock"),
+            "{msg}"
+        );
+        assert!(msg.contains("is tailscaled running?"), "{msg}");
+        assert!(msg.contains("TS_SOCKET"), "{msg}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn follower_first_failure_is_connect_not_gone() {
+        let mut f = Follower::new(
+            LocalApi::new("/nonexistent/tsboot-test/x.sock"),
+            MASK_STEADY,
+        );
+        assert!(matches!(f.next().await, Err(LocalApiError::Connect { .. })));
+    }
+}

@@ -1,2 +1,467 @@
 //! The `ipn.Notify` messages of tailscaled's IPN bus, for both eras (seed ~v1.36 and HEAD).
-//! PLACEHOLDER: being written (see localapi.md §3).
+//!
+//! Only the fields a containerboot-like client acts on are modelled; everything else (peers,
+//! DERP maps, packet filters, engine counters, private keys) is skipped while parsing, so a
+//! message never costs more memory than its few interesting values and secrets never reach a
+//! log line or an error message. The reader is tolerant the way Go's `encoding/json` is:
+//! unknown keys are ignored and `null` means the same as an absent key (localapi.md §3.2).
+//! Types of the fields we do read are checked: a `State` that is not an integer or an address
+//! that is not a prefix is an error, as it would be for the Go client.
+
+use crate::settings::IpPrefix;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::IpAddr;
+
+/// The `ErrMessage` a HEAD daemon (v1.102+) sends to a lagging watcher right before it ends the
+/// stream (localapi.md §2.2). A client that sees it should watch again.
+pub const FELL_BEHIND: &str = "IPN bus consumer fell behind; closing watch";
+
+/// `ipn.State` (localapi.md §3.1): a JSON integer on the bus, a name in `ipnstate.Status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    NoState,
+    InUseOtherUser,
+    NeedsLogin,
+    NeedsMachineAuth,
+    Stopped,
+    Starting,
+    Running,
+    /// A value this build does not know (a newer daemon); kept so it can be logged.
+    Unknown(i64),
+}
+
+impl BackendState {
+    /// Go's `State.String()`: the name, or the number for values Go does not know either.
+    pub fn name(&self) -> String {
+        match self {
+            BackendState::NoState => "NoState".into(),
+            BackendState::InUseOtherUser => "InUseOtherUser".into(),
+            BackendState::NeedsLogin => "NeedsLogin".into(),
+            BackendState::NeedsMachineAuth => "NeedsMachineAuth".into(),
+            BackendState::Stopped => "Stopped".into(),
+            BackendState::Starting => "Starting".into(),
+            BackendState::Running => "Running".into(),
+            BackendState::Unknown(n) => n.to_string(),
+        }
+    }
+
+    /// The integer form used in `Notify.State`.
+    pub fn from_code(code: i64) -> Self {
+        match code {
+            0 => BackendState::NoState,
+            1 => BackendState::InUseOtherUser,
+            2 => BackendState::NeedsLogin,
+            3 => BackendState::NeedsMachineAuth,
+            4 => BackendState::Stopped,
+            5 => BackendState::Starting,
+            6 => BackendState::Running,
+            n => BackendState::Unknown(n),
+        }
+    }
+
+    /// The integer form (what tailscaled puts in `Notify.State`).
+    pub fn code(&self) -> i64 {
+        match self {
+            BackendState::NoState => 0,
+            BackendState::InUseOtherUser => 1,
+            BackendState::NeedsLogin => 2,
+            BackendState::NeedsMachineAuth => 3,
+            BackendState::Stopped => 4,
+            BackendState::Starting => 5,
+            BackendState::Running => 6,
+            BackendState::Unknown(n) => *n,
+        }
+    }
+
+    /// HEAD's `ipn.StateFromString`, for `InitialStatus.BackendState`. Unknown names give `None`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "NoState" => BackendState::NoState,
+            "InUseOtherUser" => BackendState::InUseOtherUser,
+            "NeedsLogin" => BackendState::NeedsLogin,
+            "NeedsMachineAuth" => BackendState::NeedsMachineAuth,
+            "Stopped" => BackendState::Stopped,
+            "Starting" => BackendState::Starting,
+            "Running" => BackendState::Running,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// One message of the IPN bus. Every field is a delta: `None` means "unchanged".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Notify {
+    #[serde(rename = "Version", default)]
+    pub version: Option<String>,
+    /// HEAD only, first message of a watch with bit 1.
+    #[serde(rename = "SessionID", default)]
+    pub session_id: Option<String>,
+    /// A user-visible backend error (bad auth key, [`FELL_BEHIND`], ...).
+    #[serde(rename = "ErrMessage", default)]
+    pub err_message: Option<String>,
+    /// `LoginFinished:{}` was present.
+    #[serde(rename = "LoginFinished", default, deserialize_with = "present")]
+    pub login_finished: bool,
+    #[serde(rename = "State", default, deserialize_with = "state_code")]
+    pub state: Option<BackendState>,
+    #[serde(rename = "Prefs", default)]
+    pub prefs: Option<Prefs>,
+    /// An interactive-login URL; the seed's first message may carry `""`.
+    #[serde(rename = "BrowseToURL", default)]
+    pub browse_to_url: Option<String>,
+    #[serde(rename = "NetMap", default)]
+    pub net_map: Option<NetMap>,
+    /// HEAD (v1.98+): the self node, sent instead of runtime netmaps.
+    #[serde(rename = "SelfChange", default)]
+    pub self_change: Option<Node>,
+    /// HEAD (v1.100+): `ipnstate.Status` in the first message of a watch with bit 14.
+    #[serde(rename = "InitialStatus", default)]
+    pub initial_status: Option<Status>,
+}
+
+/// The few `ipn.Prefs` fields worth logging.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Prefs {
+    #[serde(rename = "ControlURL", default, deserialize_with = "nullable")]
+    pub control_url: String,
+    #[serde(rename = "WantRunning", default, deserialize_with = "nullable")]
+    pub want_running: bool,
+    #[serde(rename = "LoggedOut", default, deserialize_with = "nullable")]
+    pub logged_out: bool,
+    #[serde(rename = "Hostname", default, deserialize_with = "nullable")]
+    pub hostname: String,
+}
+
+/// The parts of `netmap.NetworkMap` containerboot relies on (localapi.md §3.4).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct NetMap {
+    #[serde(rename = "SelfNode", default)]
+    pub self_node: Option<Node>,
+    /// Seed..v1.90 only.
+    #[serde(rename = "Name", default, deserialize_with = "nullable")]
+    pub name: String,
+    /// Top-level addresses: seed..v1.48 only (removed in v1.50).
+    #[serde(rename = "Addresses", default, deserialize_with = "prefixes")]
+    pub addresses: Vec<IpPrefix>,
+    /// Seed..v1.48 only (`machine-authorized`, `machine-unauthorized`, ...).
+    #[serde(rename = "MachineStatus", default, deserialize_with = "nullable")]
+    pub machine_status: String,
+}
+
+/// The parts of `tailcfg.Node` that identify this device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Node {
+    #[serde(rename = "ID", default, deserialize_with = "nullable")]
+    pub id: i64,
+    #[serde(rename = "StableID", default, deserialize_with = "nullable")]
+    pub stable_id: String,
+    /// MagicDNS FQDN, normally with a trailing dot; kept verbatim.
+    #[serde(rename = "Name", default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(rename = "Addresses", default, deserialize_with = "prefixes")]
+    pub addresses: Vec<IpPrefix>,
+    /// Omitted (false) while the machine awaits admin approval.
+    #[serde(rename = "MachineAuthorized", default, deserialize_with = "nullable")]
+    pub machine_authorized: bool,
+}
+
+/// The parts of `ipnstate.Status` that carry state and identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Status {
+    #[serde(rename = "Version", default, deserialize_with = "nullable")]
+    pub version: String,
+    /// A state *name* (`"Running"`), see [`BackendState::from_name`].
+    #[serde(rename = "BackendState", default, deserialize_with = "nullable")]
+    pub backend_state: String,
+    #[serde(rename = "AuthURL", default, deserialize_with = "nullable")]
+    pub auth_url: String,
+    /// Bare addresses, no prefix length.
+    #[serde(rename = "TailscaleIPs", default, deserialize_with = "nullable")]
+    pub tailscale_ips: Vec<IpAddr>,
+    #[serde(rename = "Self", default)]
+    pub self_status: Option<PeerStatus>,
+}
+
+/// The parts of `ipnstate.PeerStatus` that identify a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct PeerStatus {
+    /// The StableNodeID.
+    #[serde(rename = "ID", default, deserialize_with = "nullable")]
+    pub id: String,
+    #[serde(rename = "HostName", default, deserialize_with = "nullable")]
+    pub host_name: String,
+    /// MagicDNS FQDN with a trailing dot.
+    #[serde(rename = "DNSName", default, deserialize_with = "nullable")]
+    pub dns_name: String,
+    #[serde(rename = "TailscaleIPs", default, deserialize_with = "nullable")]
+    pub tailscale_ips: Vec<IpAddr>,
+}
+
+/// Who this device is, whichever era's field said so.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SelfIdentity {
+    pub stable_id: String,
+    /// Verbatim (trailing dot or not).
+    pub name: String,
+    /// Single-IP prefixes (`/32`, `/128`) as the daemon listed them, IPv4 normally first.
+    pub addresses: Vec<IpPrefix>,
+}
+
+/// A line that is not an `ipn.Notify`.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("malformed IPN bus message ({len} bytes): {source}; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
+    Json {
+        len: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("malformed IPN bus message ({len} bytes): not a JSON object; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
+    NotObject { len: usize },
+}
+
+impl Notify {
+    /// Parses one line of the bus (a trailing `\n` or `\r\n` is fine).
+    pub fn from_line(line: &[u8]) -> Result<Notify, NotifyError> {
+        // serde would also accept a JSON array as a struct; Go's decoder does not.
+        if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(NotifyError::NotObject { len: line.len() });
+        }
+        serde_json::from_slice(line).map_err(|source| NotifyError::Json {
+            len: line.len(),
+            source,
+        })
+    }
+
+    /// `State`, else HEAD's `InitialStatus.BackendState` (a name; unknown names give `None`).
+    pub fn backend_state(&self) -> Option<BackendState> {
+        self.state.or_else(|| {
+            self.initial_status
+                .as_ref()
+                .and_then(|s| BackendState::from_name(&s.backend_state))
+        })
+    }
+
+    /// The compatible reader of localapi.md §3.4: the self node from `SelfChange`, else
+    /// `NetMap.SelfNode`; its addresses if it has any, else the top-level `NetMap.Addresses`.
+    /// Failing both, `InitialStatus.Self` (when it names a node) with its bare IPs as
+    /// single-IP prefixes. `None` when the message says nothing about this device.
+    pub fn self_identity(&self) -> Option<SelfIdentity> {
+        let top_level = self
+            .net_map
+            .as_ref()
+            .map(|nm| nm.addresses.as_slice())
+            .unwrap_or(&[]);
+        let node = self
+            .self_change
+            .as_ref()
+            .or_else(|| self.net_map.as_ref().and_then(|nm| nm.self_node.as_ref()));
+        if let Some(node) = node {
+            let addresses = if node.addresses.is_empty() {
+                top_level.to_vec()
+            } else {
+                node.addresses.clone()
+            };
+            return Some(SelfIdentity {
+                stable_id: node.stable_id.clone(),
+                name: node.name.clone(),
+                addresses,
+            });
+        }
+        let status = self.initial_status.as_ref()?;
+        let me = status.self_status.as_ref()?;
+        // A logged-out daemon reports an empty Self; that is no identity.
+        if me.id.is_empty() {
+            return None;
+        }
+        let ips = if me.tailscale_ips.is_empty() {
+            &status.tailscale_ips
+        } else {
+            &me.tailscale_ips
+        };
+        Some(SelfIdentity {
+            stable_id: me.id.clone(),
+            name: me.dns_name.clone(),
+            addresses: ips.iter().map(|ip| single_ip(*ip)).collect(),
+        })
+    }
+
+    /// True for the last message of a stream the server cut because we lagged.
+    pub fn is_fell_behind(&self) -> bool {
+        self.err_message.as_deref() == Some(FELL_BEHIND)
+    }
+}
+
+/// `ip` as a `/32` or `/128` prefix.
+pub fn single_ip(ip: IpAddr) -> IpPrefix {
+    IpPrefix {
+        addr: ip,
+        len: if ip.is_ipv4() { 32 } else { 128 },
+    }
+}
+
+/// `null` and absent both mean the type's zero value, as in Go.
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `LoginFinished` is an empty object when set; any non-null value counts.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
+}
+
+fn state_code<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BackendState>, D::Error> {
+    Ok(Option::<i64>::deserialize(d)?.map(BackendState::from_code))
+}
+
+fn prefixes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpPrefix>, D::Error> {
+    let raw: Vec<String> = nullable(d)?;
+    raw.iter()
+        .map(|s| {
+            s.parse::<IpPrefix>()
+                .map_err(|why| serde::de::Error::custom(format!("address {s:?}: {why}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_match_go() {
+        let names = [
+            "NoState",
+            "InUseOtherUser",
+            "NeedsLogin",
+            "NeedsMachineAuth",
+            "Stopped",
+            "Starting",
+            "Running",
+        ];
+        for (code, name) in names.iter().enumerate() {
+            let s = BackendState::from_code(code as i64);
+            assert_eq!(s.name(), *name);
+            assert_eq!(s.code(), code as i64);
+            assert_eq!(BackendState::from_name(name), Some(s));
+        }
+        assert_eq!(BackendState::from_code(7), BackendState::Unknown(7));
+        assert_eq!(BackendState::from_code(-1).name(), "-1");
+        assert_eq!(BackendState::from_name("running"), None);
+        assert_eq!(BackendState::from_name(""), None);
+    }
+
+    #[test]
+    fn null_and_absent_are_the_same() {
+        let a = Notify::from_line(br#"{"State":null,"NetMap":null,"LoginFinished":null}"#).unwrap();
+        let b = Notify::from_line(b"{}").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a, Notify::default());
+        let n = Notify::from_line(
+            br#"{"NetMap":{"SelfNode":{"StableID":null,"Name":null,"Addresses":null},"Addresses":null}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            n.self_identity(),
+            Some(SelfIdentity::default()),
+            "a null SelfNode field is its zero value"
+        );
+    }
+
+    #[test]
+    fn type_errors_are_errors_not_panics() {
+        for bad in [
+            &br#"{"State":"Running"}"#[..],
+            br#"{"State":6.5}"#,
+            br#"{"NetMap":{"Addresses":["100.64.0.1"]}}"#,
+            br#"{"NetMap":{"Addresses":["100.64.0.1/33"]}}"#,
+            br#"{"SelfChange":{"StableID":5}}"#,
+            br#"{"InitialStatus":{"TailscaleIPs":["100.64.0.1/32"]}}"#,
+            b"[]",
+            b"",
+            b"null",
+            b"{",
+        ] {
+            let err = Notify::from_line(bad).expect_err(std::str::from_utf8(bad).unwrap());
+            assert!(
+                err.to_string().contains("malformed IPN bus message"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn login_finished_any_value() {
+        assert!(
+            Notify::from_line(br#"{"LoginFinished":{}}"#)
+                .unwrap()
+                .login_finished
+        );
+        assert!(
+            !Notify::from_line(br#"{"LoginFinished":null}"#)
+                .unwrap()
+                .login_finished
+        );
+    }
+
+    #[test]
+    fn self_change_wins_and_falls_back_to_top_level_addresses() {
+        let n = Notify::from_line(
+            br#"{"SelfChange":{"StableID":"a","Name":"a.","Addresses":[]},
+                 "NetMap":{"SelfNode":{"StableID":"b","Name":"b.","Addresses":["100.64.0.2/32"]},
+                           "Addresses":["100.64.0.3/32"]}}"#,
+        )
+        .unwrap();
+        let id = n.self_identity().unwrap();
+        assert_eq!(id.stable_id, "a");
+        assert_eq!(id.addresses, vec!["100.64.0.3/32".parse().unwrap()]);
+    }
+
+    #[test]
+    fn netmap_without_self_node_is_no_identity() {
+        let n = Notify::from_line(br#"{"NetMap":{"SelfNode":null,"Addresses":["100.64.0.3/32"]}}"#)
+            .unwrap();
+        assert_eq!(n.self_identity(), None);
+    }
+
+    #[test]
+    fn initial_status_self_falls_back_to_top_level_ips() {
+        let n = Notify::from_line(
+            br#"{"InitialStatus":{"BackendState":"Starting","TailscaleIPs":["100.64.0.9","fd7a::9"],
+                 "Self":{"ID":"nX","DNSName":"x.ts.net.","TailscaleIPs":null}}}"#,
+        )
+        .unwrap();
+        assert_eq!(n.backend_state(), Some(BackendState::Starting));
+        let id = n.self_identity().unwrap();
+        assert_eq!(id.name, "x.ts.net.");
+        assert_eq!(
+            id.addresses,
+            vec![
+                "100.64.0.9/32".parse().unwrap(),
+                "fd7a::9/128".parse().unwrap()
+            ]
+        );
+        let empty = Notify::from_line(br#"{"InitialStatus":{"Self":{"ID":""}}}"#).unwrap();
+        assert_eq!(empty.self_identity(), None);
+    }
+
+    #[test]
+    fn state_beats_initial_status() {
+        let n = Notify::from_line(br#"{"State":2,"InitialStatus":{"BackendState":"Running"}}"#)
+            .unwrap();
+        assert_eq!(n.backend_state(), Some(BackendState::NeedsLogin));
+        let n = Notify::from_line(br#"{"InitialStatus":{"BackendState":"Bogus"}}"#).unwrap();
+        assert_eq!(n.backend_state(), None);
+    }
+}

@@ -1,0 +1,1171 @@
+//! The fake `tailscaled` (binary `fake-tailscaled`): a realistic LocalAPI IPN bus over a unix
+//! socket, driven by the test through a control socket.
+//!
+//! Started as `tailscaled --socket=PATH ...` (or `--socket PATH`), it:
+//! * appends `"$0 $@"` to `TS_TEST_RECORD_ARGS` (see [`crate::fake_cli::record_args`]);
+//! * serves HTTP/1.1 on PATH (a stale file there is removed first), after
+//!   `FAKE_TAILSCALED_SOCKET_DELAY_MS` if set; with `TS_TEST_SOCKET` set, also makes that path a
+//!   symlink to PATH (the reference harness's variable);
+//! * answers only `GET /localapi/v0/watch-ipn-bus` (other paths: 404, text body), enforcing the
+//!   daemon's Host rule (empty or exactly `local-tailscaled.sock`) and refusing any
+//!   `Referer`/`Origin`, both with `403 invalid localapi request` (localapi.md §1);
+//! * streams `200`, `Content-Type: application/json`, chunked, one compact JSON object per
+//!   line, flushed per message. The first message is built from the current state according to
+//!   the mask and the era (localapi.md §2.3); later events go to every watcher verbatim and are
+//!   folded into the state (State, Prefs, NetMap, SelfChange, InitialStatus, BrowseToURL,
+//!   Health), so a new watcher sees where things stand. A broadcast HEAD "fell behind"
+//!   `ErrMessage` also ends every stream, as the real daemon does for a lagging watcher.
+//!
+//! Environment:
+//! * `FAKE_TAILSCALED_INITIAL=<Notify JSON file>`: the initial state (default: the seed test
+//!   harness's NeedsLogin notify);
+//! * `FAKE_TAILSCALED_ERA=seed|head`: message shapes (default: HEAD when the initial message has
+//!   `DriveShares` or `SessionID`, else seed);
+//! * `FAKE_TAILSCALED_IGNORE_SIGTERM=<secs>`: SIGTERM is ignored for that long after start
+//!   (default: SIGTERM/SIGINT remove the socket and exit 0);
+//! * `FAKE_TAILSCALED_REQUEST_LOG=<file>`: one line per request, `METHOD PATH?QUERY host=<Host>`;
+//! * `FAKE_TAILSCALED_SIGNAL_LOG=<file>`: one line per received signal (`SIGHUP`, `SIGUSR1`,
+//!   `SIGUSR2`, `SIGQUIT`, `SIGTERM`, `SIGINT`); HUP/USR1/USR2/QUIT are caught only then;
+//! * `FAKE_TAILSCALED_READY_STDOUT=1`: print `ready` on stdout once both sockets listen;
+//! * `FAKE_TAILSCALED_CONTROL=<path>`: the control socket (below).
+//!
+//! Control protocol: line commands, each answered `ok[ <detail>]\n` or `err <why>\n` when done:
+//! `notify <one-line JSON>`, `replay <ndjson path>`, `state <n>`, `drop` (end every watch
+//! stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
+//! `orphans <N>` (N zombies re-parented to the nearest subreaper), `ignore-sigterm <secs>`,
+//! `watchers` (`ok <open watch streams>`).
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// The seed test harness's NeedsLogin notify (fixture `seed-era-testharness-needslogin.json`).
+pub const DEFAULT_INITIAL: &str =
+    include_str!("../fixtures/ipn-bus/seed-era-testharness-needslogin.json");
+
+/// HEAD's "lagging watcher" message (localapi.md §2.2).
+pub const FELL_BEHIND: &str = "IPN bus consumer fell behind; closing watch";
+
+const VERSION_SEED: &str = "1.36.0-fake";
+const VERSION_HEAD: &str = "1.102.3-fake";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Era {
+    Seed,
+    Head,
+}
+
+impl Era {
+    /// HEAD-era messages always carry `DriveShares`; first messages carry `SessionID`.
+    pub fn detect(msg: &Value) -> Era {
+        match msg {
+            Value::Object(m) if m.contains_key("DriveShares") || m.contains_key("SessionID") => {
+                Era::Head
+            }
+            _ => Era::Seed,
+        }
+    }
+
+    /// Mask bits that make the daemon send a first message.
+    fn initial_bits(self) -> u64 {
+        match self {
+            Era::Seed => 2 | 4 | 8,
+            Era::Head => 2 | 4 | 8 | 32 | 1024 | 2048 | 16384 | 131072 | 262144,
+        }
+    }
+}
+
+/// What a watcher's body receives.
+enum Msg {
+    Line(Bytes),
+    Close,
+}
+
+/// The daemon state a new watcher's first message is built from.
+pub struct BusState {
+    pub era: Era,
+    version: String,
+    state: Option<i64>,
+    prefs: Option<Value>,
+    netmap: Option<Value>,
+    self_node: Option<Value>,
+    initial_status: Option<Value>,
+    browse_url: Option<String>,
+    health: Option<Value>,
+    watchers: Vec<mpsc::UnboundedSender<Msg>>,
+}
+
+fn non_null<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
+    m.get(k).filter(|v| !v.is_null())
+}
+
+impl BusState {
+    pub fn new(era: Era, initial: &Value) -> BusState {
+        let mut s = BusState {
+            era,
+            version: match era {
+                Era::Seed => VERSION_SEED.into(),
+                Era::Head => VERSION_HEAD.into(),
+            },
+            state: None,
+            prefs: None,
+            netmap: None,
+            self_node: None,
+            initial_status: None,
+            browse_url: None,
+            health: None,
+            watchers: Vec::new(),
+        };
+        s.fold(initial);
+        s
+    }
+
+    /// Applies an event's non-null fields to the state.
+    pub fn fold(&mut self, msg: &Value) {
+        let Value::Object(m) = msg else { return };
+        if let Some(Value::String(v)) = non_null(m, "Version") {
+            if !v.is_empty() {
+                self.version = v.clone();
+            }
+        }
+        if let Some(n) = non_null(m, "State").and_then(Value::as_i64) {
+            self.state = Some(n);
+            if n == 6 {
+                self.browse_url = None;
+            }
+        }
+        if let Some(p) = non_null(m, "Prefs") {
+            self.prefs = Some(p.clone());
+        }
+        if let Some(nm) = non_null(m, "NetMap") {
+            self.netmap = Some(nm.clone());
+            if let Some(node) = nm.get("SelfNode").filter(|v| !v.is_null()) {
+                self.self_node = Some(node.clone());
+            }
+        }
+        if let Some(node) = non_null(m, "SelfChange") {
+            self.self_node = Some(node.clone());
+            if let Some(Value::Object(nm)) = self.netmap.as_mut() {
+                nm.insert("SelfNode".into(), node.clone());
+            }
+        }
+        if let Some(st) = non_null(m, "InitialStatus") {
+            self.initial_status = Some(st.clone());
+        }
+        if let Some(Value::String(u)) = non_null(m, "BrowseToURL") {
+            self.browse_url = Some(u.clone());
+        }
+        if let Some(h) = non_null(m, "Health") {
+            self.health = Some(h.clone());
+        }
+    }
+
+    fn has_netmap(&self) -> bool {
+        self.netmap.is_some() || self.self_node.is_some()
+    }
+
+    fn netmap_value(&self) -> Value {
+        match (&self.netmap, &self.self_node) {
+            (Some(nm), _) => nm.clone(),
+            // Runtime HEAD events carry only SelfChange; the daemon still has a netmap.
+            (None, Some(node)) => json!({ "SelfNode": node }),
+            (None, None) => Value::Null,
+        }
+    }
+
+    /// `ipnstate.Status` as of now: the stored one (or a skeleton) with state and self patched.
+    fn status_value(&self) -> Value {
+        let mut st = match &self.initial_status {
+            Some(Value::Object(m)) => m.clone(),
+            _ => {
+                let mut m = Map::new();
+                m.insert("Version".into(), json!(self.version));
+                m.insert("AuthURL".into(), json!(""));
+                m.insert("TailscaleIPs".into(), Value::Null);
+                m.insert("Self".into(), Value::Null);
+                m.insert("Peer".into(), Value::Null);
+                m.insert("User".into(), Value::Null);
+                m
+            }
+        };
+        if let Some(name) = self.state.map(state_name) {
+            st.insert("BackendState".into(), json!(name));
+        }
+        if let Some(node) = &self.self_node {
+            let ips: Vec<Value> = node
+                .get("Addresses")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(|p| json!(p.split('/').next().unwrap_or(p)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut me = match st.get("Self") {
+                Some(Value::Object(m)) => m.clone(),
+                _ => Map::new(),
+            };
+            me.insert(
+                "ID".into(),
+                node.get("StableID").cloned().unwrap_or(json!("")),
+            );
+            me.insert(
+                "DNSName".into(),
+                node.get("Name").cloned().unwrap_or(json!("")),
+            );
+            me.insert("TailscaleIPs".into(), json!(ips));
+            st.insert("Self".into(), Value::Object(me));
+            st.insert("TailscaleIPs".into(), json!(ips));
+        }
+        Value::Object(st)
+    }
+
+    /// The first message for a watch with `mask`, in the era's field order, or `None` when the
+    /// mask has no "initial" bit.
+    pub fn initial_message(&self, mask: u64) -> Option<String> {
+        if mask & self.era.initial_bits() == 0 {
+            return None;
+        }
+        let bit = |b: u64| mask & b != 0;
+        let needs_login = self.state == Some(2);
+        let state = if bit(2) {
+            json!(self.state)
+        } else {
+            Value::Null
+        };
+        let prefs = if bit(4) {
+            json!(self.prefs)
+        } else {
+            Value::Null
+        };
+        let netmap = if bit(8) {
+            self.netmap_value()
+        } else {
+            Value::Null
+        };
+        let mut fields: Vec<(&str, Value)> = vec![("Version", json!(self.version))];
+        match self.era {
+            Era::Seed => {
+                let url = if bit(2) && needs_login {
+                    json!(self.browse_url.clone().unwrap_or_default())
+                } else {
+                    Value::Null
+                };
+                fields.extend([
+                    ("ErrMessage", Value::Null),
+                    ("LoginFinished", Value::Null),
+                    ("State", state),
+                    ("Prefs", prefs),
+                    ("NetMap", netmap),
+                    ("Engine", Value::Null),
+                    ("BrowseToURL", url),
+                    ("BackendLogID", Value::Null),
+                ]);
+            }
+            Era::Head => {
+                if bit(2) {
+                    fields.push(("SessionID", json!(session_id())));
+                }
+                fields.extend([
+                    ("ErrMessage", Value::Null),
+                    ("LoginFinished", Value::Null),
+                    ("State", state),
+                    ("Prefs", prefs),
+                ]);
+                if bit(8) && self.has_netmap() {
+                    if let Some(node) = &self.self_node {
+                        fields.push(("SelfChange", node.clone()));
+                    }
+                }
+                if bit(16384) {
+                    fields.push(("InitialStatus", self.status_value()));
+                }
+                let url = match &self.browse_url {
+                    Some(u) if bit(2) && needs_login && !u.is_empty() => json!(u),
+                    _ => Value::Null,
+                };
+                fields.extend([
+                    ("NetMap", netmap),
+                    ("Engine", Value::Null),
+                    ("BrowseToURL", url),
+                    ("DriveShares", Value::Null),
+                ]);
+                if bit(128) {
+                    if let Some(h) = &self.health {
+                        fields.push(("Health", h.clone()));
+                    }
+                }
+            }
+        }
+        Some(render(&fields))
+    }
+
+    /// The era's minimal `{State:n}` event.
+    pub fn state_message(&self, n: i64) -> String {
+        let last = match self.era {
+            Era::Seed => "BackendLogID",
+            Era::Head => "DriveShares",
+        };
+        render(&[
+            ("Version", json!(self.version)),
+            ("ErrMessage", Value::Null),
+            ("LoginFinished", Value::Null),
+            ("State", json!(n)),
+            ("Prefs", Value::Null),
+            ("NetMap", Value::Null),
+            ("Engine", Value::Null),
+            ("BrowseToURL", Value::Null),
+            (last, Value::Null),
+        ])
+    }
+
+    /// Sends `line` to every open watch and folds it. Returns an error for non-objects.
+    pub fn broadcast(&mut self, line: &str) -> Result<(), String> {
+        let msg: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        if !msg.is_object() {
+            return Err("not a JSON object".into());
+        }
+        self.fold(&msg);
+        let bytes = Bytes::from(format!("{}\n", line.trim_end()));
+        self.watchers
+            .retain(|w| w.send(Msg::Line(bytes.clone())).is_ok());
+        if msg.get("ErrMessage").and_then(Value::as_str) == Some(FELL_BEHIND) {
+            self.drop_watchers();
+        }
+        Ok(())
+    }
+
+    pub fn drop_watchers(&mut self) {
+        for w in self.watchers.drain(..) {
+            let _ = w.send(Msg::Close);
+        }
+    }
+
+    pub fn open_watchers(&mut self) -> usize {
+        self.watchers.retain(|w| !w.is_closed());
+        self.watchers.len()
+    }
+}
+
+fn render(fields: &[(&str, Value)]) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json!(k), v))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+fn state_name(n: i64) -> String {
+    match n {
+        0 => "NoState".into(),
+        1 => "InUseOtherUser".into(),
+        2 => "NeedsLogin".into(),
+        3 => "NeedsMachineAuth".into(),
+        4 => "Stopped".into(),
+        5 => "Starting".into(),
+        6 => "Running".into(),
+        n => n.to_string(),
+    }
+}
+
+fn session_id() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// A response body: fixed bytes, or a watch stream fed by broadcasts.
+enum FakeBody {
+    Full(Option<Bytes>),
+    Stream(mpsc::UnboundedReceiver<Msg>),
+}
+
+impl Body for FakeBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            FakeBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            FakeBody::Stream(rx) => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Msg::Line(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                Poll::Ready(Some(Msg::Close)) | Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, FakeBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            FakeBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            FakeBody::Full(None) => SizeHint::with_exact(0),
+            FakeBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}
+
+struct Shared {
+    bus: Mutex<BusState>,
+    socket: PathBuf,
+    test_link: Option<PathBuf>,
+    request_log: Option<PathBuf>,
+    signal_log: Option<PathBuf>,
+    ignore_sigterm_until: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn bus(&self) -> MutexGuard<'_, BusState> {
+        // A panic while holding the lock is already a test failure; keep serving.
+        self.bus.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cleanup(&self) {
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(link) = &self.test_link {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+
+    fn log_signal(&self, name: &str) {
+        if let Some(f) = &self.signal_log {
+            append_line(f, name);
+        }
+    }
+}
+
+fn append_line(file: &Path, line: &str) {
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = r {
+        eprintln!("fake tailscaled: appending to {}: {e}", file.display());
+    }
+}
+
+fn text(code: StatusCode, body: &str) -> Response<FakeBody> {
+    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(format!("{body}\n")))));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<Response<FakeBody>, Infallible> {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    if let Some(log) = &shared.request_log {
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        append_line(
+            log,
+            &format!(
+                "{} {pq} host={}",
+                req.method(),
+                host.as_deref().unwrap_or("")
+            ),
+        );
+    }
+    // The daemon's checks, before routing (ipn/localapi ServeHTTP).
+    let host_ok = matches!(
+        host.as_deref(),
+        None | Some("") | Some("local-tailscaled.sock")
+    );
+    let referer = req
+        .headers()
+        .get(http::header::REFERER)
+        .is_some_and(|r| !r.is_empty());
+    let origin = req.headers().contains_key(http::header::ORIGIN);
+    if !host_ok || referer || origin {
+        return Ok(text(StatusCode::FORBIDDEN, "invalid localapi request"));
+    }
+    if req.uri().path() != "/localapi/v0/watch-ipn-bus" {
+        return Ok(text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus, not {}",
+                req.uri().path()
+            ),
+        ));
+    }
+    if req.method() != http::Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "want GET"));
+    }
+    let raw_mask = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("mask="))
+        .unwrap_or("")
+        .to_string();
+    let mut bus = shared.bus();
+    let mask = if raw_mask.is_empty() {
+        Ok(0)
+    } else {
+        raw_mask.parse::<u64>()
+    };
+    let mask = match (mask, bus.era) {
+        (Ok(m), Era::Head) if m & 65536 != 0 => {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                "NotifyInProcessNoDisconnect is not allowed over LocalAPI",
+            ));
+        }
+        (Ok(m), Era::Head) if m & 256 != 0 && m & (0xf << 12) != 0 => {
+            return Ok(text(
+                StatusCode::BAD_REQUEST,
+                "NotifyRateLimit cannot be combined with peer-change bits",
+            ));
+        }
+        (Ok(m), _) => m,
+        (Err(_), Era::Head) => return Ok(text(StatusCode::BAD_REQUEST, "bad mask")),
+        // The seed flushed 200 before parsing the mask.
+        (Err(_), Era::Seed) => {
+            let mut r = text(StatusCode::OK, "bad mask");
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(r);
+        }
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    // First message and registration under one lock: no event can fall between them.
+    if let Some(first) = bus.initial_message(mask) {
+        let _ = tx.send(Msg::Line(Bytes::from(first + "\n")));
+    }
+    bus.watchers.push(tx);
+    let version = bus.version.clone();
+    drop(bus);
+    let mut r = Response::new(FakeBody::Stream(rx));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        http::HeaderValue::from_static("DENY"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&version) {
+        h.insert("Tailscale-Version", v);
+    }
+    Ok(r)
+}
+
+async fn serve_localapi(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                eprintln!("fake tailscaled: accept: {e}");
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn serve_control(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(control_connection(stream, shared));
+    }
+}
+
+async fn control_connection(stream: UnixStream, shared: Arc<Shared>) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        let arg = arg.trim();
+        let answer = match cmd {
+            "exit" => {
+                let code = arg.parse::<i32>().unwrap_or(0);
+                shared.cleanup();
+                let _ = write.write_all(b"ok\n").await;
+                let _ = write.flush().await;
+                std::process::exit(code);
+            }
+            "signal" => {
+                let sig = parse_signal(arg);
+                match sig {
+                    Ok(sig) => {
+                        let _ = write.write_all(b"ok\n").await;
+                        let _ = write.flush().await;
+                        raise_default(sig);
+                        format!("err {} did not end the process", sig.as_str())
+                    }
+                    Err(e) => format!("err {e}"),
+                }
+            }
+            "orphans" => match arg.parse::<usize>() {
+                Ok(n) => match tokio::task::spawn_blocking(move || make_orphans(n)).await {
+                    Ok(Ok(())) => "ok".to_string(),
+                    Ok(Err(e)) => format!("err {e}"),
+                    Err(e) => format!("err {e}"),
+                },
+                Err(_) => format!("err orphans wants a count, got {arg:?}"),
+            },
+            other => run_command(&shared, other, arg),
+        };
+        if write
+            .write_all(format!("{answer}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The control commands that need no I/O on the connection.
+fn run_command(shared: &Shared, cmd: &str, arg: &str) -> String {
+    let result = match cmd {
+        "notify" => shared.bus().broadcast(arg).map(|()| String::new()),
+        "replay" => std::fs::read_to_string(arg)
+            .map_err(|e| format!("reading {arg}: {e}"))
+            .and_then(|text| {
+                let mut bus = shared.bus();
+                for (no, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    bus.broadcast(line)
+                        .map_err(|e| format!("{arg}:{}: {e}", no + 1))?;
+                }
+                Ok(String::new())
+            }),
+        "state" => match arg.parse::<i64>() {
+            Ok(n) => {
+                let mut bus = shared.bus();
+                let msg = bus.state_message(n);
+                bus.broadcast(&msg).map(|()| String::new())
+            }
+            Err(_) => Err(format!("state wants an integer, got {arg:?}")),
+        },
+        "drop" => {
+            shared.bus().drop_watchers();
+            Ok(String::new())
+        }
+        "watchers" => Ok(format!(" {}", shared.bus().open_watchers())),
+        "ignore-sigterm" => match arg.parse::<f64>() {
+            Ok(secs) if secs >= 0.0 => {
+                *shared
+                    .ignore_sigterm_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some(Instant::now() + Duration::from_secs_f64(secs));
+                Ok(String::new())
+            }
+            _ => Err(format!("ignore-sigterm wants seconds, got {arg:?}")),
+        },
+        other => Err(format!("unknown command {other:?}")),
+    };
+    match result {
+        Ok(detail) => format!("ok{detail}"),
+        Err(e) => format!("err {e}"),
+    }
+}
+
+fn parse_signal(name: &str) -> Result<nix::sys::signal::Signal, String> {
+    use std::str::FromStr as _;
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&full).map_err(|_| format!("unknown signal {name:?}"))
+}
+
+/// Restores the default disposition of `sig`, unblocks it and sends it to ourselves.
+fn raise_default(sig: nix::sys::signal::Signal) {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow};
+    if sig != nix::sys::signal::Signal::SIGKILL && sig != nix::sys::signal::Signal::SIGSTOP {
+        let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        let _ = unsafe { sigaction(sig, &dfl) };
+    }
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    let _ = nix::sys::signal::kill(nix::unistd::getpid(), sig);
+}
+
+/// Forks a child that forks `n` grandchildren which exit at once; the child waits until they
+/// are all zombies without reaping them (WNOWAIT), then exits, so they are re-parented — still
+/// zombies — to the nearest subreaper or PID 1. Returns once the child has exited.
+fn make_orphans(n: usize) -> Result<(), String> {
+    use nix::libc;
+    use nix::unistd::ForkResult;
+    // Allocated before fork: the child may only make async-signal-safe calls.
+    let mut pids: Vec<libc::pid_t> = Vec::with_capacity(n);
+    // SAFETY: the child below only calls fork, waitid and _exit, and writes into `pids`
+    // within its pre-allocated capacity.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(format!("fork: {e}")),
+        Ok(ForkResult::Child) => unsafe {
+            let mut failed = 0;
+            for _ in 0..n {
+                let pid = libc::fork();
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                if pid < 0 {
+                    failed = 1;
+                    break;
+                }
+                pids.push(pid);
+            }
+            for &pid in &pids {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                while libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                ) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+            }
+            libc::_exit(failed);
+        },
+        Ok(ForkResult::Parent { child }) => loop {
+            match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => return Ok(()),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, _)) => {
+                    return Err(
+                        "the orphan maker could not fork every grandchild (process limit?)".into(),
+                    )
+                }
+                Ok(other) => return Err(format!("orphan maker ended as {other:?}")),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("waiting for the orphan maker: {e}")),
+            }
+        },
+    }
+}
+
+/// `--socket=X` or `--socket X`; the last one wins, like Go's flag package.
+pub fn socket_arg(args: &[OsString]) -> Option<PathBuf> {
+    let mut socket = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if let Some(v) = s
+            .strip_prefix("--socket=")
+            .or_else(|| s.strip_prefix("-socket="))
+        {
+            socket = Some(PathBuf::from(v));
+        } else if s == "--socket" || s == "-socket" {
+            socket = it.next().map(PathBuf::from);
+        }
+    }
+    socket
+}
+
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn bind(path: &Path) -> Result<UnixListener, String> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path).map_err(|e| format!("listening on {}: {e}", path.display()))
+}
+
+/// `main` of `fake-tailscaled`; returns the exit code.
+pub fn main() -> i32 {
+    crate::fake_cli::record_args();
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let Some(socket) = socket_arg(&args) else {
+        eprintln!("fake tailscaled: didn't find socket path in args");
+        return 1;
+    };
+    let initial_text = match env_path("FAKE_TAILSCALED_INITIAL") {
+        Some(p) => match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!(
+                    "fake tailscaled: FAKE_TAILSCALED_INITIAL={}: {e}",
+                    p.display()
+                );
+                return 1;
+            }
+        },
+        None => DEFAULT_INITIAL.to_string(),
+    };
+    let initial: Value = match serde_json::from_str(initial_text.trim()) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) | Err(_) => {
+            eprintln!("fake tailscaled: the initial state is not one JSON object");
+            return 1;
+        }
+    };
+    let era = match std::env::var("FAKE_TAILSCALED_ERA").as_deref() {
+        Ok("seed") => Era::Seed,
+        Ok("head") => Era::Head,
+        Ok("") | Err(_) => Era::detect(&initial),
+        Ok(other) => {
+            eprintln!("fake tailscaled: FAKE_TAILSCALED_ERA={other:?}: use seed or head");
+            return 1;
+        }
+    };
+    let ignore_secs = std::env::var("FAKE_TAILSCALED_IGNORE_SIGTERM")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| *s >= 0.0);
+    let shared = Arc::new(Shared {
+        bus: Mutex::new(BusState::new(era, &initial)),
+        socket: socket.clone(),
+        test_link: env_path("TS_TEST_SOCKET").filter(|l| *l != socket),
+        request_log: env_path("FAKE_TAILSCALED_REQUEST_LOG"),
+        signal_log: env_path("FAKE_TAILSCALED_SIGNAL_LOG"),
+        ignore_sigterm_until: Mutex::new(
+            ignore_secs.map(|s| Instant::now() + Duration::from_secs_f64(s)),
+        ),
+    });
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fake tailscaled: tokio runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(run(shared))
+}
+
+async fn run(shared: Arc<Shared>) -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Signal intake first, so a SIGTERM during the socket delay is handled, not fatal.
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        eprintln!("fake tailscaled: cannot install signal handlers");
+        return 1;
+    };
+    let mut extra = Vec::new();
+    // Like the Go runtime of the real tailscaled, SIGUSR1/SIGUSR2 are survivable (Go ignores
+    // signals nobody asked for unless they are fatal ones like SIGHUP); SIGHUP and SIGQUIT are
+    // only caught when a test wants them recorded.
+    let mut kinds = vec![SignalKind::user_defined1(), SignalKind::user_defined2()];
+    if shared.signal_log.is_some() {
+        kinds.extend([SignalKind::hangup(), SignalKind::quit()]);
+    }
+    {
+        for kind in kinds {
+            match signal(kind) {
+                Ok(s) => extra.push((kind, s)),
+                Err(e) => eprintln!("fake tailscaled: signal handler: {e}"),
+            }
+        }
+    }
+    for (kind, mut s) in extra {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let name = match kind.as_raw_value() {
+                nix::libc::SIGHUP => "SIGHUP",
+                nix::libc::SIGUSR1 => "SIGUSR1",
+                nix::libc::SIGUSR2 => "SIGUSR2",
+                _ => "SIGQUIT",
+            };
+            while s.recv().await.is_some() {
+                shared.log_signal(name);
+            }
+        });
+    }
+
+    let start_serving = {
+        let shared = shared.clone();
+        async move {
+            if let Some(ms) = std::env::var("FAKE_TAILSCALED_SOCKET_DELAY_MS")
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            let api = bind(&shared.socket)?;
+            if let Some(link) = &shared.test_link {
+                if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
+                    let _ = std::fs::remove_file(link);
+                }
+                if let Err(e) = std::os::unix::fs::symlink(&shared.socket, link) {
+                    eprintln!(
+                        "fake tailscaled: symlink TS_TEST_SOCKET {}: {e}",
+                        link.display()
+                    );
+                }
+            }
+            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
+                Some(p) => Some(bind(&p)?),
+                None => None,
+            };
+            tokio::spawn(serve_localapi(api, shared.clone()));
+            if let Some(c) = control {
+                tokio::spawn(serve_control(c, shared.clone()));
+            }
+            if std::env::var("FAKE_TAILSCALED_READY_STDOUT").is_ok_and(|v| v == "1") {
+                println!("ready");
+            }
+            Ok::<(), String>(())
+        }
+    };
+    let mut serving = tokio::spawn(start_serving);
+    let mut serving_done = false;
+
+    loop {
+        tokio::select! {
+            r = &mut serving, if !serving_done => {
+                serving_done = true;
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("fake tailscaled: {e}");
+                        return 1;
+                    }
+                    Err(e) => {
+                        eprintln!("fake tailscaled: {e}");
+                        return 1;
+                    }
+                }
+            }
+            _ = term.recv() => {
+                shared.log_signal("SIGTERM");
+                let until = *shared.ignore_sigterm_until.lock().unwrap_or_else(|p| p.into_inner());
+                if until.is_some_and(|u| Instant::now() < u) {
+                    eprintln!("fake tailscaled: ignoring SIGTERM (FAKE_TAILSCALED_IGNORE_SIGTERM)");
+                    continue;
+                }
+                shared.cleanup();
+                return 0;
+            }
+            _ = int.recv() => {
+                shared.log_signal("SIGINT");
+                shared.cleanup();
+                return 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/ipn-bus")
+            .join(name);
+        serde_json::from_str(std::fs::read_to_string(p).expect("fixture").trim()).expect("json")
+    }
+
+    fn keys(line: &str) -> Vec<String> {
+        // serde_json's map is sorted, so read the key order from the text itself.
+        let v: Value = serde_json::from_str(line).expect("initial message is JSON");
+        let mut ks: Vec<(usize, String)> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| {
+                (
+                    line.find(&format!("\"{k}\":")).expect("key in text"),
+                    k.clone(),
+                )
+            })
+            .collect();
+        ks.sort();
+        ks.into_iter().map(|(_, k)| k).collect()
+    }
+
+    #[test]
+    fn era_detection() {
+        assert_eq!(
+            Era::detect(&serde_json::from_str(DEFAULT_INITIAL).unwrap()),
+            Era::Seed
+        );
+        assert_eq!(
+            Era::detect(&fixture("head-era-01-initial-needslogin-mask14.json")),
+            Era::Head
+        );
+        assert_eq!(
+            Era::detect(&fixture("head-era-11-state-running.json")),
+            Era::Head
+        );
+        assert_eq!(
+            Era::detect(&fixture("seed-era-11-state-running.json")),
+            Era::Seed
+        );
+    }
+
+    #[test]
+    fn seed_initial_message_shapes() {
+        let bus = BusState::new(
+            Era::Seed,
+            &fixture("seed-era-01-initial-needslogin-mask14.json"),
+        );
+        let m14 = bus.initial_message(14).unwrap();
+        assert_eq!(
+            keys(&m14),
+            [
+                "Version",
+                "ErrMessage",
+                "LoginFinished",
+                "State",
+                "Prefs",
+                "NetMap",
+                "Engine",
+                "BrowseToURL",
+                "BackendLogID"
+            ]
+        );
+        let v: Value = serde_json::from_str(&m14).unwrap();
+        assert_eq!(v["State"], 2);
+        assert!(v["Prefs"].is_object());
+        assert!(v["NetMap"].is_null());
+        assert_eq!(
+            v["BrowseToURL"], "",
+            "seed sends the sticky URL, even empty"
+        );
+        let m10: Value = serde_json::from_str(&bus.initial_message(10).unwrap()).unwrap();
+        assert!(m10["Prefs"].is_null());
+        assert_eq!(bus.initial_message(0), None);
+        assert_eq!(
+            bus.initial_message(1 | 16 | 16384),
+            None,
+            "seed knows no bit 14"
+        );
+    }
+
+    #[test]
+    fn head_initial_message_shapes_and_folding() {
+        let mut bus = BusState::new(
+            Era::Head,
+            &fixture("head-era-01-initial-needslogin-mask14.json"),
+        );
+        let v: Value = serde_json::from_str(&bus.initial_message(14).unwrap()).unwrap();
+        assert!(v["SessionID"].is_string());
+        assert!(v["BrowseToURL"].is_null(), "HEAD omits an empty URL");
+        assert!(v.get("SelfChange").is_none());
+        bus.broadcast(&serde_json::to_string(&fixture("head-era-08-selfchange.json")).unwrap())
+            .unwrap();
+        bus.broadcast(&bus.state_message(6)).unwrap();
+        let m = bus.initial_message(10).unwrap();
+        assert_eq!(
+            keys(&m),
+            [
+                "Version",
+                "SessionID",
+                "ErrMessage",
+                "LoginFinished",
+                "State",
+                "Prefs",
+                "SelfChange",
+                "NetMap",
+                "Engine",
+                "BrowseToURL",
+                "DriveShares"
+            ]
+        );
+        let v: Value = serde_json::from_str(&m).unwrap();
+        assert_eq!(v["State"], 6);
+        assert_eq!(v["SelfChange"]["StableID"], "n5Ez6W7CNTRL");
+        assert_eq!(v["NetMap"]["SelfNode"]["StableID"], "n5Ez6W7CNTRL");
+        // Bit 14 without bit 1: InitialStatus carries the state name and self.
+        let v: Value = serde_json::from_str(&bus.initial_message(16384 | 4).unwrap()).unwrap();
+        assert!(v["State"].is_null() && v.get("SessionID").is_none());
+        assert_eq!(v["InitialStatus"]["BackendState"], "Running");
+        assert_eq!(v["InitialStatus"]["Self"]["ID"], "n5Ez6W7CNTRL");
+        assert_eq!(
+            v["InitialStatus"]["Self"]["TailscaleIPs"][0],
+            "100.101.102.103"
+        );
+        // An address change arrives as SelfChange and shows in the next first message.
+        bus.broadcast(
+            &serde_json::to_string(&fixture("head-era-15-selfchange-address-change.json")).unwrap(),
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&bus.initial_message(10).unwrap()).unwrap();
+        assert_eq!(v["NetMap"]["SelfNode"]["Addresses"][0], "100.88.77.66/32");
+    }
+
+    #[test]
+    fn broadcast_rejects_non_objects() {
+        let mut bus = BusState::new(Era::Seed, &Value::Object(Map::new()));
+        assert!(bus.broadcast("[1]").is_err());
+        assert!(bus.broadcast("{").is_err());
+        assert!(bus.broadcast(r#"{"State":3}"#).is_ok());
+        assert_eq!(bus.state, Some(3));
+    }
+
+    #[test]
+    fn socket_args() {
+        let a = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            socket_arg(&a(&["--socket=/x", "--state=mem:"])),
+            Some("/x".into())
+        );
+        assert_eq!(
+            socket_arg(&a(&["--state=mem:", "--socket", "/y"])),
+            Some("/y".into())
+        );
+        assert_eq!(socket_arg(&a(&["--state=mem:"])), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The Kubernetes preflight (contract §5 step 6, kube-api.md §2 calls 1-4), run by ts-init
+//! before tailscaled starts.
+//!
+//! 1. SSAR `get` and `update` on the secret (required);
+//! 2. SSAR `patch` (optional: decides whether tsboot may write the secret);
+//! 3. without `TS_AUTHKEY`, `GET` the secret's `authkey`.
+//!
+//! Status handling per deviations.md: an SSAR that fails (401 after a token re-read, 403, 404,
+//! 422, transient faults after the bounded retry) is logged and counts as allowed for
+//! get/update and as not allowed for patch, as the reference does; a TLS or service-account
+//! problem is fatal (no answer can be trusted). The authkey GET: 404 = no key, anything else
+//! that is not 2xx is fatal.
+//!
+//! The result goes to ts-init as one JSON line on a pipe ([`PreflightOutcome::result_line`]),
+//! so the key never appears in an argv or a log.
+
+use crate::KubeOps;
+use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
+use ts_common::kube::{secret_value, KubeError};
+use ts_common::settings::AuthKey;
+use ts_common::Settings;
+
+/// What the preflight found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreflightOutcome {
+    /// The pod may patch the secret (device info, authkey removal).
+    pub can_patch: bool,
+    /// The secret's `authkey`, when `TS_AUTHKEY` was not given and the secret had one.
+    pub authkey: Option<AuthKey>,
+    /// Why nothing was checked (not in Kubernetes, or `TS_KUBE_SECRET=""`).
+    pub skipped: Option<&'static str>,
+}
+
+impl PreflightOutcome {
+    /// `{"can_patch":true|false,"authkey":"<key>"|null}` plus a newline: the result-fd protocol.
+    pub fn result_line(&self) -> String {
+        let key = self.authkey.as_ref().map(AuthKey::expose);
+        // Serialising an Option<&str> cannot fail; `null` is the honest fallback anyway.
+        let key = serde_json::to_string(&key).unwrap_or_else(|_| "null".into());
+        format!("{{\"can_patch\":{},\"authkey\":{key}}}\n", self.can_patch)
+    }
+
+    /// The outcome for humans (the key redacted).
+    pub fn describe(&self) -> String {
+        if let Some(why) = self.skipped {
+            return format!(
+                "nothing to check ({why}): can_patch=false, no authkey from the secret"
+            );
+        }
+        format!(
+            "can_patch={}, authkey from the secret: {}",
+            self.can_patch,
+            match &self.authkey {
+                Some(k) => k.to_string(),
+                None => "none".into(),
+            }
+        )
+    }
+}
+
+/// Why the preflight failed. Messages keep the reference's wording where operators rely on it.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// SSAR reported `allowed: false` for get and/or update.
+    #[error("Some Kubernetes permissions are missing, please check your RBAC configuration: {0}")]
+    MissingPermissions(String),
+    /// The permission check could not be made at all (TLS, service account).
+    #[error("checking Kubernetes permissions: {0}")]
+    Check(#[source] KubeError),
+    /// The authkey GET failed (401 after a retry, 403, 422, transient after the retry, ...).
+    #[error("Getting authkey from kube secret: {0}")]
+    GetAuthKey(#[source] KubeError),
+    #[error("authkey found in TS_KUBE_SECRET, but the pod doesn't have patch permissions on the secret to manage the authkey.")]
+    AuthKeyWithoutPatch,
+    /// The client could not be built (missing service account files, bad port, ...).
+    #[error(transparent)]
+    Kube(KubeError),
+    #[error("writing the preflight result to fd {fd}: {source} (the fd must be the write end of a pipe opened by the caller)")]
+    ResultFd {
+        fd: RawFd,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PreflightError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PreflightError::Kube(e) => crate::kube_exit_code(e),
+            _ => ts_common::exit::FAILURE,
+        }
+    }
+}
+
+/// Why there is nothing to check, if so.
+pub fn skip_reason(settings: &Settings) -> Option<&'static str> {
+    if !settings.in_kubernetes() {
+        Some("not running in Kubernetes: KUBERNETES_SERVICE_HOST is not set")
+    } else if settings.kube_secret.is_empty() {
+        Some("TS_KUBE_SECRET is empty: the state secret is not used")
+    } else {
+        None
+    }
+}
+
+/// The outcome when there is nothing to check.
+pub fn skipped(why: &'static str) -> PreflightOutcome {
+    PreflightOutcome {
+        can_patch: false,
+        authkey: None,
+        skipped: Some(why),
+    }
+}
+
+/// Runs the checks of a Kubernetes setup with secret storage (see the module docs).
+pub async fn run<K: KubeOps>(
+    kube: &K,
+    settings: &Settings,
+) -> Result<PreflightOutcome, PreflightError> {
+    let secret = settings.kube_secret.as_str();
+    let mut missing = Vec::new();
+    for verb in ["get", "update"] {
+        match check(kube, verb, secret).await? {
+            Some(true) => {}
+            Some(false) => missing.push(format!("missing {verb} permission on secret {secret:?}")),
+            // The reference cannot tell, so it lets tailscaled find out.
+            None => {}
+        }
+    }
+    if !missing.is_empty() {
+        return Err(PreflightError::MissingPermissions(join_errors(&missing)));
+    }
+    let can_patch = check(kube, "patch", secret).await?.unwrap_or(false);
+
+    let mut authkey = None;
+    if settings.auth_key.is_none() {
+        let found = kube
+            .get_secret(secret)
+            .await
+            .map_err(PreflightError::GetAuthKey)?;
+        authkey = found
+            .as_ref()
+            .and_then(|s| secret_value(s, "authkey"))
+            .filter(|k| !k.is_empty())
+            .map(AuthKey::new);
+        if authkey.is_some() {
+            if !can_patch {
+                return Err(PreflightError::AuthKeyWithoutPatch);
+            }
+            tracing::info!("Using authkey found in kube secret");
+        } else {
+            tracing::info!("No authkey found in kube secret and TS_AUTHKEY not provided, login will be interactive if needed.");
+        }
+    }
+    Ok(PreflightOutcome {
+        can_patch,
+        authkey,
+        skipped: None,
+    })
+}
+
+/// One SSAR: `Some(allowed)`, or `None` when the answer could not be obtained (logged, as the
+/// reference does). TLS and service-account failures are fatal instead.
+pub async fn check<K: KubeOps>(
+    kube: &K,
+    verb: &str,
+    secret: &str,
+) -> Result<Option<bool>, PreflightError> {
+    match kube.access_review(verb, secret).await {
+        Ok(allowed) => Ok(Some(allowed)),
+        Err(e) if e.is_setup() => Err(PreflightError::Check(e)),
+        Err(e) => {
+            tracing::warn!("error checking {verb} permission on secret {secret}: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Go's `multierr` rendering: one error as is, several as `multiple errors:\n\t…\n\t…`.
+pub fn join_errors(errs: &[String]) -> String {
+    match errs {
+        [one] => one.clone(),
+        many => {
+            let mut out = String::from("multiple errors:");
+            for e in many {
+                out.push_str("\n\t");
+                out.push_str(e);
+            }
+            out
+        }
+    }
+}
+
+/// Writes the result line to `fd` and closes it.
+pub fn write_result(fd: RawFd, outcome: &PreflightOutcome) -> Result<(), PreflightError> {
+    use std::io::Write as _;
+    let err = |source| PreflightError::ResultFd { fd, source };
+    // Taking ownership of an fd that is not open would be undefined; check it first.
+    nix::fcntl::fcntl(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .map_err(|e| err(std::io::Error::from(e)))?;
+    // SAFETY: the fd is open (checked above) and was handed to this process for the result
+    // only (--result-fd); nothing else uses it, and it is closed when `file` drops.
+    let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(outcome.result_line().as_bytes())
+        .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_line_protocol() {
+        let o = PreflightOutcome {
+            can_patch: true,
+            authkey: Some(AuthKey::new("tskey-\"x\"")),
+            skipped: None,
+        };
+        assert_eq!(
+            o.result_line(),
+            "{\"can_patch\":true,\"authkey\":\"tskey-\\\"x\\\"\"}\n"
+        );
+        let o = skipped("x");
+        assert_eq!(o.result_line(), "{\"can_patch\":false,\"authkey\":null}\n");
+        let o = PreflightOutcome {
+            can_patch: true,
+            authkey: Some(AuthKey::new("tskey-secret")),
+            skipped: None,
+        };
+        assert!(!o.describe().contains("tskey-secret"));
+        assert!(!format!("{o:?}").contains("tskey-secret"));
+    }
+
+    #[test]
+    fn multierr_wording() {
+        assert_eq!(
+            join_errors(&["missing get permission on secret \"tailscale\"".into()]),
+            "missing get permission on secret \"tailscale\""
+        );
+        assert_eq!(
+            join_errors(&["a".into(), "b".into()]),
+            "multiple errors:\n\ta\n\tb"
+        );
+        assert_eq!(
+            PreflightError::MissingPermissions(join_errors(&[
+                "missing get permission on secret \"tailscale\"".into()
+            ]))
+            .to_string(),
+            "Some Kubernetes permissions are missing, please check your RBAC configuration: missing get permission on secret \"tailscale\""
+        );
+    }
+
+    #[test]
+    fn result_fd_not_open_is_an_error() {
+        let err = write_result(987, &skipped("x")).expect_err("fd 987 is not open");
+        assert!(err.to_string().contains("fd 987"), "{err}");
+    }
+}

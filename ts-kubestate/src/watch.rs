@@ -1,0 +1,328 @@
+//! The device-info watcher (contract §5 step 12, §7; kube-api.md §2 calls 5-7), started by
+//! ts-init once tailscaled is Running.
+//!
+//! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone).
+//! On the first Running state, with `TS_AUTH_ONCE` it removes `authkey` (JSON patch; 404 and
+//! 422 mean "already gone"). On every change of the node's (StableID, Name) it checks the
+//! secret with a GET and then writes `device_fqdn` and `device_id` with a strategic-merge
+//! `stringData` patch: only those keys, never a read-modify-write, so tailscaled's own keys
+//! are untouched. The change detector is updated before the write, as the reference does, so a
+//! skipped write waits for the next change.
+//!
+//! Status handling per deviations.md: the GET skips the write on 4xx (logged); the PATCH skips
+//! on 404 and is fatal on 401/403/422. Transient faults get the shared bounded retry; a failure
+//! before the first successful write is fatal, after it (after startup) the write is retried
+//! indefinitely with capped exponential backoff and jitter, one log line per retry.
+
+use crate::KubeOps;
+use std::future::Future;
+use std::hash::{BuildHasher as _, Hasher as _};
+use std::time::Duration;
+use ts_common::kube::KubeError;
+use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
+use ts_common::notify::{BackendState, Notify};
+use ts_common::Settings;
+
+/// First wait of the after-startup retry.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Ceiling of the after-startup retry.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How the watcher ended without error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchExit {
+    /// Not in Kubernetes, no secret, or no patch permission: nothing to store.
+    NothingToDo,
+    /// SIGTERM/SIGINT.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The client could not be built or the permission check could not be made.
+    #[error(transparent)]
+    Kube(KubeError),
+    #[error("deleting authkey from kube secret: {0}")]
+    DeleteAuthKey(#[source] KubeError),
+    #[error("storing device ID in kube secret: {0}")]
+    StoreDeviceInfo(#[source] KubeError),
+    /// tailscaled went away: the watcher has nothing left to follow.
+    #[error("{0}; ts-kubestate stops with it")]
+    BusGone(#[source] LocalApiError),
+    #[error("watching tailscaled's IPN bus: {0}")]
+    Bus(#[source] LocalApiError),
+}
+
+impl WatchError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            WatchError::Kube(e) => crate::kube_exit_code(e),
+            _ => ts_common::exit::FAILURE,
+        }
+    }
+}
+
+/// Why there is nothing to watch, if so.
+pub fn skip_reason(settings: &Settings) -> Option<&'static str> {
+    crate::preflight::skip_reason(settings)
+}
+
+/// Whether the pod may patch the secret: `given` (ts-init passes the preflight's answer), else
+/// an SSAR. An SSAR that cannot be answered counts as "no", as in the reference; a TLS or
+/// service-account problem is an error.
+pub async fn resolve_can_patch<K: KubeOps>(
+    kube: &K,
+    secret: &str,
+    given: Option<bool>,
+) -> Result<bool, WatchError> {
+    if let Some(given) = given {
+        return Ok(given);
+    }
+    match kube.access_review("patch", secret).await {
+        Ok(allowed) => Ok(allowed),
+        Err(e) if e.is_setup() => Err(WatchError::Kube(e)),
+        Err(e) => {
+            tracing::warn!("error checking patch permission on secret {secret}: {e}");
+            Ok(false)
+        }
+    }
+}
+
+/// Runs the watcher until `shutdown` resolves (→ `Ok(Shutdown)`), tailscaled is gone or a
+/// fatal error. `can_patch` as from [`resolve_can_patch`].
+pub async fn run<K: KubeOps>(
+    kube: &K,
+    settings: &Settings,
+    can_patch: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<WatchExit, WatchError> {
+    let secret = settings.kube_secret.as_str();
+    if !can_patch {
+        tracing::info!(
+            "no patch permission on secret {secret:?}: device info is not stored and the authkey is not removed; nothing to do"
+        );
+        report_ready(settings);
+        return Ok(WatchExit::NothingToDo);
+    }
+    tracing::info!(
+        "watching tailscaled's IPN bus at {} to keep device_id/device_fqdn in secret {secret:?} (namespace {:?})",
+        settings.socket.display(),
+        kube.namespace()
+    );
+    let mut follower = Follower::new(LocalApi::new(&settings.socket), MASK_STEADY);
+    let mut rec = Reconciler::new(kube, secret, settings.auth_once);
+    let main = async {
+        loop {
+            let msg = match follower.next().await {
+                Ok(msg) => msg,
+                Err(e @ LocalApiError::Gone { .. }) => return Err(WatchError::BusGone(e)),
+                Err(e @ LocalApiError::Decode { .. }) => {
+                    tracing::warn!("skipping an IPN bus message: {e}");
+                    continue;
+                }
+                Err(e) => return Err(WatchError::Bus(e)),
+            };
+            let was_ready = rec.reconciled;
+            rec.on_notify(&msg).await?;
+            if rec.reconciled && !was_ready {
+                report_ready(settings);
+            }
+        }
+    };
+    tokio::select! {
+        result = main => result,
+        _ = shutdown => {
+            tracing::info!("shutdown requested; exiting");
+            Ok(WatchExit::Shutdown)
+        }
+    }
+}
+
+fn report_ready(settings: &Settings) {
+    if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
+        tracing::warn!("could not report readiness on TS_READY_FD: {e}");
+    }
+}
+
+/// The watcher's state between bus messages.
+pub struct Reconciler<'a, K> {
+    kube: &'a K,
+    secret: &'a str,
+    auth_once: bool,
+    running: bool,
+    /// The last (StableID, Name) seen, applied once Running.
+    seen: Option<(String, String)>,
+    /// The change detector: the pair of the last write attempt.
+    last: Option<(String, String)>,
+    /// A write succeeded: startup is over, transient write failures are retried forever.
+    stored_once: bool,
+    /// The first reconcile (authkey removal if due, device info once) is done.
+    pub reconciled: bool,
+}
+
+impl<'a, K: KubeOps> Reconciler<'a, K> {
+    pub fn new(kube: &'a K, secret: &'a str, auth_once: bool) -> Self {
+        Reconciler {
+            kube,
+            secret,
+            auth_once,
+            running: false,
+            seen: None,
+            last: None,
+            stored_once: false,
+            reconciled: false,
+        }
+    }
+
+    /// Applies one bus message.
+    pub async fn on_notify(&mut self, msg: &Notify) -> Result<(), WatchError> {
+        if let Some(id) = msg.self_identity() {
+            self.seen = Some((id.stable_id, id.name));
+        }
+        if msg.backend_state() == Some(BackendState::Running) && !self.running {
+            self.running = true;
+            if self.auth_once {
+                self.remove_authkey().await?;
+            }
+        }
+        if !self.running {
+            return Ok(());
+        }
+        let Some(pair) = self.seen.clone() else {
+            return Ok(());
+        };
+        if self.last.as_ref() != Some(&pair) {
+            self.last = Some(pair.clone());
+            self.store(&pair.0, &pair.1).await?;
+        }
+        self.reconciled = true;
+        Ok(())
+    }
+
+    /// JSON-patch remove of `authkey` (the reference's call 5).
+    pub async fn remove_authkey(&self) -> Result<(), WatchError> {
+        tracing::info!("Deleting authkey from kube secret");
+        match self.kube.remove_key(self.secret, "authkey").await {
+            Ok(()) => Ok(()),
+            // 404: no secret; 422: the key is already absent. Either way it is gone.
+            Err(e) if matches!(e.status_code(), Some(404 | 422)) => {
+                tracing::info!(
+                    "authkey already absent from secret {:?} ({})",
+                    self.secret,
+                    e.status_code().unwrap_or(0)
+                );
+                Ok(())
+            }
+            Err(e) => Err(WatchError::DeleteAuthKey(e)),
+        }
+    }
+
+    /// GET, then the strategic-merge PATCH of device_fqdn/device_id.
+    async fn store(&mut self, id: &str, name: &str) -> Result<(), WatchError> {
+        let mut retry: u32 = 0;
+        loop {
+            let err = match self.try_store(id, name).await {
+                Ok(stored) => {
+                    if stored {
+                        self.stored_once = true;
+                        tracing::info!(
+                            "stored device info in secret {:?}: device_id={id} device_fqdn={name}",
+                            self.secret
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            // Before the first successful write a failure ends the watcher (ts-init ends the
+            // container, as the reference's crash did); after it, the write is retried.
+            if !(self.stored_once && err.is_transient()) {
+                return Err(WatchError::StoreDeviceInfo(err));
+            }
+            retry += 1;
+            let delay = jittered(capped_backoff(retry));
+            tracing::warn!(
+                "storing device info in secret {:?} failed: {err}; retrying in {}ms (retry {retry})",
+                self.secret,
+                delay.as_millis()
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One GET + PATCH; `Ok(false)` when the write is skipped per the status table.
+    async fn try_store(&self, id: &str, name: &str) -> Result<bool, KubeError> {
+        match self.kube.get_secret(self.secret).await {
+            Ok(Some(_)) => {}
+            // A 2xx whose body we could not read: the secret is there, go on.
+            Err(KubeError::Decode { .. }) => {}
+            Ok(None) => {
+                tracing::info!(
+                    "secret {:?} not found: not storing device info (retried when the node's identity changes)",
+                    self.secret
+                );
+                return Ok(false);
+            }
+            Err(e)
+                if e.status_code().is_some_and(|c| (400..500).contains(&c))
+                    && !e.is_transient() =>
+            {
+                tracing::warn!(
+                    "cannot read secret {:?} before storing device info, skipping the write: {e}",
+                    self.secret
+                );
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        let data = [("device_fqdn", name), ("device_id", id)];
+        match self.kube.patch_string_data(self.secret, &data).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.status_code() == Some(404) => {
+                tracing::info!(
+                    "secret {:?} disappeared before device info was stored: skipping the write",
+                    self.secret
+                );
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// 100 ms doubling up to 30 s.
+pub fn capped_backoff(retry: u32) -> Duration {
+    let factor = 1u32 << retry.saturating_sub(1).min(16);
+    RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
+}
+
+/// Between half and all of `d`, so many pods do not retry in lockstep.
+fn jittered(d: Duration) -> Duration {
+    // RandomState is seeded randomly per instance: enough entropy for jitter, no extra crate.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let half = d / 2;
+    half + half.mul_f64((r % 1000) as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped_and_jitter_bounded() {
+        assert_eq!(capped_backoff(1), Duration::from_millis(100));
+        assert_eq!(capped_backoff(2), Duration::from_millis(200));
+        assert_eq!(capped_backoff(9), Duration::from_millis(25_600));
+        assert_eq!(capped_backoff(10), RETRY_MAX);
+        assert_eq!(capped_backoff(100), RETRY_MAX);
+        for _ in 0..100 {
+            let j = jittered(Duration::from_secs(10));
+            assert!(
+                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
+                "{j:?}"
+            );
+        }
+    }
+}
