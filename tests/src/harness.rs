@@ -95,7 +95,13 @@ impl Root {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("tsboot-{test}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["usr/bin", "tmp", "dev/net", "proc/sys/net/ipv4", "proc/sys/net/ipv6/conf/all"] {
+        for sub in [
+            "usr/bin",
+            "tmp",
+            "dev/net",
+            "proc/sys/net/ipv4",
+            "proc/sys/net/ipv6/conf/all",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).expect("create root dirs");
         }
         // Like the reference harness: a tun node already exists (a plain file is enough to
@@ -122,11 +128,20 @@ impl Root {
         );
         let env = vec![
             ("PATH".to_string(), path),
-            ("TS_TEST_RECORD_ARGS".to_string(), record.display().to_string()),
-            ("TS_TEST_SOCKET".to_string(), dir.join("test.sock").display().to_string()),
+            (
+                "TS_TEST_RECORD_ARGS".to_string(),
+                record.display().to_string(),
+            ),
+            (
+                "TS_TEST_SOCKET".to_string(),
+                dir.join("test.sock").display().to_string(),
+            ),
             ("TS_SOCKET".to_string(), socket.display().to_string()),
             ("TS_TEST_ONLY_ROOT".to_string(), dir.display().to_string()),
-            ("FAKE_TAILSCALED_CONTROL".to_string(), control.display().to_string()),
+            (
+                "FAKE_TAILSCALED_CONTROL".to_string(),
+                control.display().to_string(),
+            ),
         ];
         Root {
             stderr: dir.join("stderr.log"),
@@ -141,8 +156,14 @@ impl Root {
     /// The harness environment plus the era's fixtures (initial state, what `up` replays).
     pub fn era_env(&self, era: &Era) -> Vec<(String, String)> {
         let mut env = self.env.clone();
-        env.push(("FAKE_TAILSCALED_INITIAL".into(), fixture(era.initial).display().to_string()));
-        env.push(("FAKE_TAILSCALE_UP_REPLAY".into(), fixture(era.login).display().to_string()));
+        env.push((
+            "FAKE_TAILSCALED_INITIAL".into(),
+            fixture(era.initial).display().to_string(),
+        ));
+        env.push((
+            "FAKE_TAILSCALE_UP_REPLAY".into(),
+            fixture(era.login).display().to_string(),
+        ));
         env
     }
 
@@ -205,7 +226,9 @@ impl Root {
         let mut stream = loop {
             match UnixStream::connect(&self.control) {
                 Ok(s) => break s,
-                Err(e) if start.elapsed() > PATIENCE => panic!("fake tailscaled control socket: {e}"),
+                Err(e) if start.elapsed() > PATIENCE => {
+                    panic!("fake tailscaled control socket: {e}")
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         };
@@ -217,13 +240,17 @@ impl Root {
         BufReader::new(stream)
             .read_line(&mut line)
             .expect("control answer");
-        assert!(line.starts_with("ok"), "control {command:?} answered {line:?}");
+        assert!(
+            line.starts_with("ok"),
+            "control {command:?} answered {line:?}"
+        );
         line.trim_end().to_string()
     }
 
     /// Sends a control command that ends the fake (`exit`, `signal`), so no answer comes.
     pub fn control_nowait(&self, command: &str) {
-        let mut stream = UnixStream::connect(&self.control).expect("fake tailscaled control socket");
+        let mut stream =
+            UnixStream::connect(&self.control).expect("fake tailscaled control socket");
         writeln!(stream, "{command}").expect("control write");
         // Keep the connection until the fake has read the command and gone.
         let mut rest = String::new();
@@ -243,6 +270,26 @@ impl Root {
 
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.dir.join(rel)).unwrap_or_default()
+    }
+}
+
+impl Root {
+    /// Keeps the root on disk after the harness is done (the demo leaves it to look at).
+    pub fn keep(self) -> PathBuf {
+        let dir = self.dir.clone();
+        std::mem::forget(self);
+        dir
+    }
+
+    /// Runs a fake (or any program) with the harness environment and returns its stdout.
+    pub fn run_with_env(&self, program: &Path, args: &[&str]) -> String {
+        let out = Command::new(program)
+            .args(args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run program");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -383,14 +430,19 @@ impl ApiServer {
         }
         let env = read_lines(&state.join("env"))
             .into_iter()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         ApiServer { child, state, env }
     }
 
     /// The secret's data, decoded (`None` while it does not exist).
     pub fn secret(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
-        let text = std::fs::read_to_string(self.state.join(format!("secret-default-{name}.data.json"))).ok()?;
+        let text =
+            std::fs::read_to_string(self.state.join(format!("secret-default-{name}.data.json")))
+                .ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -407,7 +459,10 @@ impl ApiServer {
                 return;
             }
             if start.elapsed() > PATIENCE {
-                panic!("secret {name}: got {got:?}, want {want:?}\nrequests:\n{}", self.requests().join("\n"));
+                panic!(
+                    "secret {name}: got {got:?}, want {want:?}\nrequests:\n{}",
+                    self.requests().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

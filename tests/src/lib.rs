@@ -1,15 +1,18 @@
 //! Test doubles for tsboot and the helpers its end-to-end tests share.
-pub mod harness;
 pub mod fake_apiserver;
 pub mod fake_cli;
 pub mod fake_tailscaled;
 pub mod fake_tailscaled_ctl;
+pub mod harness;
 
 /// A binary built by this workspace (`target/<profile>/<name>`): the parent of the running test
 /// executable's `deps` directory.
 pub fn bin_path(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let mut dir = exe.parent().expect("test executable has a directory").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test executable has a directory")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

@@ -180,29 +180,47 @@ fn run(s: &Scenario, era: &Era) {
         let no_state = root.dir.join("no-state.json");
         std::fs::write(&no_state, NO_STATE).expect("write initial state");
         env.retain(|(k, _)| k != "FAKE_TAILSCALED_INITIAL");
-        env.push(("FAKE_TAILSCALED_INITIAL".into(), no_state.display().to_string()));
+        env.push((
+            "FAKE_TAILSCALED_INITIAL".into(),
+            no_state.display().to_string(),
+        ));
     }
     let mut init = root.start_init(&env, &[]);
 
-    let tailscaled = rec("tailscaled", &format!("{SOCK} {}", s.tailscaled.replace("{root}", "")));
+    let tailscaled = rec(
+        "tailscaled",
+        &format!("{SOCK} {}", s.tailscaled.replace("{root}", "")),
+    );
     let up = rec("tailscale", &format!("{SOCK} {}", s.up));
     if s.auth_once {
         // Nothing but tailscaled until tailscaled asks for a login; ts-auth is watching.
         root.expect_records(std::slice::from_ref(&tailscaled));
         wait_for_watchers(&root, 1);
-        assert_eq!(root.records(), vec![tailscaled.clone()], "{} ({}): up ran before NeedsLogin", s.name, era.name);
+        assert_eq!(
+            root.records(),
+            vec![tailscaled.clone()],
+            "{} ({}): up ran before NeedsLogin",
+            s.name,
+            era.name
+        );
         root.notify_file(era.initial);
     }
     let mut want = vec![tailscaled, up];
     for extra in s.after_running {
         let mut parts = extra.splitn(2, ' ');
         let program = parts.next().unwrap_or_default();
-        want.push(rec(program, &parts.next().unwrap_or_default().replace("{ip}", era.ipv4)));
+        want.push(rec(
+            program,
+            &parts.next().unwrap_or_default().replace("{ip}", era.ipv4),
+        ));
     }
     init.expect_log(STARTUP);
     root.expect_records(&want);
     assert_eq!(
-        (root.read("proc/sys/net/ipv4/ip_forward").trim(), root.read("proc/sys/net/ipv6/conf/all/forwarding").trim()),
+        (
+            root.read("proc/sys/net/ipv4/ip_forward").trim(),
+            root.read("proc/sys/net/ipv6/conf/all/forwarding").trim()
+        ),
         s.sysctls,
         "{} ({}): sysctls",
         s.name,
@@ -210,9 +228,22 @@ fn run(s: &Scenario, era: &Era) {
     );
     init.signal(nix::sys::signal::Signal::SIGTERM);
     let code = init.wait_code(Duration::from_secs(10));
-    assert_eq!(code, 0, "{} ({}): exit status after SIGTERM\n{}", s.name, era.name, init.log());
+    assert_eq!(
+        code,
+        0,
+        "{} ({}): exit status after SIGTERM\n{}",
+        s.name,
+        era.name,
+        init.log()
+    );
     // The auth key never reaches a log line.
-    assert!(!init.log().contains("tskey-key"), "{} ({}): auth key in the log:\n{}", s.name, era.name, init.log());
+    assert!(
+        !init.log().contains("tskey-key"),
+        "{} ({}): auth key in the log:\n{}",
+        s.name,
+        era.name,
+        init.log()
+    );
 }
 
 fn wait_for_watchers(root: &Root, n: usize) {
@@ -223,7 +254,10 @@ fn wait_for_watchers(root: &Root, n: usize) {
         if count >= n {
             return;
         }
-        assert!(start.elapsed() < tsboot_tests::harness::PATIENCE, "no bus watcher connected");
+        assert!(
+            start.elapsed() < tsboot_tests::harness::PATIENCE,
+            "no bus watcher connected"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }

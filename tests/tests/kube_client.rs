@@ -339,3 +339,23 @@ async fn ssar_denied_is_allowed_false() {
         .expect("update"));
     assert!(!client.access_review("patch", SECRET).await.expect("patch"));
 }
+
+#[tokio::test]
+async fn a_slow_answer_beyond_the_request_timeout_is_retried() {
+    let (api, client, _root) = setup("kube-slow").await;
+    let policy = RetryPolicy {
+        request_timeout: Duration::from_millis(200),
+        ..quick()
+    };
+    let client = client.with_policy(policy);
+    // Slower than the timeout once; the retry gets a prompt answer.
+    api.delay_next(Match::ssar("get"), Duration::from_millis(1500), 1);
+    assert!(client.access_review("get", SECRET).await.expect("retried"));
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    // A delay shorter than the timeout is just served.
+    api.clear_requests();
+    api.delay_next(Match::secret_get(), Duration::from_millis(20), 1);
+    assert!(client.get_secret(SECRET).await.expect("get").is_some());
+    assert_eq!(api.requests().len(), 1);
+}

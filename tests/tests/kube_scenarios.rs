@@ -8,7 +8,8 @@ const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 const KUBE_TAILSCALED: &str =
     "--socket=/tmp/tailscaled.sock --state=kube:tailscale --statedir=/tmp --tun=userspace-networking";
 const UP_WITH_KEY: &str = "--socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=tskey-key";
-const SECRET_WITH_KEY: &str = r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-key"}}]}"#;
+const SECRET_WITH_KEY: &str =
+    r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-key"}}]}"#;
 
 fn env(root: &Root, era: &Era, api: &ApiServer, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = root.era_env(era);
@@ -23,7 +24,11 @@ fn env(root: &Root, era: &Era, api: &ApiServer, extra: &[(&str, &str)]) -> Vec<(
 fn stop(init: &mut tsboot_tests::harness::Init) {
     init.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
-    assert!(!init.log().contains("tskey-key"), "auth key in the log:\n{}", init.log());
+    assert!(
+        !init.log().contains("tskey-key"),
+        "auth key in the log:\n{}",
+        init.log()
+    );
 }
 
 #[test]
@@ -32,12 +37,19 @@ fn kube_storage() {
         let root = Root::new(&format!("kube_storage-{}", era.name));
         let api = ApiServer::start(&root, SECRET_WITH_KEY);
         let mut init = root.start_init(&env(&root, era, &api, &[]), &[]);
-        root.expect_records(&[rec("tailscaled", KUBE_TAILSCALED), rec("tailscale", UP_WITH_KEY)]);
+        root.expect_records(&[
+            rec("tailscaled", KUBE_TAILSCALED),
+            rec("tailscale", UP_WITH_KEY),
+        ]);
         init.expect_log(" Using authkey found in kube secret");
         init.expect_log(STARTUP);
         api.expect_secret(
             "tailscale",
-            &[("authkey", "tskey-key"), ("device_fqdn", era.fqdn), ("device_id", era.stable_id)],
+            &[
+                ("authkey", "tskey-key"),
+                ("device_fqdn", era.fqdn),
+                ("device_id", era.stable_id),
+            ],
         );
         stop(&mut init);
     }
@@ -48,15 +60,26 @@ fn kube_disk_storage() {
     for era in &ERAS {
         let root = Root::new(&format!("kube_disk_storage-{}", era.name));
         let api = ApiServer::start(&root, SECRET_WITH_KEY);
-        let extra = [("TS_KUBE_SECRET", ""), ("TS_STATE_DIR", "{root}/tmp"), ("TS_AUTHKEY", "tskey-key")];
+        let extra = [
+            ("TS_KUBE_SECRET", ""),
+            ("TS_STATE_DIR", "{root}/tmp"),
+            ("TS_AUTHKEY", "tskey-key"),
+        ];
         let mut init = root.start_init(&env(&root, era, &api, &extra), &[]);
         root.expect_records(&[
-            rec("tailscaled", "--socket=/tmp/tailscaled.sock --statedir=/tmp --tun=userspace-networking"),
+            rec(
+                "tailscaled",
+                "--socket=/tmp/tailscaled.sock --statedir=/tmp --tun=userspace-networking",
+            ),
             rec("tailscale", UP_WITH_KEY),
         ]);
         init.expect_log(STARTUP);
         api.expect_secret("tailscale", &[("authkey", "tskey-key")]);
-        assert!(api.requests().is_empty(), "no kube calls at all, got {:#?}", api.requests());
+        assert!(
+            api.requests().is_empty(),
+            "no kube calls at all, got {:#?}",
+            api.requests()
+        );
         stop(&mut init);
     }
 }
@@ -65,9 +88,15 @@ fn kube_disk_storage() {
 fn kube_storage_no_patch() {
     for era in &ERAS {
         let root = Root::new(&format!("kube_storage_no_patch-{}", era.name));
-        let api = ApiServer::start(&root, r#"{"secrets":[{"name":"tailscale"}],"deny":[{"verb":"patch"}]}"#);
+        let api = ApiServer::start(
+            &root,
+            r#"{"secrets":[{"name":"tailscale"}],"deny":[{"verb":"patch"}]}"#,
+        );
         let mut init = root.start_init(&env(&root, era, &api, &[("TS_AUTHKEY", "tskey-key")]), &[]);
-        root.expect_records(&[rec("tailscaled", KUBE_TAILSCALED), rec("tailscale", UP_WITH_KEY)]);
+        root.expect_records(&[
+            rec("tailscaled", KUBE_TAILSCALED),
+            rec("tailscale", UP_WITH_KEY),
+        ]);
         init.expect_log(STARTUP);
         api.expect_secret("tailscale", &[]);
         assert!(
@@ -89,14 +118,23 @@ fn kube_storage_auth_once() {
         let no_state = root.dir.join("no-state.json");
         std::fs::write(&no_state, r#"{"Version":"","State":0}"#).expect("initial state");
         env.retain(|(k, _)| k != "FAKE_TAILSCALED_INITIAL");
-        env.push(("FAKE_TAILSCALED_INITIAL".into(), no_state.display().to_string()));
+        env.push((
+            "FAKE_TAILSCALED_INITIAL".into(),
+            no_state.display().to_string(),
+        ));
         let mut init = root.start_init(&env, &[]);
         root.expect_records(&[rec("tailscaled", KUBE_TAILSCALED)]);
         root.notify_file(era.initial);
-        root.expect_records(&[rec("tailscaled", KUBE_TAILSCALED), rec("tailscale", UP_WITH_KEY)]);
+        root.expect_records(&[
+            rec("tailscaled", KUBE_TAILSCALED),
+            rec("tailscale", UP_WITH_KEY),
+        ]);
         init.expect_log(STARTUP);
         init.expect_log(" Deleting authkey from kube secret");
-        api.expect_secret("tailscale", &[("device_fqdn", era.fqdn), ("device_id", era.stable_id)]);
+        api.expect_secret(
+            "tailscale",
+            &[("device_fqdn", era.fqdn), ("device_id", era.stable_id)],
+        );
         stop(&mut init);
     }
 }
@@ -110,12 +148,20 @@ fn kube_storage_updates() {
         init.expect_log(STARTUP);
         api.expect_secret(
             "tailscale",
-            &[("authkey", "tskey-key"), ("device_fqdn", era.fqdn), ("device_id", era.stable_id)],
+            &[
+                ("authkey", "tskey-key"),
+                ("device_fqdn", era.fqdn),
+                ("device_id", era.stable_id),
+            ],
         );
         root.notify_file(era.identity_change);
         api.expect_secret(
             "tailscale",
-            &[("authkey", "tskey-key"), ("device_fqdn", era.new_fqdn), ("device_id", era.new_stable_id)],
+            &[
+                ("authkey", "tskey-key"),
+                ("device_fqdn", era.new_fqdn),
+                ("device_id", era.new_stable_id),
+            ],
         );
         stop(&mut init);
     }
@@ -124,7 +170,10 @@ fn kube_storage_updates() {
 #[test]
 fn rbac_missing_get_fails_before_tailscaled() {
     let root = Root::new("kube-rbac");
-    let api = ApiServer::start(&root, r#"{"secrets":[{"name":"tailscale"}],"deny":[{"verb":"get"}]}"#);
+    let api = ApiServer::start(
+        &root,
+        r#"{"secrets":[{"name":"tailscale"}],"deny":[{"verb":"get"}]}"#,
+    );
     let era = &ERAS[0];
     let mut init = root.start_init(&env(&root, era, &api, &[("TS_AUTHKEY", "tskey-key")]), &[]);
     assert_eq!(init.wait_code(Duration::from_secs(15)), 1, "{}", init.log());
@@ -133,7 +182,11 @@ fn rbac_missing_get_fails_before_tailscaled() {
         "{}",
         init.log()
     );
-    assert!(root.records().is_empty(), "tailscaled must not start: {:?}", root.records());
+    assert!(
+        root.records().is_empty(),
+        "tailscaled must not start: {:?}",
+        root.records()
+    );
 }
 
 #[test]

@@ -173,6 +173,25 @@ async fn explain_reads_but_never_writes_and_never_shows_the_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_without_a_client_shows_the_calls_and_what_is_undecided() {
+    let s = Setup::new("pf-explain-nosa").await;
+    std::fs::remove_file(s.root.join(SERVICEACCOUNT_DIR).join("token")).expect("rm");
+    let out = std::process::Command::new(require_bin("ts-kubestate"))
+        .args(["preflight", "--explain"])
+        .env_clear()
+        .envs(s.env(&[]))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("cannot be built"), "{stdout}");
+    assert!(stdout.contains("selfsubjectaccessreviews"), "{stdout}");
+    assert!(stdout.contains("answer not obtained"), "{stdout}");
+    assert!(stdout.contains("the preflight would fail"), "{stdout}");
+    assert!(s.api.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_with_invalid_configuration_exits_2() {
     let s = Setup::new("pf-explain-bad").await;
     let mut env = s.env(&[]);

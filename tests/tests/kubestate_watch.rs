@@ -172,6 +172,7 @@ async fn auth_once_removes_the_authkey_and_leaves_exactly_the_reference_keys() {
     let s = Setup::new("kw-authonce", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[("TS_AUTH_ONCE", "true")]);
     assert!(w.wait_ready(), "{}", w.stderr());
+    w.wait_log("Deleting authkey from kube secret");
     assert!(
         w.stderr().contains("Deleting authkey from kube secret"),
         "{}",
@@ -335,7 +336,7 @@ async fn secret_404_skips_the_write_until_the_identity_changes() {
         "skipping still completes the reconcile:\n{}",
         w.stderr()
     );
-    assert!(w.stderr().contains("not found"), "{}", w.stderr());
+    w.wait_log("not found");
     assert!(s.patches().is_empty());
     // The secret appears; the next identity change is written (the reference's change
     // detector was already updated, so the same identity is not retried).
@@ -352,7 +353,8 @@ async fn get_403_and_422_skip_the_write() {
         s.api.fail_next(Match::secret_get(), code, 1);
         let mut w = s.watch(&["--can-patch", "true"], &[]);
         assert!(w.wait_ready(), "{code}: {}", w.stderr());
-        assert!(w.stderr().contains("skipping the write"), "{}", w.stderr());
+        // stderr is collected by a reader thread: wait for the line rather than race it.
+        w.wait_log("skipping the write");
         assert!(s.patches().is_empty(), "{code}");
         assert!(w.running());
     }
@@ -364,7 +366,7 @@ async fn get_401_after_one_retry_skips_the_write() {
     s.api.fail_next(Match::secret_get(), 401, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.stderr());
-    assert!(w.stderr().contains("401 Unauthorized"), "{}", w.stderr());
+    w.wait_log("401 Unauthorized");
     assert!(s.patches().is_empty());
 }
 

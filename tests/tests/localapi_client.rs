@@ -411,3 +411,51 @@ async fn garbage_line_is_a_decode_error_and_the_stream_goes_on() {
     within("server", server).await.expect("server");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn follower_gives_up_when_every_stream_ends_empty() {
+    // A daemon on its way out: it still accepts, but ends every stream at once.
+    let dir = temp_dir("empty");
+    let sock = dir.join("s.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
+    let server = tokio::spawn(async move {
+        let mut n = 0u32;
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
+            n += 1;
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read(&mut b).await.unwrap_or(0) == 0 {
+                    break;
+                }
+                head.push(b[0]);
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                .await;
+            if n == 9 {
+                break;
+            }
+        }
+        n
+    });
+    let mut f = Follower::new(LocalApi::new(&sock), MASK_STEADY);
+    match within("gone", f.next()).await {
+        Err(LocalApiError::Gone { source, .. }) => {
+            assert!(
+                matches!(*source, LocalApiError::EmptyStreams { times: 8, .. }),
+                "{source}"
+            )
+        }
+        other => panic!("want Gone, got {:?}", other.map(|_| "a message")),
+    }
+    assert_eq!(
+        within("server", server).await.expect("server"),
+        9,
+        "first watch + 8 re-watches"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -77,7 +77,10 @@ fn leftovers(root: &Path) -> Vec<String> {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < PATIENCE * 3, "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < PATIENCE * 3,
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -89,7 +92,11 @@ fn boot(root: &Root, env: &[(String, String)], pid_ns: bool) -> (Init, i32) {
         let unshare = ts_common::process::look_path("unshare").expect("unshare");
         let ts_init = tsboot_tests::bin_path("ts-init");
         let ts_init = ts_init.display().to_string();
-        root.start_program(&unshare, env, &["--pid", "--fork", "--mount-proc", &ts_init])
+        root.start_program(
+            &unshare,
+            env,
+            &["--pid", "--fork", "--mount-proc", &ts_init],
+        )
     } else {
         root.start_init(env, &[])
     };
@@ -109,17 +116,29 @@ fn boot(root: &Root, env: &[(String, String)], pid_ns: bool) -> (Init, i32) {
 }
 
 fn reap_test(pid_ns: bool) {
-    let root = Root::new(if pid_ns { "reap-pid1" } else { "reap-subreaper" });
+    let root = Root::new(if pid_ns {
+        "reap-pid1"
+    } else {
+        "reap-subreaper"
+    });
     let env = root.era_env(&HARNESS);
     let (mut init, init_pid) = boot(&root, &env, pid_ns);
     // 10,000 orphans whose parent died: re-parented to ts-init (PID 1 or subreaper).
     root.control("orphans 10000");
     wait_until("every orphan reaped", || zombies_of(init_pid) == 0);
-    assert!(init.try_status().is_none(), "ts-init died while reaping:\n{}", init.log());
+    assert!(
+        init.try_status().is_none(),
+        "ts-init died while reaping:\n{}",
+        init.log()
+    );
     // SIGTERM from outside (for the namespace case: from the parent namespace).
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(init_pid), Signal::SIGTERM).expect("kill");
     assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
-    assert!(init.log().contains("Exiting with status 0"), "{}", init.log());
+    assert!(
+        init.log().contains("Exiting with status 0"),
+        "{}",
+        init.log()
+    );
     assert_eq!(leftovers(&root.dir), Vec::<String>::new());
 }
 
@@ -166,11 +185,14 @@ fn sigterm_at(phase: &str) {
     let code = init.wait_code(Duration::from_secs(15));
     assert_eq!(code, 0, "SIGTERM {phase}: exit status\n{}", init.log());
     assert!(
-        init.log().contains("Received SIGTERM from container runtime, shutting down tailscaled"),
+        init.log()
+            .contains("Received SIGTERM from container runtime, shutting down tailscaled"),
         "{}",
         init.log()
     );
-    wait_until("no process of the tree left", || leftovers(&root.dir).is_empty());
+    wait_until("no process of the tree left", || {
+        leftovers(&root.dir).is_empty()
+    });
 }
 
 #[test]
@@ -201,7 +223,12 @@ fn sigint_is_a_shutdown_too() {
     init.expect_log(STARTUP);
     init.signal(Signal::SIGINT);
     assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
-    assert!(init.log().contains("Received SIGINT from container runtime"), "{}", init.log());
+    assert!(
+        init.log()
+            .contains("Received SIGINT from container runtime"),
+        "{}",
+        init.log()
+    );
 }
 
 #[test]
@@ -213,9 +240,16 @@ fn tailscaled_ignoring_sigterm_is_killed_after_grace() {
     let mut init = root.start_init(&env, &[]);
     init.expect_log(STARTUP);
     init.signal(Signal::SIGTERM);
-    assert_eq!(init.wait_code(Duration::from_secs(15)), 137, "{}", init.log());
+    assert_eq!(
+        init.wait_code(Duration::from_secs(15)),
+        137,
+        "{}",
+        init.log()
+    );
     assert!(init.log().contains("sending SIGKILL"), "{}", init.log());
-    wait_until("no process of the tree left", || leftovers(&root.dir).is_empty());
+    wait_until("no process of the tree left", || {
+        leftovers(&root.dir).is_empty()
+    });
 }
 
 fn tailscaled_death(command: &str, want: i32, after_startup: bool) {
@@ -225,11 +259,26 @@ fn tailscaled_death(command: &str, want: i32, after_startup: bool) {
         env.push(("FAKE_TAILSCALE_UP_SLEEP_MS".into(), "60000".into()));
     }
     let mut init = root.start_init(&env, &[]);
-    init.expect_log(if after_startup { STARTUP } else { " Running 'tailscale up'" });
+    init.expect_log(if after_startup {
+        STARTUP
+    } else {
+        " Running 'tailscale up'"
+    });
     root.control_nowait(command);
-    assert_eq!(init.wait_code(Duration::from_secs(15)), want, "{command}:\n{}", init.log());
-    assert!(init.log().contains(&format!("Exiting with status {want}")), "{}", init.log());
-    wait_until("no process of the tree left", || leftovers(&root.dir).is_empty());
+    assert_eq!(
+        init.wait_code(Duration::from_secs(15)),
+        want,
+        "{command}:\n{}",
+        init.log()
+    );
+    assert!(
+        init.log().contains(&format!("Exiting with status {want}")),
+        "{}",
+        init.log()
+    );
+    wait_until("no process of the tree left", || {
+        leftovers(&root.dir).is_empty()
+    });
 }
 
 #[test]
@@ -256,11 +305,14 @@ fn leaving_running_gives_1() {
     root.control("state 2");
     assert_eq!(init.wait_code(Duration::from_secs(15)), 1, "{}", init.log());
     assert!(
-        init.log().contains("tailscaled left running state (now in state \"NeedsLogin\"), exiting"),
+        init.log()
+            .contains("tailscaled left running state (now in state \"NeedsLogin\"), exiting"),
         "{}",
         init.log()
     );
-    wait_until("no process of the tree left", || leftovers(&root.dir).is_empty());
+    wait_until("no process of the tree left", || {
+        leftovers(&root.dir).is_empty()
+    });
 }
 
 #[test]
@@ -272,7 +324,11 @@ fn signal_flood_during_startup_breaks_nothing() {
     init.expect_log(" Running 'tailscale up'");
     let pid = nix::unistd::Pid::from_raw(init.pid());
     for i in 0..1000 {
-        let sig = if i % 2 == 0 { Signal::SIGCHLD } else { Signal::SIGUSR1 };
+        let sig = if i % 2 == 0 {
+            Signal::SIGCHLD
+        } else {
+            Signal::SIGUSR1
+        };
         let _ = nix::sys::signal::kill(pid, sig);
     }
     init.expect_log(STARTUP);
@@ -298,10 +354,27 @@ fn invalid_configuration_exits_2_and_starts_nothing() {
             env.push(("TS_USERSPACE".into(), "false".into()));
         }
         let mut init = root.start_init(&env, &[]);
-        assert_eq!(init.wait_code(Duration::from_secs(10)), 2, "{var}={value}:\n{}", init.log());
-        assert!(init.log().contains(var), "{var}: error does not name the variable:\n{}", init.log());
-        assert!(init.log().contains(value.trim()), "{var}: error does not show the value:\n{}", init.log());
-        assert!(root.records().is_empty(), "{var}: something was started: {:?}", root.records());
+        assert_eq!(
+            init.wait_code(Duration::from_secs(10)),
+            2,
+            "{var}={value}:\n{}",
+            init.log()
+        );
+        assert!(
+            init.log().contains(var),
+            "{var}: error does not name the variable:\n{}",
+            init.log()
+        );
+        assert!(
+            init.log().contains(value.trim()),
+            "{var}: error does not show the value:\n{}",
+            init.log()
+        );
+        assert!(
+            root.records().is_empty(),
+            "{var}: something was started: {:?}",
+            root.records()
+        );
     }
 }
 
@@ -312,7 +385,12 @@ fn dest_ip_in_userspace_is_a_usage_error() {
     env.push(("TS_DEST_IP".into(), "1.2.3.4".into()));
     let mut init = root.start_init(&env, &[]);
     assert_eq!(init.wait_code(Duration::from_secs(10)), 2, "{}", init.log());
-    assert!(init.log().contains("TS_DEST_IP is not supported with TS_USERSPACE"), "{}", init.log());
+    assert!(
+        init.log()
+            .contains("TS_DEST_IP is not supported with TS_USERSPACE"),
+        "{}",
+        init.log()
+    );
     assert!(root.records().is_empty());
 }
 
@@ -324,8 +402,15 @@ fn startup_deadline_exits_1_and_stops_tailscaled() {
     env.push(("TS_BOOT_TIMEOUT".into(), "1s".into()));
     let mut init = root.start_init(&env, &[]);
     assert_eq!(init.wait_code(Duration::from_secs(15)), 1, "{}", init.log());
-    assert!(init.log().contains("Timed out waiting for tailscaled socket"), "{}", init.log());
-    wait_until("no process of the tree left", || leftovers(&root.dir).is_empty());
+    assert!(
+        init.log()
+            .contains("Timed out waiting for tailscaled socket"),
+        "{}",
+        init.log()
+    );
+    wait_until("no process of the tree left", || {
+        leftovers(&root.dir).is_empty()
+    });
 }
 
 #[test]
@@ -340,7 +425,9 @@ fn failed_up_exits_1() {
         "{}",
         init.log()
     );
-    wait_until("no process of the tree left", || leftovers(&root.dir).is_empty());
+    wait_until("no process of the tree left", || {
+        leftovers(&root.dir).is_empty()
+    });
 }
 
 #[test]
@@ -348,10 +435,18 @@ fn forwarded_signals_reach_tailscaled() {
     let root = Root::new("forward");
     let signal_log = root.dir.join("signals.log");
     let mut env = root.era_env(&HARNESS);
-    env.push(("FAKE_TAILSCALED_SIGNAL_LOG".into(), signal_log.display().to_string()));
+    env.push((
+        "FAKE_TAILSCALED_SIGNAL_LOG".into(),
+        signal_log.display().to_string(),
+    ));
     let mut init = root.start_init(&env, &[]);
     init.expect_log(STARTUP);
-    for sig in [Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGQUIT] {
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGQUIT,
+    ] {
         init.signal(sig);
         let name = sig.as_str();
         wait_until(name, || {

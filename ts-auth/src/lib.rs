@@ -5,7 +5,9 @@
 use std::time::Duration;
 use tokio::time::Instant;
 use ts_common::argv;
-use ts_common::localapi::{BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
+use ts_common::localapi::{
+    BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY,
+};
 use ts_common::notify::{BackendState, Notify};
 use ts_common::settings::Settings;
 
@@ -84,18 +86,22 @@ impl Login<'_> {
             let notify = match tokio::time::timeout_at(self.deadline, watch.next()).await {
                 Err(_) => return Err(AuthError::Deadline(self.settings.boot_timeout)),
                 Ok(Ok(Some(n))) => n,
-                Ok(Ok(None)) => return Err(AuthError::Read("EOF (tailscaled closed the IPN bus stream)".into())),
+                Ok(Ok(None)) => {
+                    return Err(AuthError::Read(
+                        "EOF (tailscaled closed the IPN bus stream)".into(),
+                    ))
+                }
                 Ok(Err(e)) => return Err(AuthError::Read(e.to_string())),
             };
             if let Some(msg) = &notify.err_message {
                 tracing::warn!("tailscaled reported an error: {msg}");
             }
             match notify.backend_state() {
-                Some(BackendState::NeedsLogin) => {
-                    if !self.did_login {
-                        watch = self.auth_step(watch).await?;
-                    }
+                // After our own login the re-watch may still say NeedsLogin: nothing to do.
+                Some(BackendState::NeedsLogin) if !self.did_login => {
+                    watch = self.auth_step(watch).await?;
                 }
+                Some(BackendState::NeedsLogin) => {}
                 Some(BackendState::NeedsMachineAuth) => {
                     tracing::info!("machine authorization required, please visit the admin panel")
                 }
@@ -190,7 +196,10 @@ async fn guard(api: LocalApi) -> Result<(), AuthError> {
 /// Resolves on SIGTERM or SIGINT.
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handling the default action (terminate) still applies.
         return std::future::pending().await;
     };
@@ -225,7 +234,9 @@ pub fn explain(settings: &Settings, mode: Mode) -> String {
         out.push_str("4. exit 0\n");
     }
     if settings.auth_key.is_none() {
-        out.push_str("note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n");
+        out.push_str(
+            "note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n",
+        );
     }
     out
 }

@@ -73,7 +73,10 @@ fn main() {
         std::process::exit(exit::SUCCESS);
     }
     ts_common::cli::warn_unsupported(&settings);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

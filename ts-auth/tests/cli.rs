@@ -22,7 +22,10 @@ fn help_names_each_variable() {
         "TS_BOOT_TIMEOUT",
         "TS_READY_FD",
     ] {
-        assert!(help.contains(&format!("[env: {var}]")), "--help lacks {var}:\n{help}");
+        assert!(
+            help.contains(&format!("[env: {var}]")),
+            "--help lacks {var}:\n{help}"
+        );
     }
     assert!(help.contains("TS_AUTHKEY"), "{help}");
 }
@@ -30,7 +33,13 @@ fn help_names_each_variable() {
 #[test]
 fn explain_shows_the_reference_argv_with_the_key_redacted() {
     let out = ts_auth()
-        .args(["--explain", "--routes", "10.0.0.0/24", "--accept-dns", "yes"])
+        .args([
+            "--explain",
+            "--routes",
+            "10.0.0.0/24",
+            "--accept-dns",
+            "yes",
+        ])
         .env("TS_AUTHKEY", "tskey-secret-value")
         .env("TS_EXTRA_ARGS", "--hostname=box")
         .output()
@@ -64,5 +73,8 @@ fn unreachable_tailscaled_fails_with_a_clear_message() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("failed to watch tailscaled for updates"), "{log}");
+    assert!(
+        log.contains("failed to watch tailscaled for updates"),
+        "{log}"
+    );
 }

@@ -281,6 +281,9 @@ mod tests {
             dnat_rule(RuleOp::Delete, "ip6tables", "fd7a::1", "fd00::5").display_redacted(),
             "ip6tables -t nat -D PREROUTING -d fd7a::1 -j DNAT --to-destination fd00::5"
         );
-        assert_eq!(dnat_program(&"::ffff:1.2.3.4".parse().unwrap()), "ip6tables");
+        assert_eq!(
+            dnat_program(&"::ffff:1.2.3.4".parse().unwrap()),
+            "ip6tables"
+        );
     }
 }

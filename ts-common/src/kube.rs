@@ -143,8 +143,9 @@ pub enum KubeError {
         secret: String,
         attempts: u32,
     },
-    /// No complete answer within the request timeout, on every attempt.
-    #[error("{call} on secret {secret:?}: no answer from the API server {server} within {}ms ({attempts} attempt(s)); check that the API server is reachable from the pod (network policy, KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT_HTTPS)", after.as_millis())]
+    /// No complete answer within the request timeout, on every attempt. `after` is the time
+    /// spent on the call in total.
+    #[error("{call} on secret {secret:?}: no answer from the API server {server} ({attempts} attempt(s) over {}ms, each given at most the request timeout); check that the API server is reachable from the pod (network policy, KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT_HTTPS)", after.as_millis())]
     Timeout {
         call: Call,
         secret: String,
@@ -250,11 +251,18 @@ impl KubeError {
         )
     }
 
-    fn set_attempts(&mut self, n: u32) {
+    /// Records how many attempts (and, for a timeout, how long) the call took in total.
+    fn finish(&mut self, n: u32, elapsed: Duration) {
         match self {
-            KubeError::Status { attempts, .. }
-            | KubeError::Timeout { attempts, .. }
-            | KubeError::Transport { attempts, .. } => *attempts = n,
+            KubeError::Timeout {
+                attempts, after, ..
+            } => {
+                *attempts = n;
+                *after = elapsed;
+            }
+            KubeError::Status { attempts, .. } | KubeError::Transport { attempts, .. } => {
+                *attempts = n
+            }
             _ => {}
         }
     }
@@ -658,7 +666,7 @@ impl KubeClient {
                 tokio::time::sleep(backoff).await;
                 continue;
             }
-            err.set_attempts(attempt);
+            err.finish(attempt, start.elapsed());
             return Err(err);
         }
     }

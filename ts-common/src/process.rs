@@ -23,7 +23,9 @@ pub const UNDER_INIT_VAR: &str = "TSBOOT_UNDER_INIT";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("{program}: executable file not found in $PATH (install it or put its directory on PATH)")]
+    #[error(
+        "{program}: executable file not found in $PATH (install it or put its directory on PATH)"
+    )]
     NotFound { program: String },
     #[error("starting {program} failed: {source}")]
     Start {
@@ -114,9 +116,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     let mut cmd = std::process::Command::new(spec.path);
     // argv[0] stays the resolved path, which is what a script's `$0` shows (the reference's
     // test fakes record it).
-    cmd.args(&spec.args)
-        .process_group(0)
-        .stdin(Stdio::null());
+    cmd.args(&spec.args).process_group(0).stdin(Stdio::null());
     if let Some(out) = spec.stdout {
         cmd.stdout(out);
     }
@@ -138,7 +138,9 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     unsafe {
         cmd.pre_exec(move || {
             reset_signals();
-            move_fds(&moves)
+            move_fds(&moves)?;
+            close_inherited_fds(&moves);
+            Ok(())
         });
     }
     match cmd.spawn() {
@@ -155,6 +157,38 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
             program: spec.program.to_string(),
             source,
         }),
+    }
+}
+
+/// Closes every fd above stdio except the ones just moved into place: whatever ts-init itself
+/// inherited without close-on-exec (a shell's job-control pipe, say) must not reach its
+/// children.
+fn close_inherited_fds(moves: &[(RawFd, RawFd)]) {
+    let keep = |fd: RawFd| moves.iter().any(|(_, to)| *to == fd);
+    for fd in [CHILD_READY_FD, CHILD_RESULT_FD] {
+        if !keep(fd) {
+            // SAFETY: close(2) is async-signal-safe; EBADF for an fd that is not open is fine.
+            unsafe { nix::libc::close(fd) };
+        }
+    }
+    let first = CHILD_RESULT_FD as nix::libc::c_uint + 1;
+    // SAFETY: close_range(2) (Linux 5.9+) is a plain syscall; on older kernels it fails with
+    // ENOSYS and the loop below does the same work.
+    let done = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first,
+            nix::libc::c_uint::MAX,
+            0 as nix::libc::c_uint,
+        )
+    } == 0;
+    if !done {
+        // SAFETY: sysconf and close are async-signal-safe.
+        let max =
+            unsafe { nix::libc::sysconf(nix::libc::_SC_OPEN_MAX) }.clamp(1024, 1 << 16) as RawFd;
+        for fd in first as RawFd..max {
+            unsafe { nix::libc::close(fd) };
+        }
     }
 }
 

@@ -37,7 +37,11 @@ impl fmt::Display for Cause {
                 f,
                 "tailscaled exited on its own ({}){}",
                 describe(status),
-                if *during_startup { " during startup" } else { "" }
+                if *during_startup {
+                    " during startup"
+                } else {
+                    ""
+                }
             ),
             Cause::Failed(why) => f.write_str(why),
         }
@@ -47,6 +51,8 @@ impl fmt::Display for Cause {
 /// How long a watcher's failure waits for tailscaled's death to show up, so that a watcher
 /// losing the bus because tailscaled died does not mask tailscaled's own status.
 const CAUSE_SETTLE: Duration = Duration::from_millis(250);
+/// How long the phases get to stop before tailscaled is signalled too.
+const PHASES_STOP: Duration = Duration::from_secs(2);
 /// After SIGKILL, how long to wait for the kernel to hand the statuses back.
 const KILL_SETTLE: Duration = Duration::from_secs(5);
 
@@ -64,7 +70,9 @@ pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
     let settings = match ts_common::cli::load_settings("ts-init", &overrides) {
         Ok(s) => s,
         Err(code) => {
-            tracing::error!("Exiting with status {code}: invalid configuration, nothing was started");
+            tracing::error!(
+                "Exiting with status {code}: invalid configuration, nothing was started"
+            );
             return code;
         }
     };
@@ -147,14 +155,21 @@ impl Boot {
                     stdout: None,
                 },
             )
-            .map_err(|e| Cause::Failed(format!("failed to bring up tailscale: starting tailscaled failed: {e}")))?;
+            .map_err(|e| {
+                Cause::Failed(format!(
+                    "failed to bring up tailscale: starting tailscaled failed: {e}"
+                ))
+            })?;
 
         tracing::info!("Waiting for tailscaled socket");
         self.wait_socket()?;
 
         let auth = self.plan.auth.clone();
         let auth_ready = self.start_ready_phase(Role::Auth, &auth, auth_env)?;
-        self.wait_ready(vec![(Role::Auth, auth_ready)], "waiting for tailscaled to reach Running")?;
+        self.wait_ready(
+            vec![(Role::Auth, auth_ready)],
+            "waiting for tailscaled to reach Running",
+        )?;
 
         let mut watchers = Vec::new();
         if let Some(p) = self.plan.proxy_rules.clone() {
@@ -184,7 +199,10 @@ impl Boot {
         let mut env = process::override_env(&self.plan.env_overrides);
         env.push((UNDER_INIT_VAR.to_string(), "1".to_string()));
         if with_ready_fd {
-            env.push(("TS_READY_FD".to_string(), process::CHILD_READY_FD.to_string()));
+            env.push((
+                "TS_READY_FD".to_string(),
+                process::CHILD_READY_FD.to_string(),
+            ));
         }
         env
     }
@@ -390,7 +408,9 @@ impl Boot {
                     .and_then(|ino| {
                         ino.add_watch(
                             &dir,
-                            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB,
+                            AddWatchFlags::IN_CREATE
+                                | AddWatchFlags::IN_MOVED_TO
+                                | AddWatchFlags::IN_ATTRIB,
                         )
                         .ok()
                         .map(|_| ino)
@@ -402,7 +422,12 @@ impl Boot {
             }
             let fds: Vec<_> = inotify.iter().map(|i| i.as_fd()).collect();
             // Without inotify, or when the socket exists but does not accept yet, re-check soon.
-            let recheck = Instant::now() + Duration::from_millis(if inotify.is_some() && !socket.exists() { 1000 } else { 5 });
+            let recheck = Instant::now()
+                + Duration::from_millis(if inotify.is_some() && !socket.exists() {
+                    1000
+                } else {
+                    5
+                });
             let event = self.sup.next_event(&fds, Some(recheck.min(self.deadline)));
             drop(fds);
             match event {
@@ -413,7 +438,9 @@ impl Boot {
                 }
                 Ok(Event::Timeout) => {
                     if Instant::now() >= self.deadline {
-                        return Err(Cause::Failed("Timed out waiting for tailscaled socket".into()));
+                        return Err(Cause::Failed(
+                            "Timed out waiting for tailscaled socket".into(),
+                        ));
                     }
                 }
                 Ok(Event::Exited(e)) => return Err(self.unexpected_exit(e)),
@@ -440,7 +467,11 @@ impl Boot {
         if e.role == Role::Tailscaled {
             return Cause::TailscaledExited(e.status, true);
         }
-        let cause = Cause::Failed(format!("{} failed during startup ({})", e.role.name(), describe(&e.status)));
+        let cause = Cause::Failed(format!(
+            "{} failed during startup ({})",
+            e.role.name(),
+            describe(&e.status)
+        ));
         self.settle(cause)
     }
 
@@ -469,7 +500,11 @@ impl Boot {
                         tracing::info!("{} exited with nothing left to do", e.role.name());
                         continue;
                     }
-                    let cause = Cause::Failed(format!("watcher {} failed ({})", e.role.name(), describe(&e.status)));
+                    let cause = Cause::Failed(format!(
+                        "watcher {} failed ({})",
+                        e.role.name(),
+                        describe(&e.status)
+                    ));
                     return self.settle(cause);
                 }
                 Event::Readable(_) | Event::Timeout => {}
@@ -509,12 +544,29 @@ impl Boot {
         }
         let mut tailscaled_killed = false;
         if self.sup.live_children() > 0 {
-            self.sup.signal_children(Signal::SIGTERM);
             let grace_end = Instant::now() + self.settings.shutdown_grace;
+            // Watchers and the guard go first, so they do not report tailscaled's departure as
+            // an error; tailscaled follows once they are gone (or after a short wait).
+            if self.sup.tailscaled_alive() && self.sup.live_children() > 1 {
+                self.sup.signal_children_except_tailscaled(Signal::SIGTERM);
+                let phases_end = (Instant::now() + PHASES_STOP).min(grace_end);
+                while self.sup.live_children() > usize::from(self.sup.tailscaled_alive()) {
+                    match self.sup.next_event(&[], Some(phases_end)) {
+                        Ok(Event::Timeout) | Err(_) => break,
+                        Ok(Event::Exited(e)) => {
+                            tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status))
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            }
+            self.sup.signal_children(Signal::SIGTERM);
             while self.sup.live_children() > 0 {
                 match self.sup.next_event(&[], Some(grace_end)) {
                     Ok(Event::Timeout) | Err(_) => break,
-                    Ok(Event::Exited(e)) => tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status)),
+                    Ok(Event::Exited(e)) => {
+                        tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status))
+                    }
                     Ok(Event::Shutdown(sig)) => {
                         tracing::info!("{} received while already shutting down", sig.as_str())
                     }
@@ -585,7 +637,11 @@ impl Boot {
 fn check_success(role: Role, status: &WaitStatus) -> Result<(), Cause> {
     match status {
         WaitStatus::Exited(_, 0) => Ok(()),
-        other => Err(Cause::Failed(format!("{} failed ({})", role.name(), describe(other)))),
+        other => Err(Cause::Failed(format!(
+            "{} failed ({})",
+            role.name(),
+            describe(other)
+        ))),
     }
 }
 

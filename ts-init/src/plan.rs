@@ -57,7 +57,8 @@ impl BootPlan {
         let kube = settings.kube_state_enabled();
         BootPlan {
             prep: Phase::new("ts-prep", &[], false),
-            preflight: kube.then(|| Phase::new("ts-kubestate", &["preflight", "--result-fd", "4"], false)),
+            preflight: kube
+                .then(|| Phase::new("ts-kubestate", &["preflight", "--result-fd", "4"], false)),
             socket_symlink: settings.socket_symlink(),
             tailscaled: argv::tailscaled(settings),
             auth: Phase::new("ts-auth", &["--guard"], true),
@@ -66,7 +67,8 @@ impl BootPlan {
                 .dest_ip
                 .is_some()
                 .then(|| Phase::new("ts-proxy-rules", &[], true)),
-            kubestate: kube.then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
+            kubestate: kube
+                .then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
             env_overrides,
         }
     }
@@ -81,7 +83,11 @@ impl BootPlan {
             "startup deadline: {:?} (TS_BOOT_TIMEOUT); shutdown grace: {:?} (TS_SHUTDOWN_GRACE)",
             settings.boot_timeout, settings.shutdown_grace
         );
-        let _ = writeln!(w, "1. run {} (see `ts-prep --explain`)", self.prep.display());
+        let _ = writeln!(
+            w,
+            "1. run {} (see `ts-prep --explain`)",
+            self.prep.display()
+        );
         match &self.preflight {
             Some(p) => {
                 let _ = writeln!(
@@ -97,13 +103,24 @@ impl BootPlan {
                 );
             }
             None => {
-                let _ = writeln!(w, "2. no Kubernetes preflight (not in Kubernetes, or TS_KUBE_SECRET is empty)");
+                let _ = writeln!(
+                    w,
+                    "2. no Kubernetes preflight (not in Kubernetes, or TS_KUBE_SECRET is empty)"
+                );
             }
         }
         if let Some(link) = &self.socket_symlink {
-            let _ = writeln!(w, "3. symlink {} -> {}", link.display(), settings.socket.display());
+            let _ = writeln!(
+                w,
+                "3. symlink {} -> {}",
+                link.display(),
+                settings.socket.display()
+            );
         } else {
-            let _ = writeln!(w, "3. no socket symlink (TS_SOCKET is already the standard path)");
+            let _ = writeln!(
+                w,
+                "3. no socket symlink (TS_SOCKET is already the standard path)"
+            );
         }
         let _ = writeln!(
             w,
@@ -111,7 +128,11 @@ impl BootPlan {
             self.tailscaled,
             AUTH_KEY_VARS.join(", ")
         );
-        let _ = writeln!(w, "5. wait for the LocalAPI socket {}", settings.socket.display());
+        let _ = writeln!(
+            w,
+            "5. wait for the LocalAPI socket {}",
+            settings.socket.display()
+        );
         let key_note = match (settings.auth_key_source, &settings.auth_key) {
             (_, Some(_)) => "",
             (AuthKeySource::Unset, None) if self.preflight.is_some() => {
@@ -134,16 +155,29 @@ impl BootPlan {
         let mut n = 7;
         for (phase, what) in [
             (&self.proxy_rules, "DNAT rule to TS_DEST_IP"),
-            (&self.kubestate, "device info in the secret (only with patch permission)"),
+            (
+                &self.kubestate,
+                "device info in the secret (only with patch permission)",
+            ),
         ] {
             if let Some(p) = phase {
-                let _ = writeln!(w, "{n}. start watcher {} ({what}) and wait for its readiness", p.display());
+                let _ = writeln!(
+                    w,
+                    "{n}. start watcher {} ({what}) and wait for its readiness",
+                    p.display()
+                );
                 n += 1;
             }
         }
-        let _ = writeln!(w, "{n}. log \"Startup complete, waiting for shutdown signal\"");
+        let _ = writeln!(
+            w,
+            "{n}. log \"Startup complete, waiting for shutdown signal\""
+        );
         for var in &settings.unsupported_vars {
-            let _ = writeln!(w, "warning: {var} is set but not supported by tsboot yet; it is ignored");
+            let _ = writeln!(
+                w,
+                "warning: {var} is set but not supported by tsboot yet; it is ignored"
+            );
         }
         out
     }

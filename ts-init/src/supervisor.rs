@@ -277,7 +277,10 @@ impl Supervisor {
     }
 
     fn forward(&self, sig: Signal) {
-        match self.tailscaled.filter(|pid| self.children.contains_key(pid)) {
+        match self
+            .tailscaled
+            .filter(|pid| self.children.contains_key(pid))
+        {
             Some(pid) => match kill(pid, sig) {
                 Ok(()) => tracing::info!("Forwarded {} to tailscaled", sig.as_str()),
                 Err(Errno::ESRCH) => tracing::warn!(
@@ -286,14 +289,26 @@ impl Supervisor {
                 ),
                 Err(e) => tracing::warn!("could not forward {}: {e}", sig.as_str()),
             },
-            None => tracing::info!("{} received before tailscaled started; ignored", sig.as_str()),
+            None => tracing::info!(
+                "{} received before tailscaled started; ignored",
+                sig.as_str()
+            ),
         }
     }
 
     /// Sends `sig` to every live child: tailscaled itself (it manages its own helpers), every
     /// other child with its whole process group (ts-auth's `tailscale up`, iptables runs).
     pub fn signal_children(&self, sig: Signal) {
-        for (pid, child) in &self.children {
+        self.signal_where(sig, |_| true);
+    }
+
+    /// Like [`Supervisor::signal_children`], for every child but tailscaled.
+    pub fn signal_children_except_tailscaled(&self, sig: Signal) {
+        self.signal_where(sig, |role| role != Role::Tailscaled);
+    }
+
+    fn signal_where(&self, sig: Signal, wanted: impl Fn(Role) -> bool) {
+        for (pid, child) in self.children.iter().filter(|(_, c)| wanted(c.role)) {
             let result = if child.role == Role::Tailscaled {
                 kill(*pid, sig)
             } else {
@@ -335,7 +350,10 @@ impl Supervisor {
             let mut fds = [PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN)];
             let left = deadline.saturating_duration_since(Instant::now());
             let ms = (left.as_millis() as i32).clamp(1, 50);
-            let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::ZERO));
+            let _ = poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::ZERO),
+            );
             let _ = self.drain_signals();
         }
     }
@@ -361,13 +379,11 @@ impl RawCompat for BorrowedFd<'_> {
 /// True while we have any child at all (known or adopted).
 fn has_children() -> bool {
     // waitid with WNOWAIT would tell us too, but ECHILD from a non-reaping probe is simplest.
-    matches!(
-        nix::sys::wait::waitid(
-            nix::sys::wait::Id::All,
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
-        ),
-        Ok(_)
+    nix::sys::wait::waitid(
+        nix::sys::wait::Id::All,
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
     )
+    .is_ok()
 }
 
 /// Processes whose parent is us: orphans adopted as a subreaper.

@@ -13,8 +13,16 @@ fn help_names_each_variable_and_the_exit_codes() {
     let out = ts_init().arg("--help").output().expect("run");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for var in ["TS_SOCKET", "TS_BOOT_TIMEOUT", "TS_SHUTDOWN_GRACE", "TS_LOG_FORMAT"] {
-        assert!(help.contains(&format!("[env: {var}]")), "--help lacks {var}:\n{help}");
+    for var in [
+        "TS_SOCKET",
+        "TS_BOOT_TIMEOUT",
+        "TS_SHUTDOWN_GRACE",
+        "TS_LOG_FORMAT",
+    ] {
+        assert!(
+            help.contains(&format!("[env: {var}]")),
+            "--help lacks {var}:\n{help}"
+        );
     }
     assert!(help.contains("137"), "--help lacks the exit codes:\n{help}");
 }
@@ -43,7 +51,10 @@ fn explain_shows_the_plan_with_the_key_redacted() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(!plan.contains("tskey-very-secret") && !log.contains("tskey-very-secret"));
     assert!(plan.contains("--authkey=<redacted>"), "{plan}");
-    assert!(plan.contains("tailscaled --socket=/tmp/tailscaled.sock --state=mem: --statedir=/tmp"), "{plan}");
+    assert!(
+        plan.contains("tailscaled --socket=/tmp/tailscaled.sock --state=mem: --statedir=/tmp"),
+        "{plan}"
+    );
     assert!(plan.contains("ts-proxy-rules"), "{plan}");
     assert!(plan.contains("TS_HOSTNAME"), "{plan}");
     // Nothing was created under the root: not even the socket symlink.
@@ -59,7 +70,10 @@ fn explain_with_bad_configuration_exits_2() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("TS_ROUTES") && log.contains("10.0.0.0/33"), "{log}");
+    assert!(
+        log.contains("TS_ROUTES") && log.contains("10.0.0.0/33"),
+        "{log}"
+    );
 }
 
 #[test]

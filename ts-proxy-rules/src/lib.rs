@@ -216,6 +216,11 @@ impl Iptables for SystemIptables {
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             });
         }
+        // The reference let iptables write to its stderr; keep such warnings visible.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !stderr.trim().is_empty() {
+            tracing::warn!("{}: {}", cmd.display_redacted(), stderr.trim());
+        }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }

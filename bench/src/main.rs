@@ -1,0 +1,246 @@
+//! `tsboot-bench`: what tsboot costs, side by side with tini and dumb-init, in one run on one
+//! machine. Run it through `bench/run.sh` (which builds everything first); see BENCHMARKS.md
+//! for the method and the figures.
+//!
+//! ```text
+//! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...] --fakes DIR --fixtures DIR
+//!              [--boot-runs N] [--reaction-runs N] [--reap-runs N] [--orphans N]
+//!              [--settle-ms N] [--only sizes,boot,reaction,reap] [--out FILE]
+//! ```
+//! * `--variant`: a directory holding the five tsboot binaries (the first is the one the
+//!   reaction and reaping runs use); sizes, boot latency and memory are measured for each.
+//! * `--fakes`: fake-tailscaled, fake-tailscale, fake-iptables, fake-apiserver.
+//! * `--fixtures`: tests/fixtures/ipn-bus.
+//!
+//! Reaping needs root (a PID namespace); without it that part is skipped and says so.
+//! The report (Markdown) goes to stdout and, with `--out`, to FILE; progress goes to stderr.
+
+mod scenarios;
+mod setup;
+mod stats;
+mod sys;
+
+use scenarios::Wrapper;
+use setup::{Paths, Variant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+struct Args {
+    variants: Vec<Variant>,
+    paths: Paths,
+    boot_runs: usize,
+    reaction_runs: usize,
+    reap_runs: usize,
+    orphans: usize,
+    settle: Duration,
+    only: Vec<String>,
+    out: Option<PathBuf>,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("tsboot-bench: {msg}");
+    eprintln!(
+        "usage: tsboot-bench --variant NAME=DIR [...] --fakes DIR --fixtures DIR [--boot-runs N] \
+         [--reaction-runs N] [--reap-runs N] [--orphans N] [--settle-ms N] [--only LIST] [--out FILE]"
+    );
+    std::process::exit(2);
+}
+
+fn parse() -> Args {
+    let mut a = Args {
+        variants: vec![],
+        paths: Paths {
+            fakes: PathBuf::new(),
+            fixtures: PathBuf::new(),
+        },
+        boot_runs: 25,
+        reaction_runs: 25,
+        reap_runs: 10,
+        orphans: 10_000,
+        settle: Duration::from_millis(300),
+        only: vec![],
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+        let num = |v: String| v.parse::<usize>().unwrap_or_else(|_| usage(&format!("not a number: {v}")));
+        match flag.as_str() {
+            "--variant" => {
+                let v = val();
+                let (name, dir) = v.split_once('=').unwrap_or_else(|| usage("--variant wants NAME=DIR"));
+                a.variants.push(Variant {
+                    name: name.into(),
+                    dir: dir.into(),
+                });
+            }
+            "--fakes" => a.paths.fakes = val().into(),
+            "--fixtures" => a.paths.fixtures = val().into(),
+            "--boot-runs" => a.boot_runs = num(val()),
+            "--reaction-runs" => a.reaction_runs = num(val()),
+            "--reap-runs" => a.reap_runs = num(val()),
+            "--orphans" => a.orphans = num(val()),
+            "--settle-ms" => a.settle = Duration::from_millis(num(val()) as u64),
+            "--only" => a.only = val().split(',').map(str::to_string).collect(),
+            "--out" => a.out = Some(val().into()),
+            "-h" | "--help" => usage("help"),
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    if a.variants.is_empty() {
+        usage("at least one --variant is needed");
+    }
+    for v in &a.variants {
+        for b in scenarios::TSBOOT_BINS {
+            if !scenarios::exists(&v.bin(b)) {
+                usage(&format!("{} is missing (build it first)", v.bin(b).display()));
+            }
+        }
+    }
+    for f in ["fake-tailscaled", "fake-tailscale", "fake-iptables", "fake-apiserver"] {
+        if !scenarios::exists(&a.paths.fakes.join(f)) {
+            usage(&format!("{} is missing", a.paths.fakes.join(f).display()));
+        }
+    }
+    if !scenarios::exists(&a.paths.fixtures.join(setup::INITIAL)) {
+        usage("--fixtures must be tests/fixtures/ipn-bus");
+    }
+    a
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|k| format!("{:.1} GiB", k as f64 / 1048576.0))
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("PRETTY_NAME="))
+        .map(|l| l.trim_start_matches("PRETTY_NAME=").trim_matches('"').to_string())
+        .unwrap_or_default();
+    format!(
+        "- date: {}\n- nproc: {}; CPU: {cpu}; memory: {mem}\n- kernel: {} ({os})\n- load average at start: {}\n- rustc: {}\n- references: tini {}, dumb-init {} (Debian packages)\n",
+        sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        sh("nproc", &[]),
+        sh("uname", &["-r"]),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        sh("rustc", &["--version"]),
+        sh("dpkg-query", &["-W", "-f", "${Version}", "tini"]),
+        sh("dpkg-query", &["-W", "-f", "${Version}", "dumb-init"]),
+    )
+}
+
+fn which(p: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':').map(|d| PathBuf::from(d).join(p)).find(|c| c.exists())
+}
+
+fn main() {
+    let a = parse();
+    let want = |s: &str| a.only.is_empty() || a.only.iter().any(|o| o == s);
+    let is_root = sh("id", &["-u"]) == "0";
+
+    let mut wrappers = Vec::new();
+    for (name, bin, args) in [
+        ("tini", "tini", &["-s", "--"][..]),
+        ("tini-static", "tini-static", &["-s", "--"][..]),
+        ("dumb-init", "dumb-init", &[][..]),
+    ] {
+        match which(bin) {
+            Some(p) => {
+                let mut argv = vec![p.display().to_string()];
+                argv.extend(args.iter().map(|s| s.to_string()));
+                wrappers.push(Wrapper {
+                    name: name.into(),
+                    argv,
+                });
+            }
+            None => eprintln!("bench: {bin} not found: install tini and dumb-init (apt-get install tini dumb-init)"),
+        }
+    }
+
+    let mut report = String::from("## Results\n\nMachine:\n\n");
+    report.push_str(&machine());
+    report.push_str(&format!(
+        "- builds: {}; fakes: {}\n\n",
+        a.variants
+            .iter()
+            .map(|v| format!("{} = `{}`", v.name, v.dir.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        a.paths.fakes.display()
+    ));
+    let primary = a.variants[0].clone();
+
+    if want("sizes") {
+        let refs: Vec<(&str, PathBuf)> = ["tini", "tini-static", "dumb-init"]
+            .iter()
+            .filter_map(|n| which(n).map(|p| (*n, p)))
+            .collect();
+        report.push_str(&scenarios::sizes(&a.variants, &refs));
+    }
+    let mut failures = Vec::new();
+    if want("boot") {
+        let data = scenarios::run_boots(&a.variants, &wrappers, &a.paths, a.boot_runs, a.settle);
+        report.push_str(&scenarios::rss_report(&data, &a.variants, a.settle));
+        report.push_str(&scenarios::boot_report(&data, &a.variants));
+        failures.extend(data.failures);
+    }
+    if want("reaction") {
+        eprintln!("bench: reaction ({} changes)", a.reaction_runs);
+        match scenarios::run_reaction(&primary, &a.paths, a.reaction_runs) {
+            Ok(d) => report.push_str(&scenarios::reaction_report(&d, &primary)),
+            Err(e) => {
+                eprintln!("bench: reaction: {e}");
+                failures.push(format!("reaction: {}", e.lines().next().unwrap_or("")));
+            }
+        }
+    }
+    if want("reap") {
+        if is_root && which("unshare").is_some() {
+            let pid1: Vec<Wrapper> = wrappers.into_iter().filter(|w| w.name != "tini-static").collect();
+            let d = scenarios::run_reap(&primary, &pid1, &a.paths, a.reap_runs, a.orphans);
+            report.push_str(&scenarios::reap_report(&d, &primary, a.orphans));
+        } else {
+            report.push_str("### Reaping\n\nSKIPPED: needs root and util-linux `unshare` for a PID namespace.\n\n");
+        }
+    }
+    report.push_str(&format!(
+        "Load average at the end: {}\n",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    ));
+    if !failures.is_empty() {
+        report.push_str(&format!("\nFailed runs (left out of the figures): {failures:#?}\n"));
+    }
+    print!("{report}");
+    if let Some(out) = &a.out {
+        if let Err(e) = std::fs::write(out, &report) {
+            eprintln!("bench: writing {}: {e}", out.display());
+        }
+    }
+}

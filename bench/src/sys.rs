@@ -1,0 +1,353 @@
+//! The little of Linux the bench needs beyond std (inotify, poll, kill), `/proc` readers, and
+//! the timestamping of a child's stderr lines as they arrive.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Read};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::raw::{c_char, c_int, c_short};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+#[repr(C)]
+struct PollFd {
+    fd: c_int,
+    events: c_short,
+    revents: c_short,
+}
+
+extern "C" {
+    fn inotify_init1(flags: c_int) -> c_int;
+    fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
+    fn poll(fds: *mut PollFd, nfds: u64, timeout: c_int) -> c_int;
+    fn kill(pid: c_int, sig: c_int) -> c_int;
+}
+
+pub const SIGKILL: i32 = 9;
+pub const SIGTERM: i32 = 15;
+
+const IN_CLOEXEC: c_int = 0o2000000;
+const IN_NONBLOCK: c_int = 0o4000;
+pub const IN_MODIFY: u32 = 0x2;
+pub const IN_CLOSE_WRITE: u32 = 0x8;
+pub const IN_MOVED_TO: u32 = 0x80;
+pub const IN_CREATE: u32 = 0x100;
+const POLLIN: c_short = 1;
+
+pub fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 names one process.
+        unsafe {
+            kill(pid, sig);
+        }
+    }
+}
+
+/// Waits up to `timeout` for `fd` to become readable.
+fn wait_readable(fd: c_int, timeout: Duration) -> bool {
+    let mut p = PollFd {
+        fd,
+        events: POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { poll(&mut p, 1, ms) > 0 }
+}
+
+/// Watches one directory with inotify and, after every event for `file`, stamps the moment and
+/// records `measure(path)` when it changed: e.g. how many PATCH requests the fake apiserver's
+/// log holds, or how many commands the recording fakes have written.
+pub struct FileCounter {
+    shared: Arc<(Mutex<Vec<(Instant, usize)>>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FileCounter {
+    pub fn start(
+        dir: &Path,
+        file: &str,
+        mask: u32,
+        measure: fn(&Path) -> usize,
+    ) -> Result<FileCounter, String> {
+        // SAFETY: plain syscall; the result is checked and owned below.
+        let fd = unsafe { inotify_init1(IN_CLOEXEC | IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(format!("inotify_init1: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let cdir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: cdir is NUL-terminated and outlives the call.
+        if unsafe { inotify_add_watch(fd.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
+            return Err(format!(
+                "inotify_add_watch {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        let path = dir.join(file);
+        let name = file.as_bytes().to_vec();
+        let shared = Arc::new((Mutex::new(vec![(Instant::now(), measure(&path))]), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, stop2) = (shared.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut f = File::from(fd);
+            let mut buf = vec![0u8; 64 * 1024];
+            while !stop2.load(Ordering::Relaxed) {
+                if !wait_readable(f.as_raw_fd(), Duration::from_millis(100)) {
+                    continue;
+                }
+                let n = match f.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(_) => continue,
+                };
+                let at = Instant::now();
+                // struct inotify_event { int wd; u32 mask; u32 cookie; u32 len; char name[len]; }
+                let mut off = 0;
+                let mut hit = false;
+                while off + 16 <= n {
+                    let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
+                    let raw = &buf[off + 16..(off + 16 + len).min(n)];
+                    let ev_name = raw.split(|b| *b == 0).next().unwrap_or(&[]);
+                    if ev_name == name.as_slice() {
+                        hit = true;
+                    }
+                    off += 16 + len;
+                }
+                if hit {
+                    let value = measure(&path);
+                    let (lock, cv) = &*s2;
+                    let mut v = lock.lock().unwrap();
+                    if v.last().map(|(_, c)| *c) != Some(value) {
+                        v.push((at, value));
+                        cv.notify_all();
+                    }
+                }
+            }
+        });
+        Ok(FileCounter {
+            shared,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Like [`FileCounter::wait_at_least`], without waiting.
+    pub fn at_least(&self, want: usize, after: Instant) -> Option<Instant> {
+        let v = self.shared.0.lock().unwrap();
+        v.iter().find(|(t, c)| *c >= want && *t >= after).map(|(t, _)| *t)
+    }
+
+    /// The first moment at or after `after` the count was at least `want`.
+    pub fn wait_at_least(&self, want: usize, after: Instant, timeout: Duration) -> Option<Instant> {
+        let (lock, cv) = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut v = lock.lock().unwrap();
+        loop {
+            if let Some((t, _)) = v.iter().find(|(t, c)| *c >= want && *t >= after) {
+                return Some(*t);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            v = cv.wait_timeout(v, left).unwrap().0;
+        }
+    }
+}
+
+impl Drop for FileCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A child's stderr (or stdout), line by line, each line stamped when it was read.
+#[derive(Clone)]
+pub struct Lines {
+    shared: Arc<(Mutex<(Vec<(Instant, String)>, bool)>, Condvar)>,
+}
+
+impl Lines {
+    pub fn spawn(reader: impl Read + Send + 'static) -> Lines {
+        let shared = Arc::new((Mutex::new((Vec::new(), false)), Condvar::new()));
+        let s2 = shared.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::with_capacity(64 * 1024, reader);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match r.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let at = Instant::now();
+                        let (lock, cv) = &*s2;
+                        lock.lock().unwrap().0.push((at, line.trim_end().to_string()));
+                        cv.notify_all();
+                    }
+                }
+            }
+            let (lock, cv) = &*s2;
+            lock.lock().unwrap().1 = true;
+            cv.notify_all();
+        });
+        Lines { shared }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.0.lock().unwrap().0.len()
+    }
+
+    /// The first line from index `from` on containing `needle`: (index, stamp).
+    pub fn find(&self, from: usize, needle: &str) -> Option<(usize, Instant)> {
+        let v = self.shared.0.lock().unwrap();
+        v.0.iter()
+            .enumerate()
+            .skip(from)
+            .find(|(_, (_, l))| l.contains(needle))
+            .map(|(i, (t, _))| (i, *t))
+    }
+
+    /// Waits for [`Lines::find`]; gives up at EOF or after `timeout`.
+    pub fn wait(&self, from: usize, needle: &str, timeout: Duration) -> Result<(usize, Instant), String> {
+        let (lock, cv) = &*self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut v = lock.lock().unwrap();
+        loop {
+            if let Some(found) = v
+                .0
+                .iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, (_, l))| l.contains(needle))
+                .map(|(i, (t, _))| (i, *t))
+            {
+                return Ok(found);
+            }
+            if v.1 {
+                return Err(format!("output ended before a line containing {needle:?}"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no line containing {needle:?} within {timeout:?}"));
+            }
+            v = cv.wait_timeout(v, left).unwrap().0;
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let v = self.shared.0.lock().unwrap();
+        v.0.iter().map(|(_, l)| format!("{l}\n")).collect()
+    }
+}
+
+/// `VmRSS`, `VmHWM` and `/proc/<pid>/smaps_rollup`, in kB.
+#[derive(Clone, Debug, Default)]
+pub struct Mem {
+    pub rss: u64,
+    pub hwm: u64,
+    /// smaps_rollup fields: Rss, Pss, Shared_Clean, Private_Clean, Private_Dirty, Anonymous...
+    pub rollup: BTreeMap<String, u64>,
+}
+
+impl Mem {
+    pub fn of(pid: i32) -> Option<Mem> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| -> Option<u64> {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        };
+        let mut rollup = BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            for l in text.lines().skip(1) {
+                let mut it = l.split_whitespace();
+                if let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    if let Ok(v) = v.parse::<u64>() {
+                        rollup.insert(k.trim_end_matches(':').to_string(), v);
+                    }
+                }
+            }
+        }
+        Some(Mem {
+            rss: field("VmRSS:")?,
+            hwm: field("VmHWM:")?,
+            rollup,
+        })
+    }
+
+    pub fn get(&self, k: &str) -> u64 {
+        self.rollup.get(k).copied().unwrap_or(0)
+    }
+}
+
+/// Direct children of `pid` (`/proc/<pid>/task/<pid>/children`; zombies included), reading at
+/// most `limit` bytes of the list.
+pub fn children(pid: i32, limit: usize) -> Vec<i32> {
+    let Ok(mut f) = File::open(format!("/proc/{pid}/task/{pid}/children")) else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; limit];
+    let mut n = 0;
+    while n < limit {
+        match f.read(&mut buf[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    String::from_utf8_lossy(&buf[..n])
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Sends one line command to the fake tailscaled's control socket; returns its answer.
+pub fn control(socket: &Path, command: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+    s.write_all(format!("{command}\n").as_bytes())
+        .map_err(|e| format!("control write: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| format!("control answer: {e}"))?;
+    if line.starts_with("ok") {
+        Ok(line.trim_end().to_string())
+    } else {
+        Err(format!("control {:?} answered {line:?}", command.split(' ').next().unwrap_or("")))
+    }
+}
+
+/// Waits for a child to exit, SIGKILLing it after `grace`; returns its status code if any.
+pub fn reap(child: &mut std::process::Child, grace: Duration) -> Option<i32> {
+    let end = Instant::now() + grace;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.code();
+        }
+        if Instant::now() >= end {
+            signal(child.id() as i32, SIGKILL);
+            return child.wait().ok().and_then(|s| s.code());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
