@@ -1,11 +1,10 @@
 //! tailscaled's LocalAPI over its unix socket (localapi.md §1-2): the IPN bus watch.
 //!
-//! One HTTP/1.1 connection per watch, driven by a task on the caller's runtime (works on a
-//! `current_thread` runtime) and torn down when the [`BusWatch`] is dropped. The connection is
-//! made with hyper directly over a tokio `UnixStream` rather than through a pooled client: a
-//! watch is a single endless request, and dialing ourselves keeps "cannot connect" (tailscaled
-//! is not there) apart from "the stream broke" (tailscaled went away mid-stream), which is what
-//! [`Follower`] needs to decide between watching again and giving up.
+//! One HTTP/1.1 connection per watch, made by hyperlocal's unix-socket connector and hyper's
+//! client, driven by a task on the caller's runtime (works on a `current_thread` runtime) and
+//! torn down when the [`BusWatch`] is dropped (the client keeps no idle connections). A connect
+//! failure ("tailscaled is not there") is told apart from a broken stream ("tailscaled went away
+//! mid-stream"), which is what [`Follower`] needs to decide between watching again and giving up.
 //!
 //! Requests carry `Host: local-tailscaled.sock` and no `Referer`/`Origin`: tailscaled answers
 //! 403 to any other Host (a hex-encoded socket path, as a generic unix-socket URI would put
@@ -15,10 +14,11 @@ use crate::notify::{Notify, NotifyError};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use hyperlocal::{UnixConnector, Uri as UnixUri};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::net::UnixStream;
-use tokio::task::AbortHandle;
 
 /// Seed containerboot's first watch: InitialNetMap | InitialPrefs | InitialState.
 pub const MASK_FIRST_WATCH: u64 = 14;
@@ -61,7 +61,7 @@ pub enum LocalApiError {
     Request {
         socket: PathBuf,
         #[source]
-        source: hyper::Error,
+        source: hyper_util::client::legacy::Error,
     },
     #[error("tailscaled answered GET {path} with {code}: {body:?}{hint}")]
     Status {
@@ -109,30 +109,17 @@ impl LocalApi {
     /// Opens `GET /localapi/v0/watch-ipn-bus?mask=<mask>`. Returns once tailscaled has sent the
     /// response headers, i.e. once the watcher is registered: no event after this call is lost.
     pub async fn watch_ipn_bus(&self, mask: u64) -> Result<BusWatch, LocalApiError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| LocalApiError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let request_err = |source| LocalApiError::Request {
-            socket: self.socket.clone(),
-            source,
-        };
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(request_err)?;
-        // The connection's errors surface through the request and body; the task only drives it.
-        let conn_task = tokio::spawn(async move {
-            let _ = conn.await;
-        })
-        .abort_handle();
-        let guard = ConnGuard(conn_task);
-
+        // No idle pool: a watch is one endless request, and a finished one must close its
+        // connection (that is how tailscaled learns the watcher is gone).
+        let client: Client<UnixConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(UnixConnector);
         let path = format!("{WATCH_PATH}?mask={mask}");
-        let request = http::Request::get(path.as_str())
+        // hyperlocal's URI names the socket (hex-encoded in its authority) for the connector;
+        // the request itself goes out in origin form with the Host tailscaled accepts, because
+        // a real tailscaled answers 403 to the hex-encoded Host hyperlocal would otherwise send.
+        let uri: http::Uri = UnixUri::new(&self.socket, &path).into();
+        let request = http::Request::get(uri)
             .header(http::header::HOST, HOST)
             .body(Empty::<Bytes>::new())
             .map_err(|e| LocalApiError::Status {
@@ -141,7 +128,19 @@ impl LocalApi {
                 body: e.to_string(),
                 hint: "",
             })?;
-        let response = sender.send_request(request).await.map_err(request_err)?;
+        let response = client.request(request).await.map_err(|e| {
+            if e.is_connect() {
+                LocalApiError::Connect {
+                    socket: self.socket.clone(),
+                    source: io_source(&e),
+                }
+            } else {
+                LocalApiError::Request {
+                    socket: self.socket.clone(),
+                    source: e,
+                }
+            }
+        })?;
         let status = response.status();
         let mut body = response.into_body();
         if status != http::StatusCode::OK {
@@ -159,10 +158,20 @@ impl LocalApi {
             buf: Vec::new(),
             scanned: 0,
             ended: false,
-            _conn: guard,
-            _sender: sender,
         })
     }
+}
+
+/// The I/O error under a connect failure (what `connect(2)` said), for a precise message.
+fn io_source(e: &hyper_util::client::legacy::Error) -> std::io::Error {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return std::io::Error::new(io.kind(), io.to_string());
+        }
+        source = err.source();
+    }
+    std::io::Error::other(e.to_string())
 }
 
 fn status_hint(code: u16) -> &'static str {
@@ -188,16 +197,6 @@ async fn read_error_body(body: &mut Incoming) -> String {
     String::from_utf8_lossy(&out).trim_end().to_string()
 }
 
-/// Aborting the connection task closes the socket, which is how tailscaled learns the watcher
-/// is gone.
-struct ConnGuard(AbortHandle);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// An open IPN bus stream. Dropping it closes the connection.
 pub struct BusWatch {
     socket: PathBuf,
@@ -207,9 +206,6 @@ pub struct BusWatch {
     /// How much of `buf` is known to hold no newline.
     scanned: usize,
     ended: bool,
-    _conn: ConnGuard,
-    /// Kept so hyper does not consider the connection abandoned.
-    _sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
 }
 
 impl BusWatch {
