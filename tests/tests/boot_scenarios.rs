@@ -215,7 +215,24 @@ fn run(s: &Scenario, era: &Era) {
         ));
     }
     init.expect_log(STARTUP);
-    root.expect_records(&want);
+    // Startup is complete only once every watcher finished its first reconcile: the DNAT rule
+    // is already recorded at that moment, not merely eventually.
+    assert_eq!(
+        root.records(),
+        want,
+        "{} ({}): records at Startup complete",
+        s.name,
+        era.name
+    );
+    // D17: the compatibility symlink of newer images points at TS_SOCKET.
+    let link = root.dir.join("var/run/tailscale/tailscaled.sock");
+    assert_eq!(
+        std::fs::read_link(&link).ok().as_deref(),
+        Some(root.socket.as_path()),
+        "{} ({}): socket symlink",
+        s.name,
+        era.name
+    );
     assert_eq!(
         (
             root.read("proc/sys/net/ipv4/ip_forward").trim(),

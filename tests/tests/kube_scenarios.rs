@@ -222,3 +222,35 @@ fn untrusted_apiserver_certificate_fails_before_tailscaled() {
     assert!(init.log().to_lowercase().contains("ca"), "{}", init.log());
     assert!(root.records().is_empty());
 }
+
+#[test]
+fn auth_key_from_the_secret_never_reaches_a_log_even_at_trace_level() {
+    let era = &ERAS[2];
+    let root = Root::new("kube-trace");
+    let api = ApiServer::start(&root, SECRET_WITH_KEY);
+    let mut env = env(&root, era, &api, &[("RUST_LOG", "trace")]);
+    env.push(("TS_AUTH_ONCE".into(), "false".into()));
+    let mut init = root.start_init(&env, &[]);
+    init.expect_log(STARTUP);
+    api.expect_secret(
+        "tailscale",
+        &[
+            ("authkey", "tskey-key"),
+            ("device_fqdn", era.fqdn),
+            ("device_id", era.stable_id),
+        ],
+    );
+    init.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
+    let log = init.log();
+    assert!(
+        log.contains("trace: ") || log.contains("debug: "),
+        "RUST_LOG=trace had no effect:\n{log}"
+    );
+    // Neither the key nor its base64 form (as the secret carries it).
+    for needle in ["tskey-key", "dHNrZXkta2V5"] {
+        assert!(!log.contains(needle), "{needle} in the log:\n{log}");
+    }
+    // tailscaled's own environment lacks the key (D15): the preflight found it in the secret and
+    // only ts-auth received it.
+}

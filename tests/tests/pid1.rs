@@ -460,3 +460,106 @@ fn forwarded_signals_reach_tailscaled() {
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
 }
+
+/// (SigBlk, SigIgn) of a process, as bit masks.
+fn signal_masks(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+fn descendants_matching(root: &Path, name: &str) -> Vec<i32> {
+    let needle = root.display().to_string();
+    processes()
+        .into_iter()
+        .filter(|(pid, _, state)| {
+            *state != 'Z'
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| {
+                        let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                        c.contains(name) && c.contains(&needle)
+                    })
+                    .unwrap_or(false)
+        })
+        .map(|(p, _, _)| p)
+        .collect()
+}
+
+#[test]
+fn children_get_a_clean_mask_default_dispositions_and_no_stray_fds() {
+    use std::os::fd::AsRawFd;
+    let root = Root::new("child-hygiene");
+    let env = root.era_env(&HARNESS);
+    // An fd ts-init inherits without close-on-exec (as from a shell's job control), and
+    // SIGINT/SIGQUIT ignored (as for a shell's background job): neither may reach the children.
+    let (stray_r, stray_w) = nix::unistd::pipe().expect("pipe");
+    for fd in [&stray_r, &stray_w] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .expect("clear cloexec");
+    }
+    let stray_inode = std::fs::metadata(format!("/proc/self/fd/{}", stray_w.as_raw_fd()))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("stray inode");
+    let sh = ts_common::process::look_path("sh").expect("sh");
+    let ts_init = tsboot_tests::bin_path("ts-init").display().to_string();
+    let mut init = root.start_program(
+        &sh,
+        &env,
+        &["-c", &format!("trap '' INT QUIT; exec {ts_init}")],
+    );
+    init.expect_log(STARTUP);
+    let tailscaled = descendants_matching(&root.dir, "tailscaled");
+    assert_eq!(tailscaled.len(), 1, "one tailscaled: {tailscaled:?}");
+    let tsd = tailscaled[0];
+    let (blocked, _) = signal_masks(tsd);
+    assert_eq!(blocked, 0, "tailscaled starts with an empty signal mask");
+    let fd_inodes = |pid: i32| -> Vec<u64> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| std::fs::metadata(e.path()).ok())
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The setup bites: ts-init itself did inherit the stray fd and the ignored SIGINT.
+    assert!(
+        fd_inodes(init.pid()).contains(&stray_inode),
+        "ts-init should hold the stray fd"
+    );
+    let guard: Vec<i32> = children_of(init.pid())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("ts-auth"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert_eq!(guard.len(), 1, "one ts-auth guard under ts-init");
+    for pid in guard.into_iter().chain([tsd]) {
+        let (_, ignored) = signal_masks(pid);
+        let int_bit = 1u64 << (Signal::SIGINT as i32 - 1);
+        assert_eq!(
+            ignored & int_bit,
+            0,
+            "pid {pid}: SIGINT still ignored (SigIgn {ignored:x})"
+        );
+        assert!(
+            !fd_inodes(pid).contains(&stray_inode),
+            "pid {pid} inherited ts-init's stray fd"
+        );
+    }
+    drop((stray_r, stray_w));
+    init.signal(Signal::SIGTERM);
+    assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
+}
