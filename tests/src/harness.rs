@@ -15,12 +15,7 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// The fixtures directory (copied from the spec; tests never read ../shared).
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/ipn-bus")
-        .join(name)
-}
+pub use crate::fake_tailscaled_ctl::fixture;
 
 /// A message stream era: which fixtures drive the fake tailscaled and what identity they carry.
 #[derive(Clone, Copy, Debug)]
@@ -220,31 +215,25 @@ impl Root {
         }
     }
 
-    /// Sends one control command to the fake tailscaled and returns its answer line.
+    /// Sends one control command to the fake tailscaled and returns its answer line (waiting
+    /// for the fake to listen first: it is started by ts-init, not by the test).
     pub fn control(&self, command: &str) -> String {
         let start = Instant::now();
-        let mut stream = loop {
-            match UnixStream::connect(&self.control) {
-                Ok(s) => break s,
+        loop {
+            match crate::fake_cli::control_command(&self.control, command) {
+                Ok(answer) => {
+                    assert!(
+                        answer.starts_with("ok"),
+                        "control {command:?} answered {answer:?}"
+                    );
+                    return answer;
+                }
                 Err(e) if start.elapsed() > PATIENCE => {
                     panic!("fake tailscaled control socket: {e}")
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
-        };
-        stream
-            .set_read_timeout(Some(PATIENCE))
-            .expect("control timeout");
-        writeln!(stream, "{command}").expect("control write");
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .expect("control answer");
-        assert!(
-            line.starts_with("ok"),
-            "control {command:?} answered {line:?}"
-        );
-        line.trim_end().to_string()
+        }
     }
 
     /// Sends a control command that ends the fake (`exit`, `signal`), so no answer comes.

@@ -9,6 +9,16 @@ pub const EXIT_CODES_HELP: &str = "Exit status: 0 success, 1 failure (the log sa
 Configuration comes from the same TS_* environment as ts-init; a flag overrides the variable \
 named in its help.";
 
+/// Parses a phase's command line with `env_help` and the exit codes as the help's epilogue;
+/// exits (2) on a usage error, as clap does.
+pub fn parse_args<T: clap::Parser>(env_help: &str) -> T {
+    let command = T::command().after_help(format!("{env_help}\n\n{EXIT_CODES_HELP}"));
+    match T::from_arg_matches(&command.get_matches()) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    }
+}
+
 /// Loads [`Settings`] from the environment plus `overrides`, then installs logging for `bin`.
 /// On invalid configuration the error (which names the variable and value) is logged and the
 /// exit code to use ([`crate::exit::USAGE`]) is returned.

@@ -19,7 +19,7 @@
 //! **Exit codes.** 0 done (or nothing to do), 1 a change was refused (the log carries the
 //! reference's message and what to do), 2 invalid configuration (nothing changed).
 
-use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use clap::Parser;
 use std::process::ExitCode;
 use ts_common::{cli, exit};
 use ts_prep::{PrepError, RealHost};
@@ -68,11 +68,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let command = Args::command().after_help(format!("{ENV_HELP}\n\n{}", cli::EXIT_CODES_HELP));
-    let args = match Args::from_arg_matches(&command.get_matches()) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
-    };
+    let args: Args = cli::parse_args(ENV_HELP);
     let overrides = cli::overrides(&[
         ("TS_USERSPACE", args.userspace.as_ref()),
         ("TS_ROUTES", args.routes.as_ref()),

@@ -19,7 +19,7 @@
 //! the destination's family, or iptables fails (the log names the command and its stderr);
 //! 2 on invalid configuration (nothing was changed).
 
-use clap::{CommandFactory as _, FromArgMatches as _, Parser};
+use clap::Parser;
 use std::process::ExitCode;
 use ts_common::{cli, exit};
 use ts_proxy_rules::{Config, ProxyError, SystemIptables};
@@ -52,11 +52,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let command = Args::command().after_help(format!("{ENV_HELP}\n\n{}", cli::EXIT_CODES_HELP));
-    let args = match Args::from_arg_matches(&command.get_matches()) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
-    };
+    let args: Args = cli::parse_args(ENV_HELP);
     let overrides = cli::overrides(&[
         ("TS_DEST_IP", args.dest_ip.as_ref()),
         ("TS_SOCKET", args.socket.as_ref()),
