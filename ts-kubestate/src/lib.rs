@@ -12,6 +12,7 @@
 //! `--explain` runs the same code with [`explain::Explainer`], which performs the reads and
 //! only prints the writes.
 
+pub mod app;
 pub mod explain;
 pub mod preflight;
 pub mod watch;
