@@ -356,15 +356,24 @@ impl Init {
 }
 
 impl Drop for Init {
+    /// A test that fails midway still stops the whole tree: SIGTERM lets ts-init stop its
+    /// children; SIGKILL (which would orphan them) only if it does not exit in time.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if self.status.is_none() && child.try_wait().ok().flatten().is_none() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                let _ = child.wait();
+            if self.status.is_some() || child.try_wait().ok().flatten().is_some() {
+                return;
             }
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < PATIENCE {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
         }
     }
 }
