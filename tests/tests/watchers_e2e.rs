@@ -95,3 +95,66 @@ fn a_watcher_that_cannot_start_fails_the_startup() {
     assert!(!log.contains(STARTUP.trim()), "{log}");
     assert!(log.contains("ts-proxy-rules"), "{log}");
 }
+
+/// With a watcher running, the watcher guards the Running state and ts-auth is gone: one
+/// resident process less. Leaving Running still ends the container with 1.
+#[test]
+fn a_watcher_guards_running_so_ts_auth_does_not_stay() {
+    for (name, with_kube) in [("guard-proxy", false), ("guard-kube", true)] {
+        let root = Root::new(name);
+        let api = ApiServer::start(&root, SECRET_WITH_KEY);
+        let env = if with_kube {
+            let mut env = root.era_env(&HEAD);
+            env.extend(api.env.iter().cloned());
+            env
+        } else {
+            let mut env = root.era_env(&HEAD);
+            env.push(("TS_USERSPACE".into(), "false".into()));
+            env.push(("TS_DEST_IP".into(), "10.0.0.5".into()));
+            env
+        };
+        let mut init = root.start_init(&env, &[]);
+        init.expect_log(STARTUP);
+        let ts_auth_alive = || {
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .any(|pid| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let ppid = stat
+                        .rfind(')')
+                        .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
+                        .and_then(|p| p.parse::<i32>().ok());
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    ppid == Some(init.pid())
+                        && String::from_utf8_lossy(&cmd).contains("ts-auth")
+                        && !stat.contains(") Z ")
+                })
+        };
+        let start = std::time::Instant::now();
+        while ts_auth_alive() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{name}: ts-auth stays resident"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(init.try_status().is_none(), "{name}: {}", init.log());
+        root.control("state 2");
+        assert_eq!(
+            init.wait_code(Duration::from_secs(15)),
+            1,
+            "{name}: {}",
+            init.log()
+        );
+        assert!(
+            init.log()
+                .contains("tailscaled left running state (now in state \"NeedsLogin\"), exiting"),
+            "{name}: {}",
+            init.log()
+        );
+    }
+}

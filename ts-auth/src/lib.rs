@@ -22,8 +22,8 @@ pub enum AuthError {
     // The reference wraps this twice; operators grep for the exact text.
     #[error("failed to auth tailscale: failed to auth tailscale: {0}")]
     Up(String),
-    #[error("tailscaled left running state (now in state {0:?}), exiting")]
-    LeftRunning(String),
+    #[error(transparent)]
+    LeftRunning(#[from] ts_common::notify::LeftRunning),
     #[error("tailscaled did not reach Running within {0:?} (TS_BOOT_TIMEOUT); check the log above for a login URL or machine approval")]
     Deadline(Duration),
     #[error("interrupted by {0} before tailscaled reached Running")]
@@ -52,12 +52,12 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
         reached = login.until_running() => reached?,
         sig = stop_signal() => return Err(AuthError::Interrupted(sig)),
     }
+    if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
+        tracing::warn!("could not report readiness on TS_READY_FD: {e}");
+    }
     if !mode.guard {
         tracing::info!("tailscaled is Running");
         return Ok(());
-    }
-    if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
-        tracing::warn!("could not report readiness on TS_READY_FD: {e}");
     }
     tokio::select! {
         left = guard(api) => left,
@@ -186,10 +186,7 @@ async fn guard(api: LocalApi) -> Result<(), AuthError> {
             .next()
             .await
             .map_err(|e| AuthError::Read(e.to_string()))?;
-        match notify.backend_state() {
-            Some(BackendState::Running) | None => {}
-            Some(other) => return Err(AuthError::LeftRunning(other.name())),
-        }
+        notify.check_still_running()?;
     }
 }
 
@@ -231,7 +228,7 @@ pub fn explain(settings: &Settings, mode: Mode) -> String {
     if mode.guard {
         out.push_str("4. report readiness on TS_READY_FD, then stay and exit 1 if tailscaled leaves Running\n");
     } else {
-        out.push_str("4. exit 0\n");
+        out.push_str("4. report readiness on TS_READY_FD if set, then exit 0\n");
     }
     if settings.auth_key.is_none() {
         out.push_str(

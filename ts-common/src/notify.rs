@@ -227,7 +227,23 @@ pub enum NotifyError {
     NotObject { len: usize },
 }
 
+/// The one long-lived phase that guards the Running state (ts-auth, or the first watcher
+/// when one runs) ends the container with this error when tailscaled leaves Running; the text
+/// is the reference's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tailscaled left running state (now in state {:?}), exiting", .0.name())]
+pub struct LeftRunning(pub BackendState);
+
 impl Notify {
+    /// For the guard of the Running state: an error when this message reports any other
+    /// state (messages without a state say nothing about it).
+    pub fn check_still_running(&self) -> Result<(), LeftRunning> {
+        match self.backend_state() {
+            Some(BackendState::Running) | None => Ok(()),
+            Some(other) => Err(LeftRunning(other)),
+        }
+    }
+
     /// Parses one line of the bus (a trailing `\n` or `\r\n` is fine).
     pub fn from_line(line: &[u8]) -> Result<Notify, NotifyError> {
         // serde would also accept a JSON array as a struct; Go's decoder does not.

@@ -8,7 +8,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
-use plan::{BootPlan, Phase};
+use plan::{BootPlan, Guard, Phase, GUARD_FLAG};
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -87,6 +87,7 @@ pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
         sup: supervisor,
         settings,
         plan,
+        guard: Guard::Auth,
     };
     let cause = boot.run();
     boot.shutdown(cause)
@@ -97,6 +98,8 @@ struct Boot {
     settings: Settings,
     plan: BootPlan,
     deadline: Instant,
+    /// Which phase guards the Running state (decided once the preflight answered).
+    guard: Guard,
 }
 
 /// What the preflight hands back through its result fd.
@@ -164,7 +167,8 @@ impl Boot {
         tracing::info!("Waiting for tailscaled socket");
         self.wait_socket()?;
 
-        let auth = self.plan.auth.clone();
+        self.guard = self.plan.guard(can_patch);
+        let auth = with_guard(self.plan.auth.clone(), self.guard == Guard::Auth);
         let auth_ready = self.start_ready_phase(Role::Auth, &auth, auth_env)?;
         self.wait_ready(
             vec![(Role::Auth, auth_ready)],
@@ -173,11 +177,13 @@ impl Boot {
 
         let mut watchers = Vec::new();
         if let Some(p) = self.plan.proxy_rules.clone() {
+            let p = with_guard(p, self.guard == Guard::ProxyRules);
             let fd = self.start_ready_phase(Role::Watcher("ts-proxy-rules"), &p, Vec::new())?;
             watchers.push((Role::Watcher("ts-proxy-rules"), fd));
         }
         if let Some(p) = self.plan.kubestate.clone() {
             if can_patch {
+                let p = with_guard(p, self.guard == Guard::KubeState);
                 let fd = self.start_ready_phase(Role::Watcher("ts-kubestate"), &p, Vec::new())?;
                 watchers.push((Role::Watcher("ts-kubestate"), fd));
             } else {
@@ -348,12 +354,20 @@ impl Boot {
                         }
                     }
                 }
+                Event::Exited(e) if self.finished_auth(&e) => {}
                 Event::Exited(e) => return Err(self.unexpected_exit(e)),
                 Event::Shutdown(sig) => return Err(Cause::Requested(sig)),
                 Event::Timeout => {}
             }
         }
         Ok(())
+    }
+
+    /// ts-auth exiting 0 after Running is its job done, unless it is the guard.
+    fn finished_auth(&self, e: &Exit) -> bool {
+        e.role == Role::Auth
+            && self.guard != Guard::Auth
+            && matches!(e.status, WaitStatus::Exited(_, 0))
     }
 
     /// A phase closed its readiness fd without reporting: wait for its exit to explain why.
@@ -487,6 +501,9 @@ impl Boot {
                 Event::Exited(e) if e.role == Role::Tailscaled => {
                     tracing::info!("Tailscaled exited");
                     return Cause::TailscaledExited(e.status, false);
+                }
+                Event::Exited(e) if self.finished_auth(&e) => {
+                    tracing::debug!("ts-auth finished (a watcher guards the Running state)");
                 }
                 Event::Exited(e) if e.role == Role::Auth => {
                     let cause = Cause::Failed(format!(
@@ -632,6 +649,14 @@ impl Boot {
             );
         }
     }
+}
+
+/// `phase` with the guard flag added when it is the guard.
+fn with_guard(mut phase: Phase, guard: bool) -> Phase {
+    if guard {
+        phase.args.push(GUARD_FLAG.to_string());
+    }
+    phase
 }
 
 fn check_success(role: Role, status: &WaitStatus) -> Result<(), Cause> {

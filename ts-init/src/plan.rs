@@ -41,7 +41,8 @@ pub struct BootPlan {
     /// The compatibility symlink of newer images (D17).
     pub socket_symlink: Option<std::path::PathBuf>,
     pub tailscaled: Command,
-    /// ts-auth stays resident as the guard of the Running state.
+    /// Brings tailscaled to Running; stays resident as the guard of that state only when no
+    /// watcher runs (see [`BootPlan::guard`]).
     pub auth: Phase,
     /// The `tailscale up` ts-auth will run (shown by `--explain`; ts-auth builds it itself).
     pub up: Command,
@@ -52,7 +53,32 @@ pub struct BootPlan {
     pub env_overrides: Vec<Override>,
 }
 
+/// Which long-lived phase ends the container when tailscaled leaves Running. One guard is
+/// enough, and a watcher already follows the bus, so ts-auth stays resident only when no
+/// watcher runs: one process less to keep in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    Auth,
+    ProxyRules,
+    KubeState,
+}
+
+/// The flag that makes a phase the guard.
+pub const GUARD_FLAG: &str = "--guard";
+
 impl BootPlan {
+    /// The guard, given whether the preflight reported patch permission (ts-kubestate runs
+    /// only with it).
+    pub fn guard(&self, can_patch: bool) -> Guard {
+        if self.proxy_rules.is_some() {
+            Guard::ProxyRules
+        } else if self.kubestate.is_some() && can_patch {
+            Guard::KubeState
+        } else {
+            Guard::Auth
+        }
+    }
+
     pub fn new(settings: &Settings, env_overrides: Vec<Override>) -> Self {
         let kube = settings.kube_state_enabled();
         BootPlan {
@@ -61,7 +87,7 @@ impl BootPlan {
                 .then(|| Phase::new("ts-kubestate", &["preflight", "--result-fd", "4"], false)),
             socket_symlink: settings.socket_symlink(),
             tailscaled: argv::tailscaled(settings),
-            auth: Phase::new("ts-auth", &["--guard"], true),
+            auth: Phase::new("ts-auth", &[], true),
             up: argv::tailscale_up(settings, settings.auth_key.as_ref()),
             proxy_rules: settings
                 .dest_ip
@@ -142,7 +168,7 @@ impl BootPlan {
         };
         let _ = writeln!(
             w,
-            "6. run {} : {} {}{}, then wait for Running and stay as its guard",
+            "6. run {} : {} {}{}, then wait for Running",
             self.auth.display(),
             if settings.auth_once {
                 "only on NeedsLogin:"
@@ -172,6 +198,15 @@ impl BootPlan {
         let _ = writeln!(
             w,
             "{n}. log \"Startup complete, waiting for shutdown signal\""
+        );
+        let guard = match (self.proxy_rules.is_some(), self.kubestate.is_some()) {
+            (true, _) => "ts-proxy-rules (--guard)",
+            (false, true) => "ts-kubestate (--guard) if the preflight reports patch permission, else ts-auth (--guard)",
+            (false, false) => "ts-auth (--guard), which stays resident",
+        };
+        let _ = writeln!(
+            w,
+            "guard of the Running state (exit 1 when tailscaled leaves it): {guard}"
         );
         for var in &settings.unsupported_vars {
             let _ = writeln!(

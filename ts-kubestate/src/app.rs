@@ -13,8 +13,12 @@ use ts_common::settings::{Settings, REDACTED};
 pub enum Action {
     /// Before tailscaled: RBAC and the authkey; the result goes to `result_fd` if given.
     Preflight { result_fd: Option<i32> },
-    /// After Running: authkey removal and device info; `can_patch` skips the SSAR when known.
-    Watch { can_patch: Option<bool> },
+    /// After Running: authkey removal and device info; `can_patch` skips the SSAR when known;
+    /// `guard` also ends the watcher when tailscaled leaves Running.
+    Watch {
+        can_patch: Option<bool>,
+        guard: bool,
+    },
 }
 
 /// Runs `action` (or, with `explain`, prints its plan) and returns the exit status.
@@ -22,8 +26,8 @@ pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
     match (action, explain) {
         (Action::Preflight { .. }, true) => explain_preflight(settings).await,
         (Action::Preflight { result_fd }, false) => run_preflight(settings, result_fd).await,
-        (Action::Watch { can_patch }, true) => explain_watch(settings, can_patch).await,
-        (Action::Watch { can_patch }, false) => run_watch(settings, can_patch).await,
+        (Action::Watch { can_patch, .. }, true) => explain_watch(settings, can_patch).await,
+        (Action::Watch { can_patch, guard }, false) => run_watch(settings, can_patch, guard).await,
     }
 }
 
@@ -57,7 +61,7 @@ async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
     exit::SUCCESS
 }
 
-async fn run_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
+async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> i32 {
     if let Some(why) = watch::skip_reason(settings) {
         tracing::info!("nothing to watch ({why})");
         if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
@@ -74,7 +78,7 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
     };
     let result = async {
         let can_patch = watch::resolve_can_patch(&client, &settings.kube_secret, can_patch).await?;
-        watch::run(&client, settings, can_patch, shutdown_signal()).await
+        watch::run(&client, settings, can_patch, guard, shutdown_signal()).await
     }
     .await;
     match result {

@@ -78,6 +78,9 @@ enum Mode {
         /// Skip the patch-permission check: ts-init passes the preflight's answer
         #[arg(long, value_name = "BOOL")]
         can_patch: Option<String>,
+        /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
+        #[arg(long)]
+        guard: bool,
     },
 }
 
@@ -100,13 +103,27 @@ async fn run(cli: Cli) -> i32 {
         Err(code) => return code,
     };
     cli::warn_unsupported(&settings);
-    let action = match cli.mode.unwrap_or(Mode::Watch { can_patch: None }) {
+    let mode = cli.mode.unwrap_or(Mode::Watch {
+        can_patch: None,
+        guard: false,
+    });
+    let action = match mode {
         Mode::Preflight { result_fd } => Action::Preflight { result_fd },
-        Mode::Watch { can_patch: None } => Action::Watch { can_patch: None },
+        Mode::Watch {
+            can_patch: None,
+            guard,
+        } => Action::Watch {
+            can_patch: None,
+            guard,
+        },
         Mode::Watch {
             can_patch: Some(value),
+            guard,
         } => match parse_bool(&value) {
-            Some(b) => Action::Watch { can_patch: Some(b) },
+            Some(b) => Action::Watch {
+                can_patch: Some(b),
+                guard,
+            },
             None => {
                 tracing::error!(
                     "invalid configuration: --can-patch={value:?} is not a boolean: use true or false"

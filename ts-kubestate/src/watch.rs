@@ -51,6 +51,8 @@ pub enum WatchError {
     BusGone(#[source] LocalApiError),
     #[error("watching tailscaled's IPN bus: {0}")]
     Bus(#[source] LocalApiError),
+    #[error(transparent)]
+    LeftRunning(#[from] ts_common::notify::LeftRunning),
 }
 
 impl WatchError {
@@ -90,10 +92,13 @@ pub async fn resolve_can_patch<K: KubeOps>(
 
 /// Runs the watcher until `shutdown` resolves (→ `Ok(Shutdown)`), tailscaled is gone or a
 /// fatal error. `can_patch` as from [`resolve_can_patch`].
+/// With `guard`, it also ends (with [`WatchError::LeftRunning`]) when tailscaled leaves Running:
+/// ts-init asks one long-lived phase to guard that state.
 pub async fn run<K: KubeOps>(
     kube: &K,
     settings: &Settings,
     can_patch: bool,
+    guard: bool,
     shutdown: impl Future<Output = ()>,
 ) -> Result<WatchExit, WatchError> {
     let secret = settings.kube_secret.as_str();
@@ -122,6 +127,9 @@ pub async fn run<K: KubeOps>(
                 }
                 Err(e) => return Err(WatchError::Bus(e)),
             };
+            if guard {
+                msg.check_still_running()?;
+            }
             let was_ready = rec.reconciled;
             rec.on_notify(&msg).await?;
             if rec.reconciled && !was_ready {

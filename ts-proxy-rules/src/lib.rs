@@ -33,6 +33,9 @@ pub struct Config {
     pub dest_raw: String,
     pub socket: PathBuf,
     pub ready_fd: Option<i32>,
+    /// Also guard the Running state (ts-init asks one long-lived phase to): exit 1 when
+    /// tailscaled leaves it.
+    pub guard: bool,
 }
 
 impl Config {
@@ -44,6 +47,7 @@ impl Config {
             dest_raw: s.dest_ip_raw.clone(),
             socket: s.socket.clone(),
             ready_fd: s.ready_fd,
+            guard: false,
         })
     }
 
@@ -80,6 +84,8 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    LeftRunning(#[from] ts_common::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("reporting readiness on TS_READY_FD={fd}: {source} (was the fd really passed to this process?)")]
@@ -263,6 +269,9 @@ pub async fn watch<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<Infallib
     );
     loop {
         let msg: Notify = follower.next().await.map_err(ProxyError::Bus)?;
+        if cfg.guard {
+            msg.check_still_running()?;
+        }
         let Some(me) = msg.self_identity() else {
             continue;
         };

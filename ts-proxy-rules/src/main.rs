@@ -46,6 +46,10 @@ struct Args {
     #[arg(long, value_name = "FD")]
     ready_fd: Option<String>,
 
+    /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
+    #[arg(long)]
+    guard: bool,
+
     /// Print the plan (program, the rule it keeps, socket, readiness) to stdout and change nothing
     #[arg(long)]
     explain: bool,
@@ -64,7 +68,13 @@ fn main() -> ExitCode {
             cli::warn_unsupported(&settings);
             match Config::from_settings(&settings) {
                 Err(e) => exit_code(Err(e)),
-                Ok(cfg) => run(&cfg, args.explain),
+                Ok(cfg) => run(
+                    &Config {
+                        guard: args.guard,
+                        ..cfg
+                    },
+                    args.explain,
+                ),
             }
         }
     };

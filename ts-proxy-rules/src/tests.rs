@@ -13,6 +13,7 @@ fn cfg(dest: &str) -> Config {
         dest_raw: dest.to_string(),
         socket: "/tmp/tailscaled.sock".into(),
         ready_fd: None,
+        guard: false,
     }
 }
 
