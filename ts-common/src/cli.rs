@@ -29,7 +29,7 @@ pub fn load_settings(bin: &'static str, overrides: &[Override]) -> Result<Settin
             Ok(settings)
         }
         Err(err) => {
-            crate::logging::init(bin, crate::settings::LogFormat::Text);
+            crate::logging::init(bin, Settings::log_format_only(overrides));
             tracing::error!("invalid configuration: {err}");
             Err(crate::exit::USAGE)
         }

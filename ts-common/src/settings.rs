@@ -396,6 +396,18 @@ fn go_duration_nanos(v: &str) -> Option<u128> {
     Some(total)
 }
 
+fn parse_log_format(value: Option<&str>) -> Result<LogFormat, SettingsError> {
+    match value {
+        None | Some("") | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(SettingsError::Invalid {
+            var: "TS_LOG_FORMAT",
+            value: other.to_string(),
+            why: "use text or json".into(),
+        }),
+    }
+}
+
 /// Splits like Go's `strings.Fields`: any run of whitespace separates, no quoting.
 pub fn fields(v: &str) -> Vec<String> {
     v.split_whitespace().map(str::to_string).collect()
@@ -501,17 +513,7 @@ impl Settings {
         let boot_timeout = env.duration("TS_BOOT_TIMEOUT", DEFAULT_BOOT_TIMEOUT)?;
         let shutdown_grace = env.duration("TS_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)?;
 
-        let log_format = match env.get("TS_LOG_FORMAT") {
-            None | Some("") | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(SettingsError::Invalid {
-                    var: "TS_LOG_FORMAT",
-                    value: other.to_string(),
-                    why: "use text or json".into(),
-                })
-            }
-        };
+        let log_format = parse_log_format(env.get("TS_LOG_FORMAT"))?;
 
         let ready_fd = match env.get("TS_READY_FD") {
             None | Some("") => None,
@@ -564,6 +566,18 @@ impl Settings {
             ready_fd,
             unsupported_vars,
         })
+    }
+
+    /// The log format alone, for reporting a configuration error in the format the operator
+    /// asked for even though the rest of the configuration was refused (text if it is invalid).
+    pub fn log_format_only(overrides: &[Override]) -> LogFormat {
+        let value = overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == "TS_LOG_FORMAT")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("TS_LOG_FORMAT").ok());
+        parse_log_format(value.as_deref()).unwrap_or(LogFormat::Text)
     }
 
     /// A host path under `TS_TEST_ONLY_ROOT` (`rel` has no leading slash).

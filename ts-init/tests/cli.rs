@@ -92,3 +92,22 @@ fn flag_overrides_the_variable_and_is_validated_alike() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TS_SHUTDOWN_GRACE=\"never\""));
 }
+
+#[test]
+fn a_configuration_error_is_logged_in_the_requested_format() {
+    let out = ts_init()
+        .env("TS_LOG_FORMAT", "json")
+        .env("TS_USERSPACE", "maybe")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let log = String::from_utf8_lossy(&out.stderr);
+    let first = log.lines().next().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(first).expect("a JSON log line");
+    assert_eq!(v["bin"], "ts-init");
+    assert_eq!(v["level"], "error");
+    assert!(v["msg"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("TS_USERSPACE=\"maybe\""));
+}
