@@ -13,7 +13,10 @@
 # * Builds: `cargo build --release --workspace` (the dynamically linked binaries and the test
 #   doubles, release), `docker/build-static.sh` (the static binaries the image ships), and the
 #   bench driver (bench/, a std-only crate outside the workspace). TSBOOT_BENCH_NO_STATIC=1
-#   skips the static build and measures the dynamic binaries only.
+#   skips the static build. When the musl target and musl-gcc are installed
+#   (`rustup target add x86_64-unknown-linux-musl`, `apt-get install musl-tools`), a static musl
+#   build is measured too, as the candidate for the image (TSBOOT_BENCH_MUSL=0 skips it,
+#   TSBOOT_BENCH_MUSL=1 insists on it).
 # * The report (Markdown) is printed and written to $BENCH_OUT (default
 #   $CARGO_TARGET_DIR/bench-report.md).
 # * Nothing here asserts on time: the test suite never runs this.
@@ -40,6 +43,18 @@ if ! command -v tini >/dev/null || ! command -v dumb-init >/dev/null; then
     fi
 fi
 
+# What is measured: the commit plus a digest of uncommitted changes, checked again after the
+# builds so that a tree edited in between (three builds take minutes) is reported.
+source_state() {
+    if git rev-parse --git-dir >/dev/null 2>&1; then
+        printf '%s%s' "$(git rev-parse --short HEAD)" \
+            "$(git diff HEAD --quiet -- . ':!bench' 2>/dev/null || echo "+dirty:$(git diff HEAD -- . ':!bench' | sha256sum | cut -c1-12)")"
+    else
+        echo "unknown (not a git checkout)"
+    fi
+}
+before="$(source_state)"
+
 echo "bench/run.sh: cargo build --release --workspace" >&2
 cargo build --release --workspace >&2
 variants=()
@@ -49,8 +64,30 @@ if [[ "${TSBOOT_BENCH_NO_STATIC:-}" != 1 ]]; then
     variants+=(--variant "static=$static_dir")
 fi
 variants+=(--variant "dynamic=$CARGO_TARGET_DIR/release")
+musl="${TSBOOT_BENCH_MUSL:-auto}"
+if [[ "$musl" != 0 ]]; then
+    triple="$(uname -m)-unknown-linux-musl"
+    if rustup target list --installed 2>/dev/null | grep -qx "$triple" && command -v musl-gcc >/dev/null; then
+        echo "bench/run.sh: static musl build ($triple), the candidate for the image" >&2
+        cargo build --release --locked --target "$triple" \
+            -p ts-init -p ts-prep -p ts-auth -p ts-proxy-rules -p ts-kubestate >&2
+        variants+=(--variant "musl=$CARGO_TARGET_DIR/$triple/release")
+    elif [[ "$musl" == 1 ]]; then
+        echo "bench/run.sh: TSBOOT_BENCH_MUSL=1 needs: rustup target add $triple; apt-get install musl-tools" >&2
+        exit 1
+    else
+        echo "bench/run.sh: no musl target or musl-gcc: the musl build is not measured" >&2
+    fi
+fi
 echo "bench/run.sh: building the bench driver" >&2
 cargo build --release --manifest-path bench/Cargo.toml >&2
+
+after="$(source_state)"
+if [[ "$before" != "$after" ]]; then
+    echo "bench/run.sh: warning: the source changed during the builds ($before -> $after); the builds may differ" >&2
+    after="$before -> $after (changed during the builds)"
+fi
+export TSBOOT_BENCH_SOURCE="$after"
 
 out="${BENCH_OUT:-$CARGO_TARGET_DIR/bench-report.md}"
 exec "$CARGO_TARGET_DIR/release/tsboot-bench" \

@@ -14,6 +14,13 @@
 //!
 //! Reaping needs root (a PID namespace); without it that part is skipped and says so.
 //! The report (Markdown) goes to stdout and, with `--out`, to FILE; progress goes to stderr.
+//! Environment: `TSBOOT_BENCH_KEEP=1` keeps the temporary roots under /tmp (tsb-bench-*),
+//! `TSBOOT_BENCH_DEBUG=1` prints each boot's processes and log, `TSBOOT_BENCH_SOURCE` is shown
+//! as the measured source (bench/run.sh sets it to the commit and a digest of local changes).
+//!
+//! The fakes are the workspace's test doubles, unmodified; the bench only adds the fake
+//! tailscaled's request log (`FAKE_TAILSCALED_REQUEST_LOG`) and stamps, with inotify, the
+//! moments files change (records of the fake CLIs, the socket, the fake apiserver's log).
 
 mod scenarios;
 mod setup;
@@ -56,7 +63,7 @@ fn parse() -> Args {
         },
         boot_runs: 25,
         reaction_runs: 25,
-        reap_runs: 10,
+        reap_runs: 16,
         orphans: 10_000,
         settle: Duration::from_millis(300),
         only: vec![],
@@ -64,12 +71,20 @@ fn parse() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
-        let num = |v: String| v.parse::<usize>().unwrap_or_else(|_| usage(&format!("not a number: {v}")));
+        let mut val = || {
+            it.next()
+                .unwrap_or_else(|| usage(&format!("{flag} needs a value")))
+        };
+        let num = |v: String| {
+            v.parse::<usize>()
+                .unwrap_or_else(|_| usage(&format!("not a number: {v}")))
+        };
         match flag.as_str() {
             "--variant" => {
                 let v = val();
-                let (name, dir) = v.split_once('=').unwrap_or_else(|| usage("--variant wants NAME=DIR"));
+                let (name, dir) = v
+                    .split_once('=')
+                    .unwrap_or_else(|| usage("--variant wants NAME=DIR"));
                 a.variants.push(Variant {
                     name: name.into(),
                     dir: dir.into(),
@@ -93,17 +108,25 @@ fn parse() -> Args {
     }
     for v in &a.variants {
         for b in scenarios::TSBOOT_BINS {
-            if !scenarios::exists(&v.bin(b)) {
-                usage(&format!("{} is missing (build it first)", v.bin(b).display()));
+            if !std::path::Path::exists(&v.bin(b)) {
+                usage(&format!(
+                    "{} is missing (build it first)",
+                    v.bin(b).display()
+                ));
             }
         }
     }
-    for f in ["fake-tailscaled", "fake-tailscale", "fake-iptables", "fake-apiserver"] {
-        if !scenarios::exists(&a.paths.fakes.join(f)) {
+    for f in [
+        "fake-tailscaled",
+        "fake-tailscale",
+        "fake-iptables",
+        "fake-apiserver",
+    ] {
+        if !std::path::Path::exists(&a.paths.fakes.join(f)) {
             usage(&format!("{} is missing", a.paths.fakes.join(f).display()));
         }
     }
-    if !scenarios::exists(&a.paths.fixtures.join(setup::INITIAL)) {
+    if !std::path::Path::exists(&a.paths.fixtures.join(setup::INITIAL)) {
         usage("--fixtures must be tests/fixtures/ipn-bus");
     }
     a
@@ -141,7 +164,11 @@ fn machine() -> String {
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("PRETTY_NAME="))
-        .map(|l| l.trim_start_matches("PRETTY_NAME=").trim_matches('"').to_string())
+        .map(|l| {
+            l.trim_start_matches("PRETTY_NAME=")
+                .trim_matches('"')
+                .to_string()
+        })
         .unwrap_or_default();
     format!(
         "- date: {}\n- nproc: {}; CPU: {cpu}; memory: {mem}\n- kernel: {} ({os})\n- load average at start: {}\n- rustc: {}\n- references: tini {}, dumb-init {} (Debian packages)\n",
@@ -157,7 +184,9 @@ fn machine() -> String {
 
 fn which(p: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':').map(|d| PathBuf::from(d).join(p)).find(|c| c.exists())
+    path.split(':')
+        .map(|d| PathBuf::from(d).join(p))
+        .find(|c| c.exists())
 }
 
 fn main() {
@@ -186,6 +215,9 @@ fn main() {
 
     let mut report = String::from("## Results\n\nMachine:\n\n");
     report.push_str(&machine());
+    if let Ok(src) = std::env::var("TSBOOT_BENCH_SOURCE") {
+        report.push_str(&format!("- source: {src}\n"));
+    }
     report.push_str(&format!(
         "- builds: {}; fakes: {}\n\n",
         a.variants
@@ -223,7 +255,10 @@ fn main() {
     }
     if want("reap") {
         if is_root && which("unshare").is_some() {
-            let pid1: Vec<Wrapper> = wrappers.into_iter().filter(|w| w.name != "tini-static").collect();
+            let pid1: Vec<Wrapper> = wrappers
+                .into_iter()
+                .filter(|w| w.name != "tini-static")
+                .collect();
             let d = scenarios::run_reap(&primary, &pid1, &a.paths, a.reap_runs, a.orphans);
             report.push_str(&scenarios::reap_report(&d, &primary, a.orphans));
         } else {
@@ -232,10 +267,17 @@ fn main() {
     }
     report.push_str(&format!(
         "Load average at the end: {}\n",
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     ));
     if !failures.is_empty() {
-        report.push_str(&format!("\nFailed runs (left out of the figures): {failures:#?}\n"));
+        report.push_str(&format!(
+            "\nFailed runs (left out of the figures): {failures:#?}\n"
+        ));
     }
     print!("{report}");
     if let Some(out) = &a.out {

@@ -9,7 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const TSBOOT_BINS: [&str; 5] = ["ts-init", "ts-prep", "ts-auth", "ts-proxy-rules", "ts-kubestate"];
+pub const TSBOOT_BINS: [&str; 5] = [
+    "ts-init",
+    "ts-prep",
+    "ts-auth",
+    "ts-proxy-rules",
+    "ts-kubestate",
+];
 /// The processes that stay resident after startup (ts-init, the guard, the two watchers).
 pub const RESIDENT: [&str; 4] = ["ts-init", "ts-auth", "ts-proxy-rules", "ts-kubestate"];
 
@@ -21,8 +27,8 @@ fn between(a: Instant, b: Instant) -> f64 {
     ms(b.saturating_duration_since(a))
 }
 
-fn mb(kb: f64) -> String {
-    format!("{:.2} MB", kb / 1024.0)
+fn mb(kib: f64) -> String {
+    format!("{:.2} MiB", kib / 1024.0)
 }
 
 fn verdict(ok: bool, how: String) -> String {
@@ -30,6 +36,32 @@ fn verdict(ok: bool, how: String) -> String {
         format!("**met** ({how})")
     } else {
         format!("**missed** ({how})")
+    }
+}
+
+/// A "≤ N MB" verdict for `bytes`, read both ways: SI (N × 10⁶ bytes) and binary (N MiB),
+/// saying so when only the binary reading is met.
+fn verdict_mb(bytes: f64, n: f64) -> String {
+    let si = n * 1e6;
+    let mib = n * 1048576.0;
+    if bytes <= si {
+        verdict(true, format!("{:.0}% of {n} MB", bytes / si * 100.0))
+    } else if bytes <= mib {
+        format!(
+            "**met as {n} MiB** ({:.0}% of {} bytes), **missed as {n} MB** (SI: over by {:.0} kB)",
+            bytes / mib * 100.0,
+            mib,
+            (bytes - si) / 1e3
+        )
+    } else {
+        verdict(
+            false,
+            format!(
+                "over {n} MiB by {:.0} KiB, {:.0}% of {n} MB",
+                (bytes - mib) / 1024.0,
+                bytes / si * 100.0
+            ),
+        )
     }
 }
 
@@ -64,23 +96,32 @@ pub fn sizes(variants: &[Variant], refs: &[(&str, PathBuf)]) -> String {
     }
     let mut row = vec!["**all five**".to_string()];
     for total in &totals {
-        row.push(format!("**{total}** ({:.2} MiB)", *total as f64 / 1048576.0));
+        row.push(format!(
+            "**{total}** ({:.2} MiB)",
+            *total as f64 / 1048576.0
+        ));
     }
     t.row(row);
     out.push_str(&t.render());
     out.push_str("\nReferences (Debian packages, as shipped): ");
     let refs: Vec<String> = refs
         .iter()
-        .filter_map(|(n, p)| std::fs::metadata(p).ok().map(|m| format!("`{n}` {} ({})", m.len(), describe_elf(p))))
+        .filter_map(|(n, p)| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| format!("`{n}` {} ({})", m.len(), describe_elf(p)))
+        })
         .collect();
     out.push_str(&refs.join(", "));
-    out.push_str("\n\nTargets: ts-init ≤ 1 MB (1,000,000 bytes); all five ≤ 12 MB.\n\n");
+    out.push_str("\n\nTargets: ts-init ≤ 1 MB; all five ≤ 12 MB.\n\n");
     for (i, v) in variants.iter().enumerate() {
         out.push_str(&format!(
-            "- {}: ts-init {}; all five {}\n",
+            "- {}: ts-init {} bytes: {}; all five {} bytes: {}\n",
             v.name,
-            verdict(init_sizes[i] <= 1_000_000, format!("{} bytes, {:.0}% of the budget", init_sizes[i], init_sizes[i] as f64 / 1e4)),
-            verdict(totals[i] <= 12_000_000, format!("{} bytes, {:.0}% of the budget", totals[i], totals[i] as f64 / 12e4)),
+            init_sizes[i],
+            verdict_mb(init_sizes[i] as f64, 1.0),
+            totals[i],
+            verdict_mb(totals[i] as f64, 12.0),
         ));
     }
     out.push('\n');
@@ -90,7 +131,9 @@ pub fn sizes(variants: &[Variant], refs: &[(&str, PathBuf)]) -> String {
 /// "static, stripped, text 700 KB" from `file` and `size`.
 fn describe_elf(p: &Path) -> String {
     let file = Command::new("file").arg("-bL").arg(p).output().ok();
-    let file = file.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let file = file
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let linkage = if file.contains("statically linked") || file.contains("static-pie") {
         "static"
     } else if file.contains("dynamically linked") {
@@ -113,7 +156,11 @@ fn describe_elf(p: &Path) -> String {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
                 .nth(1)
-                .and_then(|l| l.split_whitespace().next().and_then(|t| t.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .and_then(|t| t.parse::<u64>().ok())
+                })
         })
         .map(|t| format!(", text {t}"))
         .unwrap_or_default();
@@ -138,18 +185,59 @@ const KS_READY: &str = "ts-kubestate is ready";
 /// a log line, or `@t0` (the bench's spawn of ts-init), `@recN` (the record file reached N
 /// lines: the Nth fake exec'd), `@sock` (the fake tailscaled created its socket), `@after-prep`
 /// (preflight spawned, else tailscaled starting), `@watchers` (the last watcher ready).
-const PHASES: [(&str, &str, &str); 12] = [
-    ("ts-init start: exec, settings, plan → ts-prep spawned", "@t0", PREP_START),
+const PHASES: [(&str, &str, &str); 13] = [
+    (
+        "ts-init start: exec, settings, plan → ts-prep spawned",
+        "@t0",
+        PREP_START,
+    ),
     ("prep: ts-prep runs", PREP_START, "@after-prep"),
-    ("preflight: ts-kubestate preflight (TLS, SSARs, secret GET)", PREFLIGHT_START, TSD),
-    ("tailscaled socket (all): spawn tailscaled … ts-init connects", TSD, AUTH_START),
-    ("  · spawn → fake tailscaled exec'd (its argv recorded)", TSD, "@rec1"),
-    ("  · fake tailscaled start-up → socket created (bind)", "@rec1", "@sock"),
-    ("  · socket created → ts-init's connect succeeds", "@sock", AUTH_START),
-    ("ts-auth start: exec, first bus watch → `tailscale up` spawned", AUTH_START, UP),
-    ("up + Running (all): `tailscale up`, re-watch, Running, readiness", UP, AUTH_READY),
+    (
+        "preflight: ts-kubestate preflight (TLS, SSARs, secret GET)",
+        PREFLIGHT_START,
+        TSD,
+    ),
+    (
+        "tailscaled socket: spawn tailscaled … ts-init's connect succeeds",
+        TSD,
+        AUTH_START,
+    ),
+    (
+        "  · spawn → fake tailscaled exec'd (its argv recorded)",
+        TSD,
+        "@rec1",
+    ),
+    (
+        "  · fake tailscaled start-up → socket created (bind)",
+        "@rec1",
+        "@sock",
+    ),
+    (
+        "  · socket created → ts-init's connect succeeds",
+        "@sock",
+        AUTH_START,
+    ),
+    (
+        "ts-auth start: exec → its first bus watch reaches tailscaled",
+        AUTH_START,
+        "@req1",
+    ),
+    (
+        "up: `tailscale up` (spawn, login replayed, exit) → ts-auth re-watches",
+        "@req1",
+        "@req2",
+    ),
     ("  · `up` spawned → fake tailscale exec'd", UP, "@rec2"),
-    ("watcher readiness: spawn both, first reconcile (DNAT rule, secret PATCH)", AUTH_READY, "@watchers"),
+    (
+        "Running: re-watch → Running seen, readiness read by ts-init",
+        "@req2",
+        AUTH_READY,
+    ),
+    (
+        "watcher readiness: spawn both, first reconcile (DNAT rule, secret PATCH)",
+        AUTH_READY,
+        "@watchers",
+    ),
     ("→ `Startup complete` logged", "@watchers", setup::STARTUP),
 ];
 
@@ -193,7 +281,10 @@ fn one_boot(
         }
     };
     let key = (variant.name.clone(), config.name());
-    data.total.entry(key.clone()).or_default().push(between(boot.t0, done));
+    data.total
+        .entry(key.clone())
+        .or_default()
+        .push(between(boot.t0, done));
     let at = |needle: &str| -> Option<Instant> {
         match needle {
             "@t0" => Some(boot.t0),
@@ -202,6 +293,10 @@ fn one_boot(
                 boot.records.as_ref()?.at_least(n, boot.t0)
             }
             "@sock" => boot.socket_created.as_ref()?.at_least(1, boot.t0),
+            "@req1" | "@req2" => {
+                let n = if needle == "@req1" { 1 } else { 2 };
+                boot.requests.as_ref()?.at_least(n, boot.t0)
+            }
             "@after-prep" => boot
                 .lines
                 .find(0, PREFLIGHT_START)
@@ -227,9 +322,16 @@ fn one_boot(
                 .push(between(a, b));
         }
     }
-    for (name, start, ready) in [("ts-proxy-rules", PR_START, PR_READY), ("ts-kubestate", KS_START, KS_READY)] {
-        if let (Some((_, a)), Some((_, b))) = (boot.lines.find(0, start), boot.lines.find(0, ready)) {
-            data.watchers.entry((variant.name.clone(), name)).or_default().push(between(a, b));
+    for (name, start, ready) in [
+        ("ts-proxy-rules", PR_START, PR_READY),
+        ("ts-kubestate", KS_START, KS_READY),
+    ] {
+        if let (Some((_, a)), Some((_, b))) = (boot.lines.find(0, start), boot.lines.find(0, ready))
+        {
+            data.watchers
+                .entry((variant.name.clone(), name))
+                .or_default()
+                .push(between(a, b));
         }
     }
 
@@ -238,6 +340,14 @@ fn one_boot(
     let mut sum = 0.0;
     let mut procs = vec![("ts-init".to_string(), boot.init_pid)];
     procs.extend(boot.children());
+    if std::env::var_os("TSBOOT_BENCH_DEBUG").is_some() {
+        eprintln!(
+            "bench: {} {}: processes {procs:?}\n{}",
+            variant.name,
+            config.name(),
+            boot.lines.text()
+        );
+    }
     for (name, pid) in procs {
         if let Some(m) = Mem::of(pid) {
             if RESIDENT.contains(&name.as_str()) {
@@ -253,7 +363,12 @@ fn one_boot(
     boot.stop()
 }
 
-fn one_wrapper(data: &mut BootData, w: &Wrapper, paths: &Paths, settle: Duration) -> Result<(), String> {
+fn one_wrapper(
+    data: &mut BootData,
+    w: &Wrapper,
+    paths: &Paths,
+    settle: Duration,
+) -> Result<(), String> {
     let argv: Vec<&str> = w.argv.iter().map(String::as_str).collect();
     let run = Wrapped::start("wrap", &argv, paths, false)?;
     std::thread::sleep(settle);
@@ -278,14 +393,20 @@ pub fn run_boots(
             for config in [Config::Full, Config::Minimal] {
                 if let Err(e) = one_boot(&mut data, v, paths, config, settle) {
                     eprintln!("bench: boot {} {}: {e}", v.name, config.name());
-                    data.failures.push(format!("boot {} {}: {}", v.name, config.name(), first_line(&e)));
+                    data.failures.push(format!(
+                        "boot {} {}: {}",
+                        v.name,
+                        config.name(),
+                        first_line(&e)
+                    ));
                 }
             }
         }
         for w in wrappers {
             if let Err(e) = one_wrapper(&mut data, w, paths, settle) {
                 eprintln!("bench: {}: {e}", w.name);
-                data.failures.push(format!("{}: {}", w.name, first_line(&e)));
+                data.failures
+                    .push(format!("{}: {}", w.name, first_line(&e)));
             }
         }
     }
@@ -301,7 +422,11 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
     let mut t = Table::new(&["build", "configuration", "runs", "median", "min", "max"]);
     for v in variants {
         for config in [Config::Full, Config::Minimal] {
-            if let Some(s) = data.total.get(&(v.name.clone(), config.name())).and_then(|x| summary(x)) {
+            if let Some(s) = data
+                .total
+                .get(&(v.name.clone(), config.name()))
+                .and_then(|x| summary(x))
+            {
                 t.row(vec![
                     v.name.clone(),
                     config.name().into(),
@@ -324,7 +449,14 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
                 "{} {}: {}",
                 v.name,
                 c.name(),
-                verdict(m <= 25.0, if m <= 25.0 { format!("{m:.1} ms") } else { format!("{m:.1} ms, {:.1} ms over", m - 25.0) })
+                verdict(
+                    m <= 25.0,
+                    if m <= 25.0 {
+                        format!("{m:.1} ms")
+                    } else {
+                        format!("{m:.1} ms, {:.1} ms over", m - 25.0)
+                    }
+                )
             ))
         })
         .collect();
@@ -336,7 +468,11 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
             if !data.total.contains_key(&(v.name.clone(), config.name())) {
                 continue;
             }
-            out.push_str(&format!("Phases, {} build, {} configuration (ms: median (min–max)):\n\n", v.name, config.name()));
+            out.push_str(&format!(
+                "Phases, {} build, {} configuration (ms: median (min–max)):\n\n",
+                v.name,
+                config.name()
+            ));
             let mut t = Table::new(&["phase", "ms"]);
             for (i, (label, _, _)) in PHASES.iter().enumerate() {
                 if let Some(x) = data.phases.get(&(v.name.clone(), config.name(), i)) {
@@ -363,49 +499,84 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
 
 pub fn rss_report(data: &BootData, variants: &[Variant], settle: Duration) -> String {
     let mut out = format!(
-        "### Resident memory after startup ({} ms after `Startup complete`; kB, median (min–max))\n\n",
+        "### Resident memory after startup ({} ms after `Startup complete`; kB as /proc reports them (KiB), median (min–max))\n\n",
         settle.as_millis()
     );
-    let mut t = Table::new(&["process", "build / config", "VmRSS", "VmHWM", "Pss", "private (clean+dirty)", "anonymous"]);
+    let mut t = Table::new(&[
+        "process",
+        "build / config",
+        "VmRSS",
+        "VmHWM",
+        "Pss",
+        "private (clean+dirty)",
+        "anonymous",
+    ]);
     let row = |t: &mut Table, name: &str, label: String, ms: &[Mem]| {
-        let col = |f: &dyn Fn(&Mem) -> u64| -> Vec<f64> { ms.iter().map(|m| f(m) as f64).collect() };
+        let col =
+            |f: &dyn Fn(&Mem) -> u64| -> Vec<f64> { ms.iter().map(|m| f(m) as f64).collect() };
         t.row(vec![
             name.to_string(),
             label,
             fmt(&col(&|m| m.rss), 0, ""),
             fmt(&col(&|m| m.hwm), 0, ""),
             fmt(&col(&|m| m.get("Pss")), 0, ""),
-            fmt(&col(&|m| m.get("Private_Clean") + m.get("Private_Dirty")), 0, ""),
+            fmt(
+                &col(&|m| m.get("Private_Clean") + m.get("Private_Dirty")),
+                0,
+                "",
+            ),
             fmt(&col(&|m| m.get("Anonymous")), 0, ""),
         ]);
     };
     for v in variants {
-        let config = Config::Full;
-        for name in RESIDENT.iter().chain(["tailscaled"].iter()) {
-            if let Some(ms) = data.mem.get(&(v.name.clone(), config.name(), name.to_string())) {
-                let shown = if *name == "tailscaled" { "(fake-tailscaled, for scale)" } else { name };
-                row(&mut t, shown, format!("{} / full", v.name), ms);
+        for config in [Config::Full, Config::Minimal] {
+            let label = format!("{} / {}", v.name, config.short());
+            let mut names = Vec::new();
+            for name in RESIDENT.iter().chain(["tailscaled"].iter()) {
+                if let Some(ms) = data
+                    .mem
+                    .get(&(v.name.clone(), config.name(), name.to_string()))
+                {
+                    let shown = if *name == "tailscaled" {
+                        "(fake-tailscaled, for scale)"
+                    } else {
+                        names.push(*name);
+                        name
+                    };
+                    row(&mut t, shown, label.clone(), ms);
+                }
             }
-        }
-        if let Some(x) = data.sum_rss.get(&(v.name.clone(), config.name())) {
-            t.row(vec![
-                "**sum of the four resident tsboot processes**".into(),
-                format!("{} / full", v.name),
-                format!("**{}**", fmt(x, 0, "")),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-            ]);
+            if let Some(x) = data.sum_rss.get(&(v.name.clone(), config.name())) {
+                t.row(vec![
+                    format!(
+                        "**sum of the resident tsboot processes** ({})",
+                        names.join(", ")
+                    ),
+                    label.clone(),
+                    format!("**{}**", fmt(x, 0, "")),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
         }
     }
     for (name, ms) in &data.wrappers {
-        row(&mut t, name, "Debian package, running fake-tailscaled".into(), ms);
+        row(
+            &mut t,
+            name,
+            "Debian package, running fake-tailscaled".into(),
+            ms,
+        );
     }
     out.push_str(&t.render());
     out.push('\n');
 
-    let tini = data.wrappers.get("tini").map(|m| median(&m.iter().map(|m| m.rss as f64).collect::<Vec<_>>()));
+    let tini = data
+        .wrappers
+        .get("tini")
+        .map(|m| median(&m.iter().map(|m| m.rss as f64).collect::<Vec<_>>()));
     for v in variants {
         let init = data
             .mem
@@ -419,14 +590,17 @@ pub fn rss_report(data: &BootData, variants: &[Variant], settle: Duration) -> St
                 verdict(ratio <= 1.2, if ratio <= 1.2 { format!("{ratio:.2}×") } else { format!("{:.0} kB over 1.2× tini", init - 1.2 * tini) })
             ));
         }
-        if let Some(x) = data.sum_rss.get(&(v.name.clone(), Config::Full.name())) {
-            let m = median(x);
-            out.push_str(&format!(
-                "- {}: sum of resident tsboot VmRSS {} — target ≤ 8 MB (8192 kB): {}\n",
-                v.name,
-                mb(m),
-                verdict(m <= 8192.0, format!("{:.0}% of the budget", m / 81.92))
-            ));
+        for config in [Config::Full, Config::Minimal] {
+            if let Some(x) = data.sum_rss.get(&(v.name.clone(), config.name())) {
+                let m = median(x);
+                out.push_str(&format!(
+                    "- {} / {}: sum of resident tsboot VmRSS {m:.0} KiB ({}) — target ≤ 8 MB: {}\n",
+                    v.name,
+                    config.short(),
+                    mb(m),
+                    verdict_mb(m * 1024.0, 8.0)
+                ));
+            }
         }
     }
     out.push('\n');
@@ -445,13 +619,17 @@ fn count_patches(p: &Path) -> usize {
 }
 
 fn count_lines(p: &Path) -> usize {
-    std::fs::read(p).map(|b| b.iter().filter(|c| **c == b'\n').count()).unwrap_or(0)
+    std::fs::read(p)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
 }
 
 /// The HEAD-era `SelfChange` notifies the reaction toggles between: each changes the node's
 /// StableID and name (→ a secret PATCH) and its IPv4 address (→ the DNAT rule is replaced).
 fn variants_json(fixtures: &Path) -> Result<[(String, &'static str, &'static str); 2], String> {
-    let read = |n: &str| std::fs::read_to_string(fixtures.join(n)).map_err(|e| format!("fixture {n}: {e}"));
+    let read = |n: &str| {
+        std::fs::read_to_string(fixtures.join(n)).map_err(|e| format!("fixture {n}: {e}"))
+    };
     let newid = read("head-era-14-selfchange-new-stableid-and-name.json")?;
     let oldid_newaddr = read("head-era-15-selfchange-address-change.json")?;
     // B: new identity and the new address; A: the original identity and address.
@@ -463,7 +641,10 @@ fn variants_json(fixtures: &Path) -> Result<[(String, &'static str, &'static str
         .trim()
         .replace("100.88.77.66", "100.101.102.103")
         .replace("6258:4d42", "6265:6667");
-    Ok([(b, "nQ9xR2tCNTRL", "100.88.77.66"), (a, "n5Ez6W7CNTRL", ADDR0)])
+    Ok([
+        (b, "nQ9xR2tCNTRL", "100.88.77.66"),
+        (a, "n5Ez6W7CNTRL", ADDR0),
+    ])
 }
 
 pub struct ReactionData {
@@ -484,7 +665,12 @@ pub fn run_reaction(variant: &Variant, paths: &Paths, runs: usize) -> Result<Rea
     let result = (|| -> Result<ReactionData, String> {
         boot.wait_startup()?;
         let api = boot.api.as_ref().unwrap();
-        let patches = FileCounter::start(&api.state, "requests.log", sys::IN_MOVED_TO | sys::IN_CLOSE_WRITE, count_patches)?;
+        let patches = FileCounter::start(
+            &api.state,
+            "requests.log",
+            sys::IN_MOVED_TO | sys::IN_CLOSE_WRITE,
+            count_patches,
+        )?;
         let records = FileCounter::start(&boot.root.dir, "args", sys::IN_MODIFY, count_lines)?;
         std::thread::sleep(Duration::from_millis(200));
         let mut d = ReactionData {
@@ -510,11 +696,19 @@ pub fn run_reaction(variant: &Variant, paths: &Paths, runs: usize) -> Result<Rea
             let patch = patches.wait_at_least(base_patch + 1, t0, Duration::from_secs(5));
             let stored = boot
                 .lines
-                .wait(base_line, &format!("device_id={id} "), Duration::from_secs(5))
+                .wait(
+                    base_line,
+                    &format!("device_id={id} "),
+                    Duration::from_secs(5),
+                )
                 .ok();
             let rule = boot
                 .lines
-                .wait(base_line, &format!("DNAT rule {addr} -> {DEST_IP} in place"), Duration::from_secs(5))
+                .wait(
+                    base_line,
+                    &format!("DNAT rule {addr} -> {DEST_IP} in place"),
+                    Duration::from_secs(5),
+                )
                 .ok();
             // Two mutating commands: -I for the new address, -D for the old one.
             let rec = records.wait_at_least(base_rec + 2, t0, Duration::from_secs(5));
@@ -539,9 +733,13 @@ pub fn run_reaction(variant: &Variant, paths: &Paths, runs: usize) -> Result<Rea
             let lines = std::fs::read_to_string(&boot.root.record).unwrap_or_default();
             let tail: Vec<&str> = lines.lines().rev().take(2).collect();
             if !(tail.iter().any(|l| l.contains(" -I ") && l.contains(addr))
-                && tail.iter().any(|l| l.contains(" -D ") && l.contains(prev_addr)))
+                && tail
+                    .iter()
+                    .any(|l| l.contains(" -D ") && l.contains(prev_addr)))
             {
-                d.failures.push(format!("reaction {i}: unexpected iptables records {tail:?}"));
+                d.failures.push(format!(
+                    "reaction {i}: unexpected iptables records {tail:?}"
+                ));
             }
             prev_addr = addr;
             std::thread::sleep(Duration::from_millis(50));
@@ -559,13 +757,48 @@ pub fn run_reaction(variant: &Variant, paths: &Paths, runs: usize) -> Result<Rea
                 .stdin(Stdio::null())
                 .output();
         };
-        run(&["-t", "nat", "-I", "PREROUTING", "1", "-d", &cur, "-j", "DNAT", "--to-destination", DEST_IP]);
+        run(&[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "1",
+            "-d",
+            &cur,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            DEST_IP,
+        ]);
         for i in 0..runs {
             let new = if i % 2 == 0 { "100.88.77.66" } else { ADDR0 };
             let t = Instant::now();
             run(&["-t", "nat", "-S", "PREROUTING"]);
-            run(&["-t", "nat", "-I", "PREROUTING", "1", "-d", new, "-j", "DNAT", "--to-destination", DEST_IP]);
-            run(&["-t", "nat", "-D", "PREROUTING", "-d", &cur, "-j", "DNAT", "--to-destination", DEST_IP]);
+            run(&[
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "1",
+                "-d",
+                new,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                DEST_IP,
+            ]);
+            run(&[
+                "-t",
+                "nat",
+                "-D",
+                "PREROUTING",
+                "-d",
+                &cur,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                DEST_IP,
+            ]);
             d.exec3.push(ms(t.elapsed()));
             cur = new.to_string();
         }
@@ -605,12 +838,30 @@ pub fn reaction_report(d: &ReactionData, variant: &Variant) -> String {
         }
     };
     row("control command answered (the bus has the message)", &d.ack);
-    row("**secret PATCH recorded by the fake apiserver** (requests.log renamed into place)", &d.patch);
-    row("ts-kubestate logs `stored device info` (PATCH answered)", &d.stored_log);
-    row("`-D` of the old rule recorded by fake iptables (its exec started)", &d.rule_rec);
-    row("**ts-proxy-rules logs `DNAT rule … in place`** (all three execs done)", &d.rule_log);
-    row("the three iptables execs alone (`-S`, `-I`, `-D`, back to back, by the bench)", &d.exec3);
-    row("**DNAT reaction minus the three execs** (median exec time subtracted)", &d.overhead);
+    row(
+        "**secret PATCH recorded by the fake apiserver** (requests.log renamed into place)",
+        &d.patch,
+    );
+    row(
+        "ts-kubestate logs `stored device info` (PATCH answered)",
+        &d.stored_log,
+    );
+    row(
+        "`-D` of the old rule recorded by fake iptables (its exec started)",
+        &d.rule_rec,
+    );
+    row(
+        "**ts-proxy-rules logs `DNAT rule … in place`** (all three execs done)",
+        &d.rule_log,
+    );
+    row(
+        "the three iptables execs alone (`-S`, `-I`, `-D`, back to back, by the bench)",
+        &d.exec3,
+    );
+    row(
+        "**DNAT reaction minus the three execs** (median exec time subtracted)",
+        &d.overhead,
+    );
     out.push_str(&t.render());
     let p = median(&d.patch);
     let o = median(&d.overhead);
@@ -628,7 +879,12 @@ pub fn reaction_report(d: &ReactionData, variant: &Variant) -> String {
             .map(|(n, m)| format!("{n} {} / {}", m.rss, m.hwm))
             .collect();
         out.push_str(&v.join(", "));
-        let sum: u64 = d.after_mem.iter().filter(|(n, _)| RESIDENT.contains(&n.as_str())).map(|(_, m)| m.rss).sum();
+        let sum: u64 = d
+            .after_mem
+            .iter()
+            .filter(|(n, _)| RESIDENT.contains(&n.as_str()))
+            .map(|(_, m)| m.rss)
+            .sum();
         out.push_str(&format!("; sum {sum} kB\n"));
     }
     if !d.failures.is_empty() {
@@ -646,14 +902,23 @@ pub struct ReapData {
     pub reap: BTreeMap<String, Vec<f64>>,
     /// init name → ms from the `orphans` command until none is left (forking included).
     pub total: BTreeMap<String, Vec<f64>>,
+    /// init name → PID 1's CPU time during the flood, ms.
+    pub cpu: BTreeMap<String, Vec<f64>>,
+    /// init name → PID 1's wait for a CPU during the flood, ms.
+    pub waited: BTreeMap<String, Vec<f64>>,
     /// init name → (VmRSS before, VmHWM after) of PID 1.
     pub mem: BTreeMap<String, Vec<(u64, u64)>>,
+    /// ts-init / tini per round: wall time, CPU time.
     pub ratios: Vec<f64>,
+    pub cpu_ratios: Vec<f64>,
     pub failures: Vec<String>,
 }
 
+/// Starts one PID 1 (ts-init or a reference init) in a new PID namespace.
+type Starter<'a> = Box<dyn Fn() -> Result<Pid1, String> + 'a>;
+
 enum Pid1 {
-    TsInit(Boot),
+    TsInit(Box<Boot>),
     Other(Wrapped),
 }
 
@@ -682,9 +947,22 @@ impl Pid1 {
 }
 
 /// One flood: returns (reparented → none left, command → none left) in ms.
-fn flood(p: &Pid1, orphans: usize) -> Result<(f64, f64), String> {
+/// What one flood cost PID 1.
+struct Flood {
+    /// Re-parented (first seen) → none left, ms.
+    reap: f64,
+    /// `orphans` command → none left, ms.
+    total: f64,
+    /// PID 1's time on a CPU meanwhile, ms.
+    cpu: f64,
+    /// PID 1's time runnable but waiting for a CPU meanwhile, ms (contention).
+    waited: f64,
+}
+
+fn flood(p: &Pid1, orphans: usize) -> Result<Flood, String> {
     let pid = p.pid();
     let baseline = sys::children(pid, 64 * 1024);
+    let sched0 = sys::schedstat(pid).unwrap_or_default();
     let control = p.control();
     let t_send = Instant::now();
     let cmd = std::thread::spawn(move || sys::control(&control, &format!("orphans {orphans}")));
@@ -717,9 +995,16 @@ fn flood(p: &Pid1, orphans: usize) -> Result<(f64, f64), String> {
         }
         std::thread::sleep(Duration::from_micros(200));
     };
-    cmd.join().map_err(|_| "control thread panicked".to_string())??;
+    cmd.join()
+        .map_err(|_| "control thread panicked".to_string())??;
+    let sched1 = sys::schedstat(pid).unwrap_or_default();
     let seen = seen.ok_or("the orphans were never seen (reaped within one poll?)")?;
-    Ok((between(seen, done), between(t_send, done)))
+    Ok(Flood {
+        reap: between(seen, done),
+        total: between(t_send, done),
+        cpu: sched1.0.saturating_sub(sched0.0) as f64 / 1e6,
+        waited: sched1.1.saturating_sub(sched0.1) as f64 / 1e6,
+    })
 }
 
 pub fn run_reap(
@@ -732,14 +1017,17 @@ pub fn run_reap(
     let mut d = ReapData {
         reap: BTreeMap::new(),
         total: BTreeMap::new(),
+        cpu: BTreeMap::new(),
+        waited: BTreeMap::new(),
         mem: BTreeMap::new(),
         ratios: vec![],
+        cpu_ratios: vec![],
         failures: vec![],
     };
     for i in 0..runs {
         eprintln!("bench: reaping round {}/{runs}", i + 1);
-        let mut this_round: BTreeMap<String, f64> = BTreeMap::new();
-        let mut inits: Vec<(String, Box<dyn Fn() -> Result<Pid1, String>>)> = vec![(
+        let mut this_round: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut inits: Vec<(String, Starter)> = vec![(
             "ts-init".to_string(),
             Box::new(|| {
                 let b = Boot::start("reap", variant, paths, Config::Minimal, true)?;
@@ -747,7 +1035,7 @@ pub fn run_reap(
                     let _ = b.stop();
                     return Err(e);
                 }
-                Ok(Pid1::TsInit(b))
+                Ok(Pid1::TsInit(Box::new(b)))
             }),
         )];
         for w in wrappers {
@@ -775,10 +1063,12 @@ pub fn run_reap(
             std::thread::sleep(Duration::from_millis(100));
             let before = Mem::of(p.pid()).map(|m| m.rss).unwrap_or(0);
             match flood(&p, orphans) {
-                Ok((reap, total)) => {
-                    d.reap.entry(name.clone()).or_default().push(reap);
-                    d.total.entry(name.clone()).or_default().push(total);
-                    this_round.insert(name.clone(), reap);
+                Ok(f) => {
+                    d.reap.entry(name.clone()).or_default().push(f.reap);
+                    d.total.entry(name.clone()).or_default().push(f.total);
+                    d.cpu.entry(name.clone()).or_default().push(f.cpu);
+                    d.waited.entry(name.clone()).or_default().push(f.waited);
+                    this_round.insert(name.clone(), (f.reap, f.cpu));
                 }
                 Err(e) => d.failures.push(format!("{name}: {e}")),
             }
@@ -789,7 +1079,10 @@ pub fn run_reap(
             }
         }
         if let (Some(a), Some(b)) = (this_round.get("ts-init"), this_round.get("tini")) {
-            d.ratios.push(a / b);
+            d.ratios.push(a.0 / b.0);
+            if b.1 > 0.0 {
+                d.cpu_ratios.push(a.1 / b.1);
+            }
         }
     }
     d
@@ -803,11 +1096,14 @@ pub fn reap_report(d: &ReapData, variant: &Variant, orphans: usize) -> String {
     let mut t = Table::new(&[
         "PID 1",
         "runs",
-        "re-parented → none left (ms)",
+        "re-parented → none left (ms, wall)",
+        "PID 1 on a CPU meanwhile (ms)",
+        "PID 1 waiting for a CPU (ms)",
         "`orphans` command → none left (ms, forking included)",
         "PID 1 VmRSS before (kB)",
         "PID 1 VmHWM after (kB)",
     ]);
+    let get = |m: &BTreeMap<String, Vec<f64>>, name: &str| m.get(name).cloned().unwrap_or_default();
     for (name, v) in &d.reap {
         let mem = d.mem.get(name).cloned().unwrap_or_default();
         let before: Vec<f64> = mem.iter().map(|m| m.0 as f64).collect();
@@ -816,29 +1112,29 @@ pub fn reap_report(d: &ReapData, variant: &Variant, orphans: usize) -> String {
             name.clone(),
             v.len().to_string(),
             fmt(v, 2, ""),
-            fmt(d.total.get(name).map(Vec::as_slice).unwrap_or(&[]), 1, ""),
+            fmt(&get(&d.cpu, name), 2, ""),
+            fmt(&get(&d.waited, name), 2, ""),
+            fmt(&get(&d.total, name), 1, ""),
             fmt(&before, 0, ""),
             fmt(&after, 0, ""),
         ]);
     }
     out.push_str(&t.render());
-    if let Some(s) = summary(&d.ratios) {
-        out.push_str(&format!(
-            "\nts-init / tini, per interleaved round: median {:.2}× (min {:.2}×, max {:.2}×, {} rounds) — target ≤ 1.1×: {}\n",
-            s.median,
-            s.min,
-            s.max,
-            s.n,
-            verdict(s.median <= 1.1, format!("{:.2}×", s.median))
-        ));
+    for (what, ratios) in [("wall time", &d.ratios), ("CPU time", &d.cpu_ratios)] {
+        if let Some(s) = summary(ratios) {
+            out.push_str(&format!(
+                "\nts-init / tini, {what}, per interleaved round: median {:.2}× (min {:.2}×, max {:.2}×, {} rounds) — target ≤ 1.1×: {}\n",
+                s.median,
+                s.min,
+                s.max,
+                s.n,
+                verdict(s.median <= 1.1, format!("{:.2}×", s.median))
+            ));
+        }
     }
     if !d.failures.is_empty() {
         out.push_str(&format!("\nFailures: {:?}\n", d.failures));
     }
     out.push('\n');
     out
-}
-
-pub fn exists(p: &Path) -> bool {
-    setup::exists(p)
 }

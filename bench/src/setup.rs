@@ -37,6 +37,8 @@ pub const INITIAL: &str = "head-era-01-initial-needslogin-mask14.json";
 pub const LOGIN: &str = "head-era-stream-authkey-login-mask14.ndjson";
 pub const ADDR0: &str = "100.101.102.103";
 pub const DEST_IP: &str = "10.0.0.5";
+/// The fake tailscaled's request log (one line per LocalAPI request), under the root.
+pub const REQUEST_LOG: &str = "tailscaled-requests.log";
 pub const STARTUP: &str = "Startup complete, waiting for shutdown signal";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -55,7 +57,13 @@ impl Root {
         // Short: unix socket paths must stay under 108 bytes.
         let dir = PathBuf::from(format!("/tmp/tsb-bench-{}-{tag}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        for sub in ["usr/bin", "tmp", "dev/net", "proc/sys/net/ipv4", "proc/sys/net/ipv6/conf/all"] {
+        for sub in [
+            "usr/bin",
+            "tmp",
+            "dev/net",
+            "proc/sys/net/ipv4",
+            "proc/sys/net/ipv6/conf/all",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).expect("create root dirs");
         }
         std::fs::write(dir.join("dev/net/tun"), "").expect("tun");
@@ -74,14 +82,39 @@ impl Root {
         let control = dir.join("tailscaled-control.sock");
         let socket = dir.join("tmp/tailscaled.sock");
         let env = vec![
-            ("PATH".to_string(), format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.join("usr/bin").display())),
-            ("TS_TEST_RECORD_ARGS".to_string(), record.display().to_string()),
-            ("TS_TEST_SOCKET".to_string(), dir.join("test.sock").display().to_string()),
+            (
+                "PATH".to_string(),
+                format!(
+                    "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                    dir.join("usr/bin").display()
+                ),
+            ),
+            (
+                "TS_TEST_RECORD_ARGS".to_string(),
+                record.display().to_string(),
+            ),
+            (
+                "TS_TEST_SOCKET".to_string(),
+                dir.join("test.sock").display().to_string(),
+            ),
             ("TS_SOCKET".to_string(), socket.display().to_string()),
             ("TS_TEST_ONLY_ROOT".to_string(), dir.display().to_string()),
-            ("FAKE_TAILSCALED_CONTROL".to_string(), control.display().to_string()),
-            ("FAKE_TAILSCALED_INITIAL".to_string(), paths.fixtures.join(INITIAL).display().to_string()),
-            ("FAKE_TAILSCALE_UP_REPLAY".to_string(), paths.fixtures.join(LOGIN).display().to_string()),
+            (
+                "FAKE_TAILSCALED_CONTROL".to_string(),
+                control.display().to_string(),
+            ),
+            (
+                "FAKE_TAILSCALED_REQUEST_LOG".to_string(),
+                dir.join(REQUEST_LOG).display().to_string(),
+            ),
+            (
+                "FAKE_TAILSCALED_INITIAL".to_string(),
+                paths.fixtures.join(INITIAL).display().to_string(),
+            ),
+            (
+                "FAKE_TAILSCALE_UP_REPLAY".to_string(),
+                paths.fixtures.join(LOGIN).display().to_string(),
+            ),
         ];
         Root {
             dir,
@@ -114,8 +147,11 @@ impl ApiServer {
         let state = root.dir.join("apiserver");
         std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
         let config = state.join("config.json");
-        std::fs::write(&config, r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-bench"}}]}"#)
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &config,
+            r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-bench"}}]}"#,
+        )
+        .map_err(|e| e.to_string())?;
         let mut child = Command::new(paths.fakes.join("fake-apiserver"))
             .arg("--root")
             .arg(&root.dir)
@@ -129,7 +165,9 @@ impl ApiServer {
             .map_err(|e| format!("starting fake-apiserver: {e}"))?;
         let start = Instant::now();
         while !state.join("port").exists() {
-            if start.elapsed() > Duration::from_secs(10) || child.try_wait().ok().flatten().is_some() {
+            if start.elapsed() > Duration::from_secs(10)
+                || child.try_wait().ok().flatten().is_some()
+            {
                 sys::signal(child.id() as i32, sys::SIGKILL);
                 let _ = child.wait();
                 return Err("fake-apiserver did not start".into());
@@ -139,7 +177,10 @@ impl ApiServer {
         let env = std::fs::read_to_string(state.join("env"))
             .unwrap_or_default()
             .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         Ok(ApiServer { child, state, env })
     }
@@ -163,6 +204,13 @@ pub enum Config {
 }
 
 impl Config {
+    pub fn short(self) -> &'static str {
+        match self {
+            Config::Minimal => "minimal",
+            Config::Full => "full",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Config::Minimal => "minimal",
@@ -185,10 +233,14 @@ pub struct Boot {
     pub records: Option<FileCounter>,
     /// Whether `<root>/tmp/tailscaled.sock` exists (created by the fake's bind), stamped.
     pub socket_created: Option<FileCounter>,
+    /// Requests that reached the fake tailscaled (`FAKE_TAILSCALED_REQUEST_LOG`), stamped.
+    pub requests: Option<FileCounter>,
 }
 
 fn count_lines(p: &Path) -> usize {
-    std::fs::read(p).map(|b| b.iter().filter(|c| **c == b'\n').count()).unwrap_or(0)
+    std::fs::read(p)
+        .map(|b| b.iter().filter(|c| **c == b'\n').count())
+        .unwrap_or(0)
 }
 
 fn exists_count(p: &Path) -> usize {
@@ -220,7 +272,14 @@ impl Boot {
         env.push(("RUST_LOG".into(), "ts_init=debug,info".into()));
         // Exec of each fake (its argv record) and the socket's creation, stamped by inotify.
         let records = FileCounter::start(&root.dir, "args", sys::IN_MODIFY, count_lines).ok();
-        let socket_created = FileCounter::start(&root.dir.join("tmp"), "tailscaled.sock", sys::IN_CREATE, exists_count).ok();
+        let requests = FileCounter::start(&root.dir, REQUEST_LOG, sys::IN_MODIFY, count_lines).ok();
+        let socket_created = FileCounter::start(
+            &root.dir.join("tmp"),
+            "tailscaled.sock",
+            sys::IN_CREATE,
+            exists_count,
+        )
+        .ok();
         let ts_init = variant.bin("ts-init");
         let mut cmd = if pid_ns {
             let mut c = Command::new("unshare");
@@ -263,6 +322,7 @@ impl Boot {
             init_pid,
             records,
             socket_created,
+            requests,
         })
     }
 
@@ -285,6 +345,7 @@ impl Boot {
     pub fn unwatch(&mut self) {
         self.records = None;
         self.socket_created = None;
+        self.requests = None;
     }
 
     /// SIGTERM, then waits for the exit; returns the status code.
@@ -311,12 +372,7 @@ pub struct Wrapped {
 }
 
 impl Wrapped {
-    pub fn start(
-        tag: &str,
-        init: &[&str],
-        paths: &Paths,
-        pid_ns: bool,
-    ) -> Result<Wrapped, String> {
+    pub fn start(tag: &str, init: &[&str], paths: &Paths, pid_ns: bool) -> Result<Wrapped, String> {
         let root = Root::new(tag, paths);
         let mut argv: Vec<String> = Vec::new();
         if pid_ns {
@@ -340,7 +396,10 @@ impl Wrapped {
         if let Err(e) = out.wait(0, "ready", Duration::from_secs(10)) {
             sys::signal(child.id() as i32, sys::SIGKILL);
             let _ = child.wait();
-            return Err(format!("{}: fake tailscaled not ready: {e}", init.join(" ")));
+            return Err(format!(
+                "{}: fake tailscaled not ready: {e}",
+                init.join(" ")
+            ));
         }
         let init_pid = if pid_ns {
             *sys::children(child.id() as i32, 4096)
@@ -360,8 +419,4 @@ impl Wrapped {
         sys::signal(self.init_pid, sys::SIGTERM);
         sys::reap(&mut self.child, Duration::from_secs(10));
     }
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

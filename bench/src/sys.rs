@@ -58,11 +58,14 @@ fn wait_readable(fd: c_int, timeout: Duration) -> bool {
     unsafe { poll(&mut p, 1, ms) > 0 }
 }
 
+/// Stamped values with a condition variable to wait on.
+type Stamped<T> = Arc<(Mutex<T>, Condvar)>;
+
 /// Watches one directory with inotify and, after every event for `file`, stamps the moment and
 /// records `measure(path)` when it changed: e.g. how many PATCH requests the fake apiserver's
 /// log holds, or how many commands the recording fakes have written.
 pub struct FileCounter {
-    shared: Arc<(Mutex<Vec<(Instant, usize)>>, Condvar)>,
+    shared: Stamped<Vec<(Instant, usize)>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,7 +80,10 @@ impl FileCounter {
         // SAFETY: plain syscall; the result is checked and owned below.
         let fd = unsafe { inotify_init1(IN_CLOEXEC | IN_NONBLOCK) };
         if fd < 0 {
-            return Err(format!("inotify_init1: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "inotify_init1: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -92,7 +98,10 @@ impl FileCounter {
         }
         let path = dir.join(file);
         let name = file.as_bytes().to_vec();
-        let shared = Arc::new((Mutex::new(vec![(Instant::now(), measure(&path))]), Condvar::new()));
+        let shared = Arc::new((
+            Mutex::new(vec![(Instant::now(), measure(&path))]),
+            Condvar::new(),
+        ));
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, stop2) = (shared.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -111,7 +120,8 @@ impl FileCounter {
                 let mut off = 0;
                 let mut hit = false;
                 while off + 16 <= n {
-                    let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
+                    let len =
+                        u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
                     let raw = &buf[off + 16..(off + 16 + len).min(n)];
                     let ev_name = raw.split(|b| *b == 0).next().unwrap_or(&[]);
                     if ev_name == name.as_slice() {
@@ -140,7 +150,9 @@ impl FileCounter {
     /// Like [`FileCounter::wait_at_least`], without waiting.
     pub fn at_least(&self, want: usize, after: Instant) -> Option<Instant> {
         let v = self.shared.0.lock().unwrap();
-        v.iter().find(|(t, c)| *c >= want && *t >= after).map(|(t, _)| *t)
+        v.iter()
+            .find(|(t, c)| *c >= want && *t >= after)
+            .map(|(t, _)| *t)
     }
 
     /// The first moment at or after `after` the count was at least `want`.
@@ -173,7 +185,8 @@ impl Drop for FileCounter {
 /// A child's stderr (or stdout), line by line, each line stamped when it was read.
 #[derive(Clone)]
 pub struct Lines {
-    shared: Arc<(Mutex<(Vec<(Instant, String)>, bool)>, Condvar)>,
+    /// The lines so far, and whether the stream ended.
+    shared: Stamped<(Vec<(Instant, String)>, bool)>,
 }
 
 impl Lines {
@@ -190,7 +203,10 @@ impl Lines {
                     Ok(_) => {
                         let at = Instant::now();
                         let (lock, cv) = &*s2;
-                        lock.lock().unwrap().0.push((at, line.trim_end().to_string()));
+                        lock.lock()
+                            .unwrap()
+                            .0
+                            .push((at, line.trim_end().to_string()));
                         cv.notify_all();
                     }
                 }
@@ -217,18 +233,22 @@ impl Lines {
     }
 
     /// Waits for [`Lines::find`]; gives up at EOF or after `timeout`.
-    pub fn wait(&self, from: usize, needle: &str, timeout: Duration) -> Result<(usize, Instant), String> {
+    pub fn wait(
+        &self,
+        from: usize,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(usize, Instant), String> {
         let (lock, cv) = &*self.shared;
         let deadline = Instant::now() + timeout;
         let mut v = lock.lock().unwrap();
         loop {
-            if let Some(found) = v
-                .0
-                .iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, (_, l))| l.contains(needle))
-                .map(|(i, (t, _))| (i, *t))
+            if let Some(found) =
+                v.0.iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, (_, l))| l.contains(needle))
+                    .map(|(i, (t, _))| (i, *t))
             {
                 return Ok(found);
             }
@@ -311,6 +331,14 @@ pub fn children(pid: i32, limit: usize) -> Vec<i32> {
         .collect()
 }
 
+/// Time on CPU and time waiting for a CPU, in ns, of `pid`'s main thread
+/// (`/proc/<pid>/schedstat`).
+pub fn schedstat(pid: i32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat")).ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 pub fn comm(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
@@ -333,7 +361,10 @@ pub fn control(socket: &Path, command: &str) -> Result<String, String> {
     if line.starts_with("ok") {
         Ok(line.trim_end().to_string())
     } else {
-        Err(format!("control {:?} answered {line:?}", command.split(' ').next().unwrap_or("")))
+        Err(format!(
+            "control {:?} answered {line:?}",
+            command.split(' ').next().unwrap_or("")
+        ))
     }
 }
 

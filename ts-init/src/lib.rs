@@ -435,13 +435,14 @@ impl Boot {
                 }
             }
             let fds: Vec<_> = inotify.iter().map(|i| i.as_fd()).collect();
-            // Without inotify, or when the socket exists but does not accept yet, re-check soon.
+            // Without inotify, or when the socket exists but does not accept yet (between
+            // tailscaled's bind and listen), re-check soon: 1 ms keeps that gap out of the boot.
             let recheck = Instant::now()
-                + Duration::from_millis(if inotify.is_some() && !socket.exists() {
-                    1000
+                + if inotify.is_some() && !socket.exists() {
+                    Duration::from_secs(1)
                 } else {
-                    5
-                });
+                    Duration::from_millis(1)
+                };
             let event = self.sup.next_event(&fds, Some(recheck.min(self.deadline)));
             drop(fds);
             match event {
