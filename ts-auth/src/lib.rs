@@ -10,6 +10,7 @@ use ts_common::localapi::{
 };
 use ts_common::notify::{BackendState, Notify};
 use ts_common::settings::Settings;
+use ts_common::signals::StopSignals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -48,9 +49,10 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
         deadline,
         did_login: false,
     };
+    let mut stop = StopSignals::install();
     tokio::select! {
         reached = login.until_running() => reached?,
-        sig = stop_signal() => return Err(AuthError::Interrupted(sig)),
+        sig = stop.recv() => return Err(AuthError::Interrupted(sig)),
     }
     if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
         tracing::warn!("could not report readiness on TS_READY_FD: {e}");
@@ -61,7 +63,7 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
     }
     tokio::select! {
         left = guard(api) => left,
-        sig = stop_signal() => {
+        sig = stop.recv() => {
             tracing::debug!("{sig} received, stopping the guard");
             Ok(())
         }
@@ -187,22 +189,6 @@ async fn guard(api: LocalApi) -> Result<(), AuthError> {
             .await
             .map_err(|e| AuthError::Read(e.to_string()))?;
         notify.check_still_running()?;
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handling the default action (terminate) still applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
     }
 }
 

@@ -13,6 +13,8 @@ pub mod settings;
 pub mod localapi;
 #[cfg(feature = "localapi")]
 pub mod notify;
+#[cfg(feature = "localapi")]
+pub mod signals;
 
 #[cfg(feature = "kube")]
 pub mod kube;

@@ -76,9 +76,14 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) ->
             return crate::kube_exit_code(&e);
         }
     };
+    // Handlers first, so a SIGTERM during the permission check is a clean stop too.
+    let mut stop = ts_common::signals::StopSignals::install();
     let result = async {
         let can_patch = watch::resolve_can_patch(&client, &settings.kube_secret, can_patch).await?;
-        watch::run(&client, settings, can_patch, guard, shutdown_signal()).await
+        let shutdown = async {
+            stop.recv().await;
+        };
+        watch::run(&client, settings, can_patch, guard, shutdown).await
     }
     .await;
     match result {
@@ -87,24 +92,6 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) ->
             tracing::error!("{e}");
             e.exit_code()
         }
-    }
-}
-
-/// SIGTERM or SIGINT. If the handlers cannot be installed the process keeps the default
-/// dispositions, which also end it.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
     }
 }
 

@@ -300,26 +300,11 @@ pub async fn watch<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<Infallib
 /// [`watch`] until SIGTERM or SIGINT (then `Ok`). The handlers are installed before the first
 /// connection so a shutdown during startup is a clean exit too.
 pub async fn run_until_signal<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<(), ProxyError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    let (Ok(mut term), Ok(mut int)) = signals else {
-        // Without handlers the default action still ends the process; keep working.
-        tracing::warn!(
-            "cannot install SIGTERM/SIGINT handlers; a signal will end ts-proxy-rules abruptly"
-        );
-        return watch(cfg, runner).await.map(|never| match never {});
-    };
+    let mut stop = ts_common::signals::StopSignals::install();
     tokio::select! {
         r = watch(cfg, runner) => r.map(|never| match never {}),
-        _ = term.recv() => {
-            tracing::info!("received SIGTERM, exiting");
-            Ok(())
-        }
-        _ = int.recv() => {
-            tracing::info!("received SIGINT, exiting");
+        sig = stop.recv() => {
+            tracing::info!("received {sig}, exiting");
             Ok(())
         }
     }
