@@ -5,7 +5,6 @@
 //! the helpers here return the pid and leave the status to whoever owns the wait.
 
 use nix::sys::wait::WaitStatus;
-use std::ffi::OsStr;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
@@ -102,8 +101,6 @@ pub struct SpawnSpec<'a> {
     pub ready_fd: Option<&'a OwnedFd>,
     /// Extra pipe for a one-shot result (the preflight's), given to the child as fd 4.
     pub result_fd: Option<&'a OwnedFd>,
-    /// Where the child's stdout goes (inherited by default).
-    pub stdout: Option<Stdio>,
 }
 
 /// The fd number of [`SpawnSpec::result_fd`] inside the child.
@@ -117,9 +114,6 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     // argv[0] stays the resolved path, which is what a script's `$0` shows (the reference's
     // test fakes record it).
     cmd.args(&spec.args).process_group(0).stdin(Stdio::null());
-    if let Some(out) = spec.stdout {
-        cmd.stdout(out);
-    }
     for var in spec.env_remove {
         cmd.env_remove(var);
     }
@@ -256,11 +250,6 @@ pub fn override_env(overrides: &[crate::settings::Override]) -> Vec<(String, Str
         .iter()
         .map(|(k, v)| ((*k).to_string(), v.clone()))
         .collect()
-}
-
-/// True when `name` is found as an executable on `PATH` or is a path to one.
-pub fn program_exists(name: impl AsRef<OsStr>) -> bool {
-    name.as_ref().to_str().and_then(look_path).is_some()
 }
 
 #[cfg(test)]

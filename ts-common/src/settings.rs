@@ -416,22 +416,7 @@ pub fn fields(v: &str) -> Vec<String> {
 impl Settings {
     /// Reads the process environment, then applies `overrides` (flags) on top.
     pub fn load(overrides: &[Override]) -> Result<Settings, SettingsError> {
-        let mut env = Env::default();
-        for (name, value) in std::env::vars_os() {
-            let Some(name) = name.to_str().map(str::to_string) else {
-                continue;
-            };
-            match value.into_string() {
-                Ok(v) => {
-                    env.vars.insert(name, v);
-                }
-                Err(_) if name.starts_with("TS_") || name.starts_with("KUBERNETES_") => {
-                    return Err(SettingsError::NotUnicode { var: name });
-                }
-                Err(_) => {}
-            }
-        }
-        Self::from_vars_with(env.vars, overrides)
+        Self::from_vars_with(unicode_vars(std::env::vars_os())?, overrides)
     }
 
     /// Builds settings from an explicit set of variables (what tests and `--explain` use).
@@ -450,22 +435,7 @@ impl Settings {
 
     /// Like [`Settings::from_vars`] for raw OS values (property tests feed arbitrary bytes).
     pub fn from_os_vars(vars: Vec<(OsString, OsString)>) -> Result<Settings, SettingsError> {
-        let mut map = BTreeMap::new();
-        for (k, v) in vars {
-            let Some(k) = k.to_str().map(str::to_string) else {
-                continue;
-            };
-            match v.into_string() {
-                Ok(v) => {
-                    map.insert(k, v);
-                }
-                Err(_) if k.starts_with("TS_") || k.starts_with("KUBERNETES_") => {
-                    return Err(SettingsError::NotUnicode { var: k });
-                }
-                Err(_) => {}
-            }
-        }
-        Self::from_vars_with(map, &[])
+        Self::from_vars_with(unicode_vars(vars)?, &[])
     }
 
     fn from_vars_with(
@@ -633,6 +603,29 @@ impl Settings {
 fn same_path(a: &Path, b: &Path) -> bool {
     let norm = |p: &Path| p.components().collect::<PathBuf>();
     norm(a) == norm(b)
+}
+
+/// The variables as UTF-8. A non-UTF-8 `TS_*` / `KUBERNETES_*` value is an error (it would be
+/// misread otherwise); other variables that are not UTF-8 are none of tsboot's business.
+fn unicode_vars(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<BTreeMap<String, String>, SettingsError> {
+    let mut map = BTreeMap::new();
+    for (name, value) in vars {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            continue;
+        };
+        match value.into_string() {
+            Ok(v) => {
+                map.insert(name, v);
+            }
+            Err(_) if name.starts_with("TS_") || name.starts_with("KUBERNETES_") => {
+                return Err(SettingsError::NotUnicode { var: name });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(map)
 }
 
 /// `TS_ROUTES`: split on ',' with no trimming, each a CIDR (reference `ensureIPForwarding`).

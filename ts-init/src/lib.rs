@@ -155,7 +155,6 @@ impl Boot {
                     env_set: process::override_env(&self.plan.env_overrides),
                     ready_fd: None,
                     result_fd: None,
-                    stdout: None,
                 },
             )
             .map_err(|e| {
@@ -222,50 +221,52 @@ impl Boot {
         })
     }
 
-    /// Runs a one-shot phase to completion; non-zero exit fails the boot.
-    fn run_phase(&mut self, role: Role, phase: &Phase) -> Result<(), Cause> {
+    /// Starts one of tsboot's own phases (found next to ts-init, then on PATH).
+    fn spawn_phase(
+        &mut self,
+        role: Role,
+        phase: &Phase,
+        env_set: Vec<(String, String)>,
+        env_remove: &[&str],
+        ready_fd: Option<&OwnedFd>,
+        result_fd: Option<&OwnedFd>,
+    ) -> Result<Pid, Cause> {
         let path = self.resolve(phase)?;
-        let env_set = self.child_env(false);
-        let pid = self
-            .sup
+        self.sup
             .spawn(
                 role,
                 SpawnSpec {
                     program: phase.program,
                     path: &path,
                     args: phase.args.clone(),
-                    env_remove: &["TS_READY_FD"],
+                    env_remove,
                     env_set,
-                    ready_fd: None,
-                    result_fd: None,
-                    stdout: None,
+                    ready_fd,
+                    result_fd,
                 },
             )
-            .map_err(|e| Cause::Failed(e.to_string()))?;
+            .map_err(|e| Cause::Failed(e.to_string()))
+    }
+
+    /// Runs a one-shot phase to completion; non-zero exit fails the boot.
+    fn run_phase(&mut self, role: Role, phase: &Phase) -> Result<(), Cause> {
+        let env_set = self.child_env(false);
+        let pid = self.spawn_phase(role, phase, env_set, &["TS_READY_FD"], None, None)?;
         let status = self.wait_exit(pid, role)?;
         check_success(role, &status)
     }
 
     fn run_preflight(&mut self, phase: &Phase) -> Result<PreflightResult, Cause> {
-        let path = self.resolve(phase)?;
         let (read_end, write_end) = pipe()?;
         let env_set = self.child_env(false);
-        let pid = self
-            .sup
-            .spawn(
-                Role::Preflight,
-                SpawnSpec {
-                    program: phase.program,
-                    path: &path,
-                    args: phase.args.clone(),
-                    env_remove: &["TS_READY_FD"],
-                    env_set,
-                    ready_fd: None,
-                    result_fd: Some(&write_end),
-                    stdout: None,
-                },
-            )
-            .map_err(|e| Cause::Failed(e.to_string()))?;
+        let pid = self.spawn_phase(
+            Role::Preflight,
+            phase,
+            env_set,
+            &["TS_READY_FD"],
+            None,
+            Some(&write_end),
+        )?;
         drop(write_end);
         let mut reader = PipeReader::new(read_end);
         let mut status = None;
@@ -298,7 +299,6 @@ impl Boot {
         phase: &Phase,
         extra_env: Vec<(String, String)>,
     ) -> Result<OwnedFd, Cause> {
-        let path = self.resolve(phase)?;
         let (read_end, write_end) = pipe()?;
         let mut env_set = self.child_env(phase.readiness);
         let has_key = !extra_env.is_empty();
@@ -310,21 +310,7 @@ impl Boot {
         } else {
             AUTH_KEY_VARS
         };
-        self.sup
-            .spawn(
-                role,
-                SpawnSpec {
-                    program: phase.program,
-                    path: &path,
-                    args: phase.args.clone(),
-                    env_remove,
-                    env_set,
-                    ready_fd: Some(&write_end),
-                    result_fd: None,
-                    stdout: None,
-                },
-            )
-            .map_err(|e| Cause::Failed(e.to_string()))?;
+        self.spawn_phase(role, phase, env_set, env_remove, Some(&write_end), None)?;
         Ok(read_end)
     }
 
@@ -602,7 +588,6 @@ impl Boot {
         }
         self.sup.kill_leftovers();
         self.sup.reap_until_empty(Instant::now() + KILL_SETTLE);
-        let _ = self.sup.drain_exits();
         tracing::debug!("orphans reaped: {}", self.sup.orphans_reaped());
 
         let code = match &cause {

@@ -13,7 +13,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Instant;
 use ts_common::process::{self, SpawnError, SpawnSpec};
 
@@ -142,10 +142,6 @@ impl Supervisor {
         Ok(pid)
     }
 
-    pub fn is_alive(&self, role: Role) -> bool {
-        self.children.values().any(|c| c.role == role)
-    }
-
     pub fn tailscaled_alive(&self) -> bool {
         self.tailscaled
             .is_some_and(|pid| self.children.contains_key(&pid))
@@ -211,7 +207,7 @@ impl Supervisor {
             if let Some(i) = ready.iter().skip(1).position(|r| *r) {
                 // Exits and shutdown requests found in the same wake take precedence.
                 if self.exits.is_empty() && self.pending_shutdown.is_none() {
-                    return Ok(Event::Readable(fds[i].as_raw_fd_compat()));
+                    return Ok(Event::Readable(fds[i].as_raw_fd()));
                 }
             }
         }
@@ -356,23 +352,6 @@ impl Supervisor {
             );
             let _ = self.drain_signals();
         }
-    }
-
-    /// Statuses collected for children whose exit nobody consumed yet.
-    pub fn drain_exits(&mut self) -> Vec<Exit> {
-        self.exits.drain(..).collect()
-    }
-}
-
-/// Helper to get a raw fd number from a borrowed fd for event reporting.
-trait RawCompat {
-    fn as_raw_fd_compat(&self) -> i32;
-}
-
-impl RawCompat for BorrowedFd<'_> {
-    fn as_raw_fd_compat(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.as_raw_fd()
     }
 }
 
