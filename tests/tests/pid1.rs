@@ -4,7 +4,9 @@
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tsboot_tests::harness::{Init, Root, HARNESS, HEAD, PATIENCE};
+use tsboot_tests::harness::{
+    children_of, cmdline_contains, processes, Init, Root, HARNESS, HEAD, PATIENCE,
+};
 
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 
@@ -23,32 +25,6 @@ fn can_unshare() -> bool {
         return false;
     }
     true
-}
-
-/// (pid, ppid, state) of every process.
-fn processes() -> Vec<(i32, i32, char)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?.chars().next()?;
-            let ppid = fields.next()?.parse().ok()?;
-            Some((pid, ppid, state))
-        })
-        .collect()
-}
-
-fn children_of(pid: i32) -> Vec<i32> {
-    processes()
-        .into_iter()
-        .filter(|(_, ppid, _)| *ppid == pid)
-        .map(|(p, _, _)| p)
-        .collect()
 }
 
 fn zombies_of(pid: i32) -> usize {
@@ -539,11 +515,7 @@ fn children_get_a_clean_mask_default_dispositions_and_no_stray_fds() {
     );
     let guard: Vec<i32> = children_of(init.pid())
         .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains("ts-auth"))
-                .unwrap_or(false)
-        })
+        .filter(|pid| cmdline_contains(*pid, "ts-auth"))
         .collect();
     assert_eq!(guard.len(), 1, "one ts-auth guard under ts-init");
     for pid in guard.into_iter().chain([tsd]) {

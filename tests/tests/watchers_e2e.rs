@@ -1,7 +1,7 @@
 //! The watchers under ts-init: failures, stream cuts and the first-cause rule, end to end.
 
 use std::time::Duration;
-use tsboot_tests::harness::{fixture, ApiServer, Root, HARNESS, HEAD};
+use tsboot_tests::harness::{cmdline_contains, fixture, processes, ApiServer, Root, HARNESS, HEAD};
 
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 const SECRET_WITH_KEY: &str =
@@ -116,23 +116,9 @@ fn a_watcher_guards_running_so_ts_auth_does_not_stay() {
         let mut init = root.start_init(&env, &[]);
         init.expect_log(STARTUP);
         let ts_auth_alive = || {
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-                .any(|pid| {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    let ppid = stat
-                        .rfind(')')
-                        .and_then(|i| stat[i + 2..].split_whitespace().nth(1))
-                        .and_then(|p| p.parse::<i32>().ok());
-                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    ppid == Some(init.pid())
-                        && String::from_utf8_lossy(&cmd).contains("ts-auth")
-                        && !stat.contains(") Z ")
-                })
+            processes().into_iter().any(|(pid, ppid, state)| {
+                ppid == init.pid() && state != 'Z' && cmdline_contains(pid, "ts-auth")
+            })
         };
         let start = std::time::Instant::now();
         while ts_auth_alive() {
