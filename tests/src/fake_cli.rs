@@ -22,7 +22,9 @@
 //!   `$TS_TEST_RECORD_ARGS.<basename>.state`, else nowhere (every list is empty);
 //! * stores and prints rules in iptables-save's canonical form (`-d 100.64.0.1/32 -j DNAT
 //!   --to-destination 1.2.3.4`: a bare address gains `/32` or `/128`);
-//! * `FAKE_IPTABLES_FAIL=1` makes mutating commands fail (exit 1) after recording them.
+//! * `FAKE_IPTABLES_FAIL=1` makes mutating commands fail (exit 1) after recording them;
+//! * `FAKE_IPTABLES_HANG_FILE=<path>`: while that file exists every command hangs before doing
+//!   anything (a hung iptables: xtables lock, stuck kernel), and goes on once it is removed.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -485,6 +487,7 @@ pub fn iptables_main() -> i32 {
         .skip(1)
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    hang_while_file_exists();
     let parsed = parse_iptables(&args);
     let mutating = parsed.as_ref().map_or(true, |(_, c)| c.is_mutating());
     if let Some(rec) = std::env::var_os("TS_TEST_RECORD_ARGS") {
@@ -527,6 +530,16 @@ pub fn iptables_main() -> i32 {
         }
     }
     code
+}
+
+/// A hung iptables, for as long as `FAKE_IPTABLES_HANG_FILE` exists.
+fn hang_while_file_exists() {
+    let Some(file) = std::env::var_os("FAKE_IPTABLES_HANG_FILE") else {
+        return;
+    };
+    while Path::new(&file).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! * serves HTTP/1.1 on PATH (a stale file there is removed first), after
 //!   `FAKE_TAILSCALED_SOCKET_DELAY_MS` if set; with `TS_TEST_SOCKET` set, also makes that path a
 //!   symlink to PATH (the reference harness's variable);
-//! * answers only `GET /localapi/v0/watch-ipn-bus` (other paths: 404, text body), enforcing the
+//! * answers `GET /localapi/v0/usermetrics` with a v1.102 daemon's Prometheus text
+//!   (`FAKE_TAILSCALED_USERMETRICS=<file>` replaces it) and `GET /localapi/v0/watch-ipn-bus`
+//!   (other paths: 404, text body), enforcing the
 //!   daemon's Host rule (empty or exactly `local-tailscaled.sock`) and refusing any
 //!   `Referer`/`Origin`, both with `403 invalid localapi request` (localapi.md §1);
 //! * streams `200`, `Content-Type: application/json`, chunked, one compact JSON object per
@@ -484,6 +486,28 @@ fn text(code: StatusCode, body: &str) -> Response<FakeBody> {
     r
 }
 
+/// tailscaled's user-facing metrics endpoint.
+pub const USERMETRICS_PATH: &str = "/localapi/v0/usermetrics";
+
+/// What a v1.102 daemon answers on [`USERMETRICS_PATH`] (a logged-in node that exchanged a few
+/// packets directly): families sorted by name, `# TYPE` before `# HELP`, as tailscaled's varz
+/// writer emits them.
+pub const USERMETRICS: &str = include_str!("../fixtures/usermetrics/head-v1.102.txt");
+
+/// The user-metrics answer: `FAKE_TAILSCALED_USERMETRICS=<file>` if set (read per request, so a
+/// test can change it), else [`USERMETRICS`]; any method, as the daemon's handler does.
+fn usermetrics() -> Response<FakeBody> {
+    let body = std::env::var_os("FAKE_TAILSCALED_USERMETRICS")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_else(|| USERMETRICS.to_string());
+    let mut r = text(StatusCode::OK, body.trim_end_matches('\n'));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain;version=0.0.4;charset=utf-8"),
+    );
+    r
+}
+
 async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
@@ -516,11 +540,14 @@ async fn handle(
     if !host_ok || referer || origin {
         return Ok(text(StatusCode::FORBIDDEN, "invalid localapi request"));
     }
+    if req.uri().path() == USERMETRICS_PATH {
+        return Ok(usermetrics());
+    }
     if req.uri().path() != "/localapi/v0/watch-ipn-bus" {
         return Ok(text(
             StatusCode::NOT_FOUND,
             &format!(
-                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus, not {}",
+                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus and {USERMETRICS_PATH}, not {}",
                 req.uri().path()
             ),
         ));

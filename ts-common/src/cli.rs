@@ -55,9 +55,36 @@ pub fn warn_unsupported(settings: &Settings) {
             "{var} is set but not supported by tsboot yet (newer containerboot feature); it is ignored"
         );
     }
+    if let Some(addr) = &settings.local.deprecated_health_addr {
+        tracing::warn!("{}", deprecated_health_warning(addr));
+    }
+}
+
+/// The one-line warning for `TS_HEALTHCHECK_ADDR_PORT` (still honoured, as in containerboot).
+pub fn deprecated_health_warning(addr: &crate::settings::ListenAddr) -> String {
+    format!(
+        "TS_HEALTHCHECK_ADDR_PORT is deprecated (serving /healthz alone on {addr}); \
+         use TS_ENABLE_HEALTH_CHECK=true and optionally TS_LOCAL_ADDR_PORT instead"
+    )
 }
 
 /// Prints one `--explain` plan line to stdout.
 pub fn plan(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
+}
+
+/// Runs `f` on a current-thread runtime, as every long-lived phase does (they wait on I/O; one
+/// thread is enough and keeps memory low). `Err` is the exit code when no runtime can be built.
+#[cfg(feature = "localapi")]
+pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, i32> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Ok(rt.block_on(f)),
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            Err(crate::exit::FAILURE)
+        }
+    }
 }

@@ -684,7 +684,13 @@ impl KubeClient {
             let body = resp.into_body().collect_bytes().await?;
             Ok::<_, kube::Error>((status, body))
         };
-        match tokio::time::timeout(wait, exchange).await {
+        let result = tokio::time::timeout(wait, exchange).await;
+        crate::status::count_kube_request(&match &result {
+            Err(_) => "timeout".to_string(),
+            Ok(Err(_)) => "error".to_string(),
+            Ok(Ok((status, _))) => status.as_u16().to_string(),
+        });
+        match result {
             Err(_) => Err(KubeError::Timeout {
                 call: req.call.clone(),
                 secret: req.secret.clone(),

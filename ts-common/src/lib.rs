@@ -8,6 +8,7 @@ pub mod exit;
 pub mod logging;
 pub mod process;
 pub mod settings;
+pub mod status;
 
 #[cfg(feature = "localapi")]
 pub mod localapi;

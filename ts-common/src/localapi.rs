@@ -1,4 +1,4 @@
-//! tailscaled's LocalAPI over its unix socket (localapi.md §1-2): the IPN bus watch.
+//! tailscaled's LocalAPI over its unix socket: the IPN bus watch, and plain GETs (user metrics).
 //!
 //! One HTTP/1.1 connection per watch, made by hyperlocal's unix-socket connector and hyper's
 //! client, driven by a task on the caller's runtime (works on a `current_thread` runtime) and
@@ -29,6 +29,8 @@ pub const MASK_STEADY: u64 = 10;
 pub const HOST: &str = "local-tailscaled.sock";
 /// Path of the bus endpoint.
 pub const WATCH_PATH: &str = "/localapi/v0/watch-ipn-bus";
+/// Path of tailscaled's user-facing metrics (Prometheus text exposition).
+pub const USERMETRICS_PATH: &str = "/localapi/v0/usermetrics";
 
 /// A bus message larger than this is refused instead of growing the buffer without bound.
 /// Real netmaps of large tailnets reach a few MiB.
@@ -109,21 +111,55 @@ impl LocalApi {
     /// Opens `GET /localapi/v0/watch-ipn-bus?mask=<mask>`. Returns once tailscaled has sent the
     /// response headers, i.e. once the watcher is registered: no event after this call is lost.
     pub async fn watch_ipn_bus(&self, mask: u64) -> Result<BusWatch, LocalApiError> {
+        let body = self.get(&format!("{WATCH_PATH}?mask={mask}")).await?;
+        Ok(BusWatch {
+            socket: self.socket.clone(),
+            body,
+            buf: Vec::new(),
+            scanned: 0,
+            ended: false,
+        })
+    }
+
+    /// `GET path` and the text of the 200 answer, at most `limit` bytes (more is an error).
+    pub async fn get_text(&self, path: &str, limit: usize) -> Result<String, LocalApiError> {
+        let mut body = self.get(path).await?;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| LocalApiError::Read {
+                socket: self.socket.clone(),
+                source,
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+                if out.len() > limit {
+                    return Err(LocalApiError::TooLarge {
+                        socket: self.socket.clone(),
+                        limit,
+                    });
+                }
+            }
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Sends `GET path` and returns the body of a 200 answer; any other status is an error
+    /// carrying the (bounded) body.
+    async fn get(&self, path: &str) -> Result<Incoming, LocalApiError> {
         // No idle pool: a watch is one endless request, and a finished one must close its
         // connection (that is how tailscaled learns the watcher is gone).
         let client: Client<UnixConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(UnixConnector);
-        let path = format!("{WATCH_PATH}?mask={mask}");
         // hyperlocal's URI names the socket (hex-encoded in its authority) for the connector;
         // the request itself goes out in origin form with the Host tailscaled accepts, because
         // a real tailscaled answers 403 to the hex-encoded Host hyperlocal would otherwise send.
-        let uri: http::Uri = UnixUri::new(&self.socket, &path).into();
+        let uri: http::Uri = UnixUri::new(&self.socket, path).into();
         let request = http::Request::get(uri)
             .header(http::header::HOST, HOST)
             .body(Empty::<Bytes>::new())
             .map_err(|e| LocalApiError::Status {
-                path: path.clone(),
+                path: path.to_string(),
                 code: 0,
                 body: e.to_string(),
                 hint: "",
@@ -146,19 +182,13 @@ impl LocalApi {
         if status != http::StatusCode::OK {
             let text = read_error_body(&mut body).await;
             return Err(LocalApiError::Status {
-                path,
+                path: path.to_string(),
                 code: status.as_u16(),
                 body: text,
                 hint: status_hint(status.as_u16()),
             });
         }
-        Ok(BusWatch {
-            socket: self.socket.clone(),
-            body,
-            buf: Vec::new(),
-            scanned: 0,
-            ended: false,
-        })
+        Ok(body)
     }
 }
 
@@ -294,6 +324,8 @@ pub struct Follower {
     /// Why the previous stream ended, for the re-watch log line.
     ended_because: Option<String>,
     started: bool,
+    /// Watches opened again after a stream ended, over this follower's life.
+    rewatches: u64,
 }
 
 impl Follower {
@@ -305,7 +337,13 @@ impl Follower {
             empty_rewatches: 0,
             ended_because: None,
             started: false,
+            rewatches: 0,
         }
+    }
+
+    /// Watches opened again after a stream ended, so far.
+    pub fn rewatches(&self) -> u64 {
+        self.rewatches
     }
 
     pub fn api(&self) -> &LocalApi {
@@ -377,6 +415,8 @@ impl Follower {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         self.empty_rewatches += 1;
+        self.rewatches += 1;
+        crate::status::note_rewatch();
         tracing::info!(
             "IPN bus watch ended ({why}); watching again with mask={}",
             self.mask

@@ -27,10 +27,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 pub const UNSUPPORTED_VARS: &[&str] = &[
     "TS_HOSTNAME",
     "TS_SERVE_CONFIG",
-    "TS_ENABLE_HEALTH_CHECK",
-    "TS_HEALTHCHECK_ADDR_PORT",
-    "TS_LOCAL_ADDR_PORT",
-    "TS_ENABLE_METRICS",
     "TS_TAILNET_TARGET_IP",
     "TS_TAILNET_TARGET_FQDN",
     "TS_CLIENT_ID",
@@ -260,6 +256,8 @@ pub struct Settings {
     pub ready_fd: Option<i32>,
     /// Recognised-but-unsupported variables that are set (D16), sorted.
     pub unsupported_vars: Vec<String>,
+    /// The local health and metrics endpoint (D20).
+    pub local: LocalEndpoints,
 }
 
 /// The variables as the process sees them: set (possibly empty) or absent.
@@ -504,6 +502,9 @@ impl Settings {
             _ => None,
         };
 
+        let socket = PathBuf::from(env.string("TS_SOCKET", DEFAULT_SOCKET));
+        let local = LocalEndpoints::from_env(&env, &socket)?;
+
         let unsupported_vars = env
             .vars
             .keys()
@@ -526,7 +527,7 @@ impl Settings {
             kube_secret: env.string("TS_KUBE_SECRET", DEFAULT_KUBE_SECRET),
             socks5_server: env.string("TS_SOCKS5_SERVER", ""),
             outbound_http_proxy_listen: env.string("TS_OUTBOUND_HTTP_PROXY_LISTEN", ""),
-            socket: PathBuf::from(env.string("TS_SOCKET", DEFAULT_SOCKET)),
+            socket,
             auth_once,
             root: PathBuf::from(env.string("TS_TEST_ONLY_ROOT", "/")),
             kube_service,
@@ -535,6 +536,7 @@ impl Settings {
             log_format,
             ready_fd,
             unsupported_vars,
+            local,
         })
     }
 
@@ -646,6 +648,9 @@ fn parse_routes(routes: &str) -> Result<Vec<IpPrefix>, SettingsError> {
         })
         .collect()
 }
+
+mod endpoint;
+pub use endpoint::{ListenAddr, LocalEndpoints, DEFAULT_LOCAL_ADDR_PORT, STATUS_DIR_NAME};
 
 #[cfg(test)]
 mod tests;

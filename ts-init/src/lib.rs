@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use supervisor::{Event, Exit, Role, Supervisor};
 use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, UNDER_INIT_VAR};
 use ts_common::settings::{Override, Settings};
+use ts_common::status::{self, PhaseState};
 use ts_common::{exit, process::describe};
 
 /// Why the container ends; the first observed cause decides the exit status.
@@ -82,6 +83,12 @@ pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
         return exit::SUCCESS;
     }
     ts_common::cli::warn_unsupported(&settings);
+    if let Some(dir) = &settings.local.status_dir {
+        // Reports of an earlier boot (a restarted container keeps /tmp) must not count now.
+        status::clear(dir);
+        status::init(&settings, status::INIT_NAME);
+        status::set_activity("starting");
+    }
     let mut boot = Boot {
         deadline: Instant::now() + settings.boot_timeout,
         sup: supervisor,
@@ -115,6 +122,7 @@ impl Boot {
             return cause;
         }
         tracing::info!("Startup complete, waiting for shutdown signal");
+        status::set_startup_complete();
         if let Err(e) = process::notify_ready(self.settings.ready_fd) {
             tracing::warn!("could not report readiness on TS_READY_FD: {e}");
         }
@@ -122,6 +130,14 @@ impl Boot {
     }
 
     fn startup(&mut self) -> Result<(), Cause> {
+        // The endpoint listens before anything else starts: probes get 503, not a refused
+        // connection, for the whole boot.
+        if let Some(health) = self.plan.health.clone() {
+            let role = Role::Watcher(plan::HEALTH_PROGRAM);
+            let fd = self.start_ready_phase(role, &health, Vec::new())?;
+            self.wait_ready(vec![(role, fd)], "waiting for ts-health to listen")?;
+        }
+        status::set_activity("running ts-prep");
         let prep = self.plan.prep.clone();
         self.run_phase(Role::Prep, &prep)?;
 
@@ -164,7 +180,9 @@ impl Boot {
             })?;
 
         tracing::info!("Waiting for tailscaled socket");
+        status::set_activity("waiting for tailscaled's socket");
         self.wait_socket()?;
+        status::set_activity("waiting for tailscaled to reach Running");
 
         self.guard = self.plan.guard(can_patch);
         let auth = with_guard(self.plan.auth.clone(), self.guard == Guard::Auth);
@@ -193,6 +211,7 @@ impl Boot {
             }
         }
         if !watchers.is_empty() {
+            status::set_activity("waiting for the watchers' first reconcile");
             self.wait_ready(watchers, "waiting for the watchers' first reconcile")?;
         }
         Ok(())
@@ -332,6 +351,7 @@ impl Boot {
                         if reader.data.contains(&b'\n') {
                             let (role, _) = pending.remove(i);
                             tracing::debug!("{} is ready", role.name());
+                            status::set_phase(role.name(), PhaseState::Ready);
                         } else if reader.eof {
                             // Closed without the newline: it will never be ready. Its exit
                             // status, which follows, says why.
@@ -547,6 +567,7 @@ impl Boot {
             Cause::Failed(why) => tracing::error!("{why}"),
         }
         let mut tailscaled_killed = false;
+        self.sup.begin_shutdown();
         if self.sup.live_children() > 0 {
             let grace_end = Instant::now() + self.settings.shutdown_grace;
             // Watchers and the guard go first, so they do not report tailscaled's departure as

@@ -51,6 +51,8 @@ pub struct BootPlan {
     pub kubestate: Option<Phase>,
     /// Flags given to ts-init, passed to every phase as the variables they stand for.
     pub env_overrides: Vec<Override>,
+    /// The health and metrics endpoint, started first when a handler is enabled (D20).
+    pub health: Option<Phase>,
 }
 
 /// Which long-lived phase ends the container when tailscaled leaves Running. One guard is
@@ -62,6 +64,9 @@ pub enum Guard {
     ProxyRules,
     KubeState,
 }
+
+/// The health and metrics endpoint's binary (and its role name).
+pub const HEALTH_PROGRAM: &str = "ts-health";
 
 /// The flag that makes a phase the guard.
 pub const GUARD_FLAG: &str = "--guard";
@@ -96,6 +101,10 @@ impl BootPlan {
             kubestate: kube
                 .then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
             env_overrides,
+            health: settings
+                .local
+                .enabled()
+                .then(|| Phase::new(HEALTH_PROGRAM, &[], true)),
         }
     }
 
@@ -109,6 +118,14 @@ impl BootPlan {
             "startup deadline: {:?} (TS_BOOT_TIMEOUT); shutdown grace: {:?} (TS_SHUTDOWN_GRACE)",
             settings.boot_timeout, settings.shutdown_grace
         );
+        if let Some(h) = &self.health {
+            let _ = writeln!(
+                w,
+                "0. start {} and wait until it listens (see `ts-health --explain`): {}; 503 until startup is complete",
+                h.display(),
+                health_endpoints(settings)
+            );
+        }
         let _ = writeln!(
             w,
             "1. run {} (see `ts-prep --explain`)",
@@ -216,4 +233,27 @@ impl BootPlan {
         }
         out
     }
+}
+
+/// What ts-health serves where, for `--explain`.
+fn health_endpoints(settings: &Settings) -> String {
+    let local = &settings.local;
+    let mut parts = Vec::new();
+    if let Some(addr) = &local.addr {
+        let paths: Vec<&str> = [
+            (local.health_check, "/healthz"),
+            (local.metrics, "/metrics"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, p)| *p)
+        .collect();
+        parts.push(format!("{} on {addr}", paths.join(" and ")));
+    }
+    if let Some(addr) = &local.deprecated_health_addr {
+        parts.push(format!(
+            "/healthz on {addr} (TS_HEALTHCHECK_ADDR_PORT, deprecated)"
+        ));
+    }
+    parts.join("; ")
 }

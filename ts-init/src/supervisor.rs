@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Instant;
 use ts_common::process::{self, SpawnError, SpawnSpec};
+use ts_common::status::{self, PhaseState};
 
 /// What a child is to ts-init.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +96,8 @@ pub struct Supervisor {
     tailscaled: Option<Pid>,
     orphans_reaped: u64,
     subreaper: bool,
+    /// Exits from now on are the shutdown's doing (reported as stopped).
+    stopping: bool,
 }
 
 impl Supervisor {
@@ -128,6 +131,7 @@ impl Supervisor {
             tailscaled: None,
             orphans_reaped: 0,
             subreaper,
+            stopping: false,
         })
     }
 
@@ -139,6 +143,7 @@ impl Supervisor {
             self.tailscaled = Some(pid);
         }
         tracing::debug!("started {} as pid {pid}", role.name());
+        status::set_phase(role.name(), PhaseState::Running);
         Ok(pid)
     }
 
@@ -255,11 +260,14 @@ impl Supervisor {
                         continue;
                     }
                     match self.children.remove(&pid) {
-                        Some(child) => self.exits.push_back(Exit {
-                            pid,
-                            role: child.role,
-                            status,
-                        }),
+                        Some(child) => {
+                            self.report_exit(child.role, &status);
+                            self.exits.push_back(Exit {
+                                pid,
+                                role: child.role,
+                                status,
+                            })
+                        }
                         None => self.orphans_reaped += 1,
                     }
                 }
@@ -270,6 +278,23 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// From now on exits are the shutdown's doing.
+    pub fn begin_shutdown(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Publishes a child's exit for ts-health's metrics.
+    fn report_exit(&self, role: Role, wait: &WaitStatus) {
+        let code = process::exit_code(wait).unwrap_or(-1);
+        status::record_exit(role.name(), code);
+        let state = match (self.stopping, code) {
+            (true, _) => PhaseState::Stopped,
+            (false, 0) => PhaseState::Done,
+            (false, _) => PhaseState::Failed,
+        };
+        status::set_phase(role.name(), state);
     }
 
     fn forward(&self, sig: Signal) {

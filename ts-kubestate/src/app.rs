@@ -32,6 +32,9 @@ pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
 }
 
 async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
+    // A one-shot phase: reported only for its Kubernetes request counts, already finished.
+    ts_common::status::init(settings, "ts-kubestate preflight");
+    ts_common::status::stopped();
     let outcome = match preflight::skip_reason(settings) {
         Some(why) => {
             tracing::info!("Kubernetes preflight: nothing to check ({why})");
@@ -62,7 +65,9 @@ async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
 }
 
 async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> i32 {
+    ts_common::status::init(settings, "ts-kubestate");
     if let Some(why) = watch::skip_reason(settings) {
+        ts_common::status::stopped();
         tracing::info!("nothing to watch ({why})");
         if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
             tracing::warn!("could not report readiness on TS_READY_FD: {e}");
@@ -87,7 +92,10 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) ->
     }
     .await;
     match result {
-        Ok(_) => exit::SUCCESS,
+        Ok(_) => {
+            ts_common::status::stopped();
+            exit::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e}");
             e.exit_code()

@@ -190,7 +190,7 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
         if msg.backend_state() == Some(BackendState::Running) && !self.running {
             self.running = true;
             if self.auth_once {
-                self.remove_authkey().await?;
+                ts_common::status::track(self.remove_authkey()).await?;
             }
         }
         if !self.running {
@@ -229,7 +229,7 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
     async fn store(&mut self, id: &str, name: &str) -> Result<(), WatchError> {
         let mut retry: u32 = 0;
         loop {
-            let err = match self.try_store(id, name).await {
+            let err = match ts_common::status::track(self.try_store(id, name)).await {
                 Ok(stored) => {
                     if stored {
                         self.stored_once = true;

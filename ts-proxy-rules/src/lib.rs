@@ -279,7 +279,7 @@ pub async fn watch<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<Infallib
         if applied == Some(local) {
             continue;
         }
-        let changes = reconcile(cfg, runner, local).await?;
+        let changes = ts_common::status::track(reconcile(cfg, runner, local)).await?;
         if changes.is_empty() {
             tracing::info!(
                 "DNAT rule {local} -> {} already in place, nothing to change",
@@ -305,6 +305,7 @@ pub async fn run_until_signal<R: Iptables>(cfg: &Config, runner: &mut R) -> Resu
         r = watch(cfg, runner) => r.map(|never| match never {}),
         sig = stop.recv() => {
             tracing::info!("received {sig}, exiting");
+            ts_common::status::stopped();
             Ok(())
         }
     }

@@ -30,6 +30,10 @@ const KNOWN_VARS: &[&str] = &[
     "TS_SHUTDOWN_GRACE",
     "TS_LOG_FORMAT",
     "TS_READY_FD",
+    "TS_ENABLE_HEALTH_CHECK",
+    "TS_ENABLE_METRICS",
+    "TS_LOCAL_ADDR_PORT",
+    "TS_HEALTHCHECK_ADDR_PORT",
 ];
 
 const BOOL_VARS: &[(&str, bool)] = &[
@@ -100,6 +104,7 @@ fn empty_environment_gives_reference_defaults() {
         log_format: LogFormat::Text,
         ready_fd: None,
         unsupported_vars: vec![],
+        local: LocalEndpoints::default(),
     };
     assert_eq!(s, expected);
     assert!(!s.in_kubernetes());

@@ -1,0 +1,115 @@
+//! ts-health: the local HTTP endpoint for probes and Prometheus (README "Health and metrics
+//! endpoint", D20).
+//!
+//! **Duty.** Listen on `TS_LOCAL_ADDR_PORT` (default `[::]:9002`) and serve `GET /healthz`
+//! (`TS_ENABLE_HEALTH_CHECK=true`): `200 ok` only when tailscaled is Running with a tailnet IP,
+//! ts-init's startup is complete and every running watcher's last reconcile succeeded (none
+//! running for over a second), else `503` and a one-line reason; and `GET /metrics`
+//! (`TS_ENABLE_METRICS=true`): tailscaled's `/localapi/v0/usermetrics` followed by tsboot's
+//! `tsboot_*` series. The deprecated `TS_HEALTHCHECK_ADDR_PORT` gets `/healthz` alone on its own
+//! listener. Anything else: 404.
+//!
+//! **Inputs.** The `TS_*` environment ts-init gets; flags override it. It reads tailscaled's
+//! IPN bus on `TS_SOCKET` and the reports the phases write to `tsboot-status/` beside the socket.
+//! ts-init starts it first, before tailscaled; it also runs alone (its own container sharing the
+//! socket's directory, or by hand).
+//!
+//! **Leaves behind.** Nothing. Once listening it writes `\n` to `TS_READY_FD` and closes it.
+//!
+//! **Exit codes.** 0 on SIGTERM/SIGINT; 1 when a listener cannot be bound; 2 on invalid
+//! configuration (including no handler enabled).
+
+use clap::Parser;
+use std::process::ExitCode;
+use ts_common::{cli, exit};
+use ts_health::{Config, HealthError};
+
+const ABOUT: &str = "Serve /healthz and /metrics for a tsboot container";
+
+const ENV_HELP: &str = "\
+Environment: TS_ENABLE_HEALTH_CHECK, TS_ENABLE_METRICS, TS_LOCAL_ADDR_PORT, \
+TS_HEALTHCHECK_ADDR_PORT (deprecated), TS_SOCKET, TS_READY_FD (see the flags); POD_IPS (an \
+unbracketed IPv6 pod address in TS_LOCAL_ADDR_PORT gets brackets); TS_LOG_FORMAT (text or \
+json); RUST_LOG (log level).";
+
+#[derive(Parser, Debug)]
+#[command(name = "ts-health", version, about = ABOUT)]
+struct Args {
+    /// Serve /healthz on the local address: true or false [env: TS_ENABLE_HEALTH_CHECK]
+    #[arg(long, value_name = "BOOL")]
+    enable_health_check: Option<String>,
+
+    /// Serve /metrics on the local address: true or false [env: TS_ENABLE_METRICS]
+    #[arg(long, value_name = "BOOL")]
+    enable_metrics: Option<String>,
+
+    /// Address and port to listen on, IPv6 in brackets (default [::]:9002) [env: TS_LOCAL_ADDR_PORT]
+    #[arg(long, value_name = "IP:PORT")]
+    local_addr_port: Option<String>,
+
+    /// Deprecated: /healthz alone on this address [env: TS_HEALTHCHECK_ADDR_PORT]
+    #[arg(long, value_name = "IP:PORT")]
+    healthcheck_addr_port: Option<String>,
+
+    /// tailscaled's LocalAPI socket [env: TS_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<String>,
+
+    /// Write one newline to this fd once listening, then close it [env: TS_READY_FD]
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<String>,
+
+    /// Print the plan (listeners, sources, the verdict right now) and start nothing
+    #[arg(long)]
+    explain: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Args = cli::parse_args(ENV_HELP);
+    let overrides = cli::overrides(&[
+        ("TS_ENABLE_HEALTH_CHECK", args.enable_health_check.as_ref()),
+        ("TS_ENABLE_METRICS", args.enable_metrics.as_ref()),
+        ("TS_LOCAL_ADDR_PORT", args.local_addr_port.as_ref()),
+        (
+            "TS_HEALTHCHECK_ADDR_PORT",
+            args.healthcheck_addr_port.as_ref(),
+        ),
+        ("TS_SOCKET", args.socket.as_ref()),
+        ("TS_READY_FD", args.ready_fd.as_ref()),
+    ]);
+    let code = match cli::load_settings("ts-health", &overrides) {
+        Err(code) => code,
+        Ok(settings) => {
+            cli::warn_unsupported(&settings);
+            match Config::from_settings(&settings) {
+                Err(e) => exit_code(Err(e)),
+                Ok(cfg) => run(&cfg, args.explain),
+            }
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(cfg: &Config, explain: bool) -> i32 {
+    if explain {
+        return match cli::block_on(ts_health::explain(cfg)) {
+            Ok(lines) => {
+                lines.iter().for_each(cli::plan);
+                exit::SUCCESS
+            }
+            Err(code) => code,
+        };
+    }
+    cli::block_on(ts_health::run(cfg)).map_or_else(|code| code, exit_code)
+}
+
+/// The one place a result becomes an exit status.
+fn exit_code(result: Result<(), HealthError>) -> i32 {
+    match result {
+        Ok(()) => exit::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            e.exit_code()
+        }
+    }
+}
