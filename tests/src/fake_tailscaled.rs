@@ -489,9 +489,9 @@ fn text(code: StatusCode, body: &str) -> Response<FakeBody> {
 /// tailscaled's user-facing metrics endpoint.
 pub const USERMETRICS_PATH: &str = "/localapi/v0/usermetrics";
 
-/// What a v1.102 daemon answers on [`USERMETRICS_PATH`] (a logged-in node that exchanged a few
-/// packets directly): families sorted by name, `# TYPE` before `# HELP`, as tailscaled's varz
-/// writer emits them.
+/// What a real v1.102.5 tailscaled answered on [`USERMETRICS_PATH`] (captured verbatim from a
+/// fresh daemon, userspace networking, not logged in): families sorted by name, `# TYPE` before
+/// `# HELP`, some families without samples, as tailscaled's varz writer emits them.
 pub const USERMETRICS: &str = include_str!("../fixtures/usermetrics/head-v1.102.txt");
 
 /// The user-metrics answer: `FAKE_TAILSCALED_USERMETRICS=<file>` if set (read per request, so a
