@@ -225,7 +225,7 @@ mod tests {
         assert_eq!(fams.len(), 1);
         assert_eq!(fams[0].kind, "counter");
         assert_eq!(fams[0].value("a_total", &[("l", "v")]), Some(3.0));
-        for bad in ["a{l=\"v} 1\n", "a 1 2 3 4\n", "a{l=v} 1\n"] {
+        for bad in ["a{l=\"v} 1\n", "a abc\n", "a{l=v} 1\n", "a{l=\"v\"}\n"] {
             assert!(parse_exposition(&py, bad).is_err(), "{bad:?} accepted");
         }
     }
