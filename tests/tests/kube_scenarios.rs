@@ -7,7 +7,8 @@ use tsboot_tests::harness::{rec, ApiServer, Era, Root, ERAS};
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 const KUBE_TAILSCALED: &str =
     "--socket=/tmp/tailscaled.sock --state=kube:tailscale --statedir=/tmp --tun=userspace-networking";
-const UP_WITH_KEY: &str = "--socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=tskey-key";
+const UP_WITH_KEY: &str =
+    "--socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=tskey-key --reset";
 const SECRET_WITH_KEY: &str =
     r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-key"}}]}"#;
 
