@@ -126,11 +126,16 @@ fn kube_storage_auth_once() {
         let mut init = root.start_init(&env, &[]);
         root.expect_records(&[rec("tailscaled", KUBE_TAILSCALED)]);
         root.notify_file(era.initial);
+        init.expect_log(STARTUP);
+        // D19: once Running, the environment is applied with `tailscale set`.
         root.expect_records(&[
             rec("tailscaled", KUBE_TAILSCALED),
             rec("tailscale", UP_WITH_KEY),
+            rec(
+                "tailscale",
+                "--socket=/tmp/tailscaled.sock set --accept-dns=false",
+            ),
         ]);
-        init.expect_log(STARTUP);
         init.expect_log(" Deleting authkey from kube secret");
         api.expect_secret(
             "tailscale",
