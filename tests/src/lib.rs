@@ -5,6 +5,7 @@ pub mod fake_tailscaled;
 pub mod fake_tailscaled_ctl;
 pub mod harness;
 pub mod probe;
+pub mod real;
 
 /// A binary built by this workspace (`target/<profile>/<name>`): the parent of the running test
 /// executable's `deps` directory.
