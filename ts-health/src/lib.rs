@@ -24,8 +24,6 @@ use verdict::NodeView;
 
 /// How long a scrape waits for tailscaled's user metrics before answering with tsboot's alone.
 pub const USERMETRICS_TIMEOUT: Duration = Duration::from_secs(5);
-/// tailscaled's user metrics are a few KiB; more than this is not what we asked for.
-const USERMETRICS_LIMIT: usize = 4 << 20;
 /// Pause before watching the bus again when tailscaled is not (or no longer) there.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 /// A client that sends no complete request head within this is dropped.
@@ -388,11 +386,21 @@ async fn handle(
         _ => {
             let usermetrics = tokio::time::timeout(
                 USERMETRICS_TIMEOUT,
-                shared.api.get_text(USERMETRICS_PATH, USERMETRICS_LIMIT),
+                shared.api.call(Method::GET, USERMETRICS_PATH, None, None),
             )
             .await;
             let mut body = match usermetrics {
-                Ok(Ok(t)) => t,
+                Ok(Ok(reply)) if reply.is_success() => {
+                    String::from_utf8_lossy(&reply.body).into_owned()
+                }
+                Ok(Ok(reply)) => {
+                    tracing::debug!(
+                        "tailscaled's user metrics: {} {}",
+                        reply.status,
+                        reply.body_excerpt(200)
+                    );
+                    String::new()
+                }
                 Ok(Err(e)) => {
                     tracing::debug!("tailscaled's user metrics: {e}");
                     String::new()
