@@ -215,6 +215,7 @@ impl Watcher<'_> {
             self.applied = Some(ServeConfig::default());
         }
         let cert_domain = self.cert_domain.clone().flatten();
+        ts_common::status::reconcile_started();
         let outcome = match read_desired(self.cfg, cert_domain.as_deref()) {
             Err(p) => Err(p),
             Ok(desired) => {
@@ -222,6 +223,10 @@ impl Watcher<'_> {
                 self.apply(desired.config).await
             }
         };
+        match &outcome {
+            Ok(()) => ts_common::status::reconcile_succeeded(),
+            Err(p) => ts_common::status::reconcile_failed(&p.describe(self.cfg)),
+        }
         match outcome {
             Ok(()) => {
                 if self.problem.take().is_some() {

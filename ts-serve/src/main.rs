@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Err(code) => code,
         Ok(settings) => {
             cli::warn_unsupported(&settings);
+            ts_common::status::init(&settings, "ts-serve");
             match Config::from_settings(&settings) {
                 Err(e) => exit_code(Err(e)),
                 Ok(cfg) => run(
