@@ -436,3 +436,42 @@ fn sigterm_before_the_first_netmap_exits_0() {
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_code(), 0, "{}", p.log());
 }
+
+#[test]
+fn a_name_not_in_the_netmap_is_not_ready_until_it_appears() {
+    let scene = Scene::new(
+        "fqdn-wait",
+        Some(&fixture(
+            "head-era-13-initial-running-with-netmap-mask10.json",
+        )),
+    );
+    let mut p = scene.start("", &[("TS_TAILNET_TARGET_FQDN", "web.tail1234.ts.net.")]);
+    p.wait_log("TS_TAILNET_TARGET_FQDN=web.tail1234.ts.net. matches no peer with an address in the netmap (1 peers)");
+    // The bus watch asks for peer changes.
+    assert!(
+        scene
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.contains("watch-ipn-bus?mask=4106")),
+        "{:?}",
+        scene.fake.requests()
+    );
+    assert!(scene.records().is_empty(), "{:?}", scene.records());
+    // The peer appears (letter case and the trailing dot do not matter).
+    scene.fake.control(
+        r#"notify {"PeersChanged":[{"ID":77,"Name":"WEB.tail1234.ts.net.","Addresses":["100.90.7.7/32"]}]}"#,
+    );
+    p.wait_ready();
+    assert_eq!(
+        scene.records(),
+        [
+            "/usr/bin/iptables -t nat -I PREROUTING 1 ! -i tailscale0 -m comment --comment tsboot-egress -j DNAT --to-destination 100.90.7.7".to_string(),
+            format!("/usr/bin/iptables -t nat -I POSTROUTING 1 -d 100.90.7.7/32 -m comment --comment tsboot-egress -j SNAT --to-source {A4}"),
+            "/usr/bin/iptables -t mangle -A FORWARD -o tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu".to_string(),
+            "/usr/bin/iptables -t mangle -A FORWARD -i tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu".to_string(),
+        ]
+    );
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_code(), 0, "{}", p.log());
+}
