@@ -695,6 +695,21 @@ impl std::ops::Deref for ExtraArgs {
     }
 }
 
+impl ExtraArgs {
+    /// Whether a word sets the flag `name` (`-name`, `--name`, `-name=V`, `--name=V`, as Go's
+    /// flag package reads them). `tailscale up` refuses a flag given twice, so tsboot leaves out
+    /// its own flag when the user's words already set it.
+    pub fn mentions(&self, name: &str) -> bool {
+        self.0.iter().any(|word| {
+            let body = word
+                .strip_prefix("--")
+                .or_else(|| word.strip_prefix('-'))
+                .unwrap_or("");
+            body.split_once('=').map_or(body, |(n, _)| n) == name
+        })
+    }
+}
+
 impl fmt::Debug for ExtraArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown: Vec<String> = classify_words(&self.0)
