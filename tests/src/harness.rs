@@ -73,7 +73,21 @@ pub const HEAD: Era = Era {
     new_fqdn: "new-name.tail1234.ts.net.",
 };
 
-pub const ERAS: [Era; 3] = [HARNESS, SEED, HEAD];
+/// A real tailscaled v1.102.5, captured in the real-peer lab (tests/fixtures/ipn-bus/real-v1.102):
+/// identity only in `SelfChange`, headscale's numeric StableID; the change is a rename.
+pub const REAL: Era = Era {
+    name: "real-v1.102",
+    initial: "real-v1.102/01-initial-needslogin-mask14.json",
+    login: "real-v1.102/stream-authkey-login-mask14.ndjson",
+    identity_change: "real-v1.102/02-selfchange-renamed.json",
+    stable_id: "1",
+    fqdn: "a.lab.tsboot.test.",
+    ipv4: "100.64.0.1",
+    new_stable_id: "1",
+    new_fqdn: "renamed-a.lab.tsboot.test.",
+};
+
+pub const ERAS: [Era; 4] = [HARNESS, SEED, HEAD, REAL];
 
 /// A temporary root (`TS_TEST_ONLY_ROOT`) with the fakes installed.
 pub struct Root {
@@ -298,6 +312,15 @@ pub struct Init {
 }
 
 impl Init {
+    /// Wraps a child started elsewhere (the real-peer lab) whose output goes to `stderr`.
+    pub fn from_child(child: Child, stderr: PathBuf) -> Init {
+        Init {
+            child: Some(child),
+            stderr,
+            status: None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
@@ -308,6 +331,10 @@ impl Init {
 
     /// Waits until a stderr line ends with `suffix` (the reference harness's matching rule).
     pub fn expect_log(&mut self, suffix: &str) {
+        self.expect_log_within(suffix, PATIENCE)
+    }
+
+    pub fn expect_log_within(&mut self, suffix: &str, patience: Duration) {
         let start = Instant::now();
         loop {
             let log = self.log();
@@ -317,7 +344,7 @@ impl Init {
             if let Some(status) = self.try_status() {
                 panic!("exited ({status:?}) before logging {suffix:?}\nstderr:\n{log}");
             }
-            if start.elapsed() > PATIENCE {
+            if start.elapsed() > patience {
                 panic!("no log line ending in {suffix:?}\nstderr:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(10));
