@@ -80,13 +80,25 @@ debian_rootfs_tar() {
     command -v debootstrap >/dev/null || die "debootstrap is missing (apt-get install debootstrap)"
     mkdir -p "$images_cache"
     tmp="$(mktemp -d "$images_cache/rootfs.XXXXXX")"
-    log "debootstrap --variant=minbase $DEBIAN_SUITE ($STANDIN_PACKAGES) from $DEBIAN_MIRROR"
-    if ! debootstrap --variant=minbase --include="$STANDIN_PACKAGES" "$DEBIAN_SUITE" "$tmp/root" \
-        "$DEBIAN_MIRROR" >"$tmp/debootstrap.log" 2>&1; then
-        tail -n 20 "$tmp/debootstrap.log" >&2
-        umount -R "$tmp/root/proc" 2>/dev/null || true
-        die "debootstrap failed (log above)"
-    fi
+    # Downloads are kept between attempts: a mirror that drops a download now and then costs a
+    # retry of what is missing, not of everything.
+    mkdir -p "$images_cache/debs"
+    local attempt=1
+    while true; do
+        log "debootstrap --variant=minbase $DEBIAN_SUITE ($STANDIN_PACKAGES) from $DEBIAN_MIRROR (attempt $attempt)"
+        if debootstrap --variant=minbase --include="$STANDIN_PACKAGES" --cache-dir="$images_cache/debs" \
+            "$DEBIAN_SUITE" "$tmp/root" "$DEBIAN_MIRROR" >"$tmp/debootstrap.log" 2>&1; then
+            break
+        fi
+        umount -R "$tmp/root/proc" "$tmp/root/sys" 2>/dev/null || true
+        if [[ "$attempt" -ge 3 ]]; then
+            tail -n 20 "$tmp/debootstrap.log" >&2
+            die "debootstrap failed $attempt times (log above)"
+        fi
+        grep '^[EW]:' "$tmp/debootstrap.log" | tail -n 3 >&2 || true
+        rm -rf "${tmp:?}/root"
+        attempt=$((attempt + 1))
+    done
     # The official image's iptables is the legacy backend; tsboot's DNAT rule must land there too.
     chroot "$tmp/root" update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null
     chroot "$tmp/root" update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null
