@@ -37,7 +37,7 @@ STANDIN_PACKAGES=iptables,nftables,iproute2,ca-certificates
 
 podman_root="${TSBOOT_PODMAN_ROOT:-${HOME:-/root}/.cache/tsboot-podman}"
 images_cache="${TSBOOT_IMAGES_CACHE:-${HOME:-/root}/.cache/tsboot-images}"
-real_bin="${TSBOOT_REAL_BIN:-${HOME:-/root}/.cache/tsboot-real/bin-tailscale-$TAILSCALE_VERSION-headscale-$HEADSCALE_VERSION}"
+real_bin="${TSBOOT_REAL_BIN:-${TSBOOT_REAL_CACHE:-${HOME:-/root}/.cache/tsboot-real}/bin-tailscale-$TAILSCALE_VERSION-headscale-$HEADSCALE_VERSION}"
 
 # The image names the Kubernetes manifests and compose.yaml use, tagged with the workspace version.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n1)"

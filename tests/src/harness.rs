@@ -298,6 +298,15 @@ pub struct Init {
 }
 
 impl Init {
+    /// Wraps a child started elsewhere (the real-peer lab) whose output goes to `stderr`.
+    pub fn from_child(child: Child, stderr: PathBuf) -> Init {
+        Init {
+            child: Some(child),
+            stderr,
+            status: None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
@@ -308,6 +317,10 @@ impl Init {
 
     /// Waits until a stderr line ends with `suffix` (the reference harness's matching rule).
     pub fn expect_log(&mut self, suffix: &str) {
+        self.expect_log_within(suffix, PATIENCE)
+    }
+
+    pub fn expect_log_within(&mut self, suffix: &str, patience: Duration) {
         let start = Instant::now();
         loop {
             let log = self.log();
@@ -317,7 +330,7 @@ impl Init {
             if let Some(status) = self.try_status() {
                 panic!("exited ({status:?}) before logging {suffix:?}\nstderr:\n{log}");
             }
-            if start.elapsed() > PATIENCE {
+            if start.elapsed() > patience {
                 panic!("no log line ending in {suffix:?}\nstderr:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(10));

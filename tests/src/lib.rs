@@ -4,6 +4,7 @@ pub mod fake_cli;
 pub mod fake_tailscaled;
 pub mod fake_tailscaled_ctl;
 pub mod harness;
+pub mod real;
 
 /// A binary built by this workspace (`target/<profile>/<name>`): the parent of the running test
 /// executable's `deps` directory.

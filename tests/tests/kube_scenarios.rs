@@ -7,7 +7,8 @@ use tsboot_tests::harness::{rec, ApiServer, Era, Root, ERAS};
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 const KUBE_TAILSCALED: &str =
     "--socket=/tmp/tailscaled.sock --state=kube:tailscale --statedir=/tmp --tun=userspace-networking";
-const UP_WITH_KEY: &str = "--socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=tskey-key";
+const UP_WITH_KEY: &str =
+    "--socket=/tmp/tailscaled.sock up --accept-dns=false --authkey=tskey-key --reset";
 const SECRET_WITH_KEY: &str =
     r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-key"}}]}"#;
 
@@ -125,11 +126,16 @@ fn kube_storage_auth_once() {
         let mut init = root.start_init(&env, &[]);
         root.expect_records(&[rec("tailscaled", KUBE_TAILSCALED)]);
         root.notify_file(era.initial);
+        init.expect_log(STARTUP);
+        // D19: once Running, the environment is applied with `tailscale set`.
         root.expect_records(&[
             rec("tailscaled", KUBE_TAILSCALED),
             rec("tailscale", UP_WITH_KEY),
+            rec(
+                "tailscale",
+                "--socket=/tmp/tailscaled.sock set --accept-dns=false",
+            ),
         ]);
-        init.expect_log(STARTUP);
         init.expect_log(" Deleting authkey from kube secret");
         api.expect_secret(
             "tailscale",

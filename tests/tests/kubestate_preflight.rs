@@ -248,13 +248,19 @@ async fn ssar_denies_get_and_update_joins_like_multierr() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ssar_denies_patch_with_ts_authkey_gives_can_patch_false_and_no_read() {
+async fn ssar_denies_patch_with_ts_authkey_gives_can_patch_false_and_no_key_taken() {
     let s = Setup::new("pf-nopatch-key").await;
     s.api.deny("patch", "secrets");
     let (code, result, stderr) = s.preflight(&[("TS_AUTHKEY", "tskey-env")]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(result, "{\"can_patch\":false,\"authkey\":null}\n");
-    assert_eq!(s.secret_gets(), 0, "TS_AUTHKEY set: the secret is not read");
+    // Read once, as today's image does, only to see that it exists; its authkey is not taken.
+    assert_eq!(s.secret_gets(), 1);
+    assert_eq!(
+        s.ssar_verbs(),
+        ["get", "update", "patch"],
+        "it exists: no create check"
+    );
     assert!(!stderr.contains("tskey-env"), "{stderr}");
     s.assert_no_write();
 }
@@ -538,4 +544,158 @@ async fn invalid_flag_values_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("TS_AUTH_ONCE"));
     assert!(s.api.requests().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Today's image: the state secret must exist or be creatable; an OAuth client never takes the
+// secret's authkey; the shutdown wait for a consistent state (`ts-kubestate settle`).
+
+const NO_CREATE: &str =
+    "Tailscale state Secret \"tailscale\" does not exist and we don't have permissions to create it";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_without_create_is_a_clear_error() {
+    let s = Setup::new("pf-nocreate").await;
+    s.api.delete_secret(NS, SECRET);
+    s.api.deny("create", "secrets");
+    let (code, result, stderr) = s.preflight(&[("TS_AUTHKEY", "tskey-env")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(result, "");
+    assert!(stderr.contains(NO_CREATE), "{stderr}");
+    assert!(
+        stderr.contains("TS_KUBE_SECRET env var to an empty string"),
+        "{stderr}"
+    );
+    assert_eq!(s.ssar_verbs(), ["get", "update", "patch", "create"]);
+    s.assert_no_write();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_with_create_proceeds() {
+    let s = Setup::new("pf-create").await;
+    s.api.delete_secret(NS, SECRET);
+    let (code, result, stderr) = s.preflight(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(result, "{\"can_patch\":true,\"authkey\":null}\n");
+    assert!(stderr.contains("tailscaled will create it"), "{stderr}");
+    assert!(stderr.contains(NO_KEY_LOG), "{stderr}");
+    s.assert_no_write();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_secret_and_an_unanswerable_create_check_counts_as_not_allowed() {
+    let s = Setup::new("pf-create503").await;
+    s.api.delete_secret(NS, SECRET);
+    s.api.fail_next(Match::ssar("create"), 503, 100);
+    let (code, _, stderr) = s.preflight(&[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(NO_CREATE), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_client_never_takes_the_secrets_authkey() {
+    for vars in [
+        &[
+            ("TS_CLIENT_ID", "k123"),
+            ("TS_CLIENT_SECRET", "tskey-client-x"),
+        ][..],
+        &[("TS_CLIENT_SECRET", "tskey-client-x")],
+        &[("TS_CLIENT_ID", "k123"), ("TS_ID_TOKEN", "eyJ")],
+    ] {
+        let s = Setup::new("pf-oauth").await;
+        let (code, result, stderr) = s.preflight(vars);
+        assert_eq!(code, 0, "{vars:?}: {stderr}");
+        assert_eq!(
+            result, "{\"can_patch\":true,\"authkey\":null}\n",
+            "{vars:?}"
+        );
+        assert_no_key(&stderr);
+        assert!(
+            !stderr.contains("tskey-client-x") && !stderr.contains("eyJ"),
+            "{stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_get_failure_without_a_key_lookup_names_the_state_secret() {
+    let s = Setup::new("pf-get403-key").await;
+    s.api.fail_next(Match::secret_get(), 403, 1);
+    let (code, _, stderr) = s.preflight(&[("TS_AUTHKEY", "tskey-env")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("Getting Tailscale state Secret: ")
+            && stderr.contains("secret \"tailscale\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("403 Forbidden"), "{stderr}");
+}
+
+fn settle(s: &Setup, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(require_bin("ts-kubestate"))
+        .arg("settle")
+        .args(args)
+        .env_clear()
+        .envs(s.env(&[]))
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_returns_at_once_on_a_consistent_or_empty_state() {
+    let s = Setup::new("settle-ok").await;
+    for data in [
+        &[("authkey", KEY)][..],
+        &[
+            ("_current-profile", "profile-1"),
+            ("_profiles", "{}"),
+            ("_machinekey", "m"),
+            ("profile-1", "{}"),
+        ],
+    ] {
+        s.api.set_secret(NS, SECRET, data);
+        let (code, stderr) = settle(&s, &["--timeout", "60s"]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(!stderr.contains("Waiting for tailscaled"), "{stderr}");
+    }
+    s.api.delete_secret(NS, SECRET);
+    let (code, stderr) = settle(&s, &["--timeout", "60s"]);
+    assert_eq!(
+        code, 0,
+        "a missing secret holds no half-written state: {stderr}"
+    );
+    s.assert_no_write();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_waits_on_a_half_written_state_until_its_timeout() {
+    let s = Setup::new("settle-wait").await;
+    // Setup's secret holds `_machinekey` alone: half-written.
+    let (code, stderr) = settle(&s, &["--timeout", "700ms"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("Waiting for tailscaled to finish writing state to Secret \"tailscale\""),
+        "{stderr}"
+    );
+    assert!(stderr.contains("still incomplete"), "{stderr}");
+    assert!(s.secret_gets() >= 2, "re-read while waiting");
+    s.assert_no_write();
+    let (code, stderr) = settle(&s, &["--timeout", "soon"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_does_not_wait_on_an_unreadable_secret() {
+    let s = Setup::new("settle-403").await;
+    s.api.deny("get", "secrets");
+    let (code, stderr) = settle(&s, &["--timeout", "60s"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("Error waiting for consistent state on shutdown"),
+        "{stderr}"
+    );
 }

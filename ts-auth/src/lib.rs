@@ -23,6 +23,9 @@ pub enum AuthError {
     // The reference wraps this twice; operators grep for the exact text.
     #[error("failed to auth tailscale: failed to auth tailscale: {0}")]
     Up(String),
+    /// `tailscale set` after Running (TS_AUTH_ONCE), worded as today's image words it.
+    #[error("failed to auth tailscale: {0}")]
+    Set(String),
     #[error(transparent)]
     LeftRunning(#[from] ts_common::notify::LeftRunning),
     #[error("tailscaled did not reach Running within {0:?} (TS_BOOT_TIMEOUT); check the log above for a login URL or machine approval")]
@@ -51,7 +54,7 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
     };
     let mut stop = StopSignals::install();
     tokio::select! {
-        reached = login.until_running() => reached?,
+        reached = login.until_running_then_set() => reached?,
         sig = stop.recv() => return Err(AuthError::Interrupted(sig)),
     }
     if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
@@ -79,6 +82,20 @@ struct Login<'a> {
 }
 
 impl Login<'_> {
+    /// Running, then (TS_AUTH_ONCE) `tailscale set` with the preferences the environment owns,
+    /// whether or not `up` ran on this boot (D19).
+    async fn until_running_then_set(self) -> Result<(), AuthError> {
+        let (settings, deadline) = (self.settings, self.deadline);
+        self.until_running().await?;
+        if settings.auth_once {
+            tracing::info!("Running 'tailscale set'");
+            run_cli(&argv::tailscale_set(settings), "set", deadline)
+                .await
+                .map_err(AuthError::Set)?;
+        }
+        Ok(())
+    }
+
     async fn until_running(mut self) -> Result<(), AuthError> {
         let mut watch = self.watch(MASK_FIRST_WATCH, AuthError::Watch).await?;
         if !self.settings.auth_once {
@@ -140,44 +157,52 @@ impl Login<'_> {
     async fn tailscale_up(&self) -> Result<(), AuthError> {
         let cmd = argv::tailscale_up(self.settings, self.settings.auth_key.as_ref());
         tracing::info!("Running 'tailscale up'");
-        tracing::debug!("{cmd}");
-        let path = ts_common::process::look_path(&cmd.program).ok_or_else(|| {
-            AuthError::Up(format!(
-                "exec: \"{}\": executable file not found in $PATH",
-                cmd.program
-            ))
-        })?;
-        let mut child = tokio::process::Command::new(path)
-            .args(cmd.argv())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| AuthError::Up(format!("starting tailscale up: {e}")))?;
-        let status = match tokio::time::timeout_at(self.deadline, child.wait()).await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => return Err(AuthError::Up(format!("waiting for tailscale up: {e}"))),
-            Err(_) => {
-                // As the reference's context does: kill it at the deadline.
-                let _ = child.kill().await;
-                return Err(AuthError::Up("tailscale up failed: signal: killed".into()));
-            }
-        };
-        if status.success() {
-            return Ok(());
-        }
-        use std::os::unix::process::ExitStatusExt as _;
-        let how = match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exit status {code}"),
-            (None, Some(sig)) => format!(
-                "signal: {}",
-                nix::sys::signal::Signal::try_from(sig)
-                    .map(|s| s.as_str().trim_start_matches("SIG").to_ascii_lowercase())
-                    .unwrap_or_else(|_| sig.to_string())
-            ),
-            _ => "unknown status".into(),
-        };
-        Err(AuthError::Up(format!("tailscale up failed: {how}")))
+        run_cli(&cmd, "up", self.deadline)
+            .await
+            .map_err(AuthError::Up)
     }
+}
+
+/// Runs a `tailscale` command to completion before `deadline`; the error is worded as today's
+/// image words it (`tailscale up failed: exit status 1`).
+async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<(), String> {
+    tracing::debug!("{cmd}");
+    let path = ts_common::process::look_path(&cmd.program).ok_or_else(|| {
+        format!(
+            "exec: \"{}\": executable file not found in $PATH",
+            cmd.program
+        )
+    })?;
+    let mut child = tokio::process::Command::new(path)
+        .args(cmd.argv())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting tailscale {sub}: {e}"))?;
+    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return Err(format!("waiting for tailscale {sub}: {e}")),
+        Err(_) => {
+            // As the reference's context does: kill it at the deadline.
+            let _ = child.kill().await;
+            return Err(format!("tailscale {sub} failed: signal: killed"));
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    use std::os::unix::process::ExitStatusExt as _;
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!(
+            "signal: {}",
+            nix::sys::signal::Signal::try_from(sig)
+                .map(|s| s.as_str().trim_start_matches("SIG").to_ascii_lowercase())
+                .unwrap_or_else(|_| sig.to_string())
+        ),
+        _ => "unknown status".into(),
+    };
+    Err(format!("tailscale {sub} failed: {how}"))
 }
 
 /// Follows the bus after Running: any other state ends the container.
@@ -211,12 +236,18 @@ pub fn explain(settings: &Settings, mode: Mode) -> String {
         "3. re-watch (mask={MASK_STEADY}) until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
         settings.boot_timeout
     ));
+    if settings.auth_once {
+        out.push_str(&format!(
+            "3b. once Running (whether or not up ran): run {}\n",
+            argv::tailscale_set(settings)
+        ));
+    }
     if mode.guard {
         out.push_str("4. report readiness on TS_READY_FD, then stay and exit 1 if tailscaled leaves Running\n");
     } else {
         out.push_str("4. report readiness on TS_READY_FD if set, then exit 0\n");
     }
-    if settings.auth_key.is_none() {
+    if settings.auth_key.is_none() && !settings.oauth_login() {
         out.push_str(
             "note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n",
         );

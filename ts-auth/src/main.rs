@@ -4,8 +4,11 @@
 //! tailscaled reports NeedsLogin), and wait until tailscaled is Running. With `--guard` (how
 //! ts-init runs it) it then reports readiness on TS_READY_FD and stays, exiting 1 as soon as
 //! tailscaled leaves Running.
-//! Inputs: TS_SOCKET, TS_AUTHKEY / TS_AUTH_KEY (never a flag: argv is visible to every process),
-//! TS_ACCEPT_DNS, TS_ROUTES, TS_EXTRA_ARGS, TS_AUTH_ONCE, TS_BOOT_TIMEOUT, TS_READY_FD.
+//! With TS_AUTH_ONCE it runs `tailscale set` with the preferences the environment owns once
+//! Running.
+//! Inputs: TS_SOCKET, TS_AUTHKEY / TS_AUTH_KEY, TS_CLIENT_SECRET, TS_ID_TOKEN (never flags: argv
+//! is visible to every process), TS_CLIENT_ID, TS_AUDIENCE, TS_ACCEPT_DNS, TS_ROUTES,
+//! TS_HOSTNAME, TS_EXTRA_ARGS, TS_AUTH_ONCE, TS_BOOT_TIMEOUT, TS_READY_FD.
 //! Leaves behind: tailscaled logged in and Running.
 //! Exit: 0 Running reached (or guard stopped by SIGTERM/SIGINT); 1 any failure (the log says
 //! which); 2 invalid configuration.
@@ -18,8 +21,9 @@ use ts_common::exit;
     version,
     about = "Bring tailscaled to Running: tailscale up and the login watch",
     long_about = "Bring tailscaled to Running: watch the IPN bus, run `tailscale up` (at once, or with \
-TS_AUTH_ONCE only when tailscaled needs a login), and wait for Running. The auth key comes from \
-TS_AUTHKEY or TS_AUTH_KEY only (a flag would show it in the process list).",
+TS_AUTH_ONCE only when tailscaled needs a login, then `tailscale set` once Running), and wait for \
+Running. Credentials come from TS_AUTHKEY / TS_AUTH_KEY, TS_CLIENT_SECRET and TS_ID_TOKEN only (a \
+flag would show them in the process list).",
     after_help = ts_common::cli::EXIT_CODES_HELP
 )]
 struct Cli {
@@ -41,6 +45,15 @@ struct Cli {
     /// Subnet routes to advertise, comma-separated CIDRs [env: TS_ROUTES]
     #[arg(long, value_name = "CIDRS")]
     routes: Option<String>,
+    /// Node name in the tailnet (`--hostname`) [env: TS_HOSTNAME]
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// OAuth client ID (`--client-id`) [env: TS_CLIENT_ID]
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    /// Audience for workload identity federation (`--audience`) [env: TS_AUDIENCE]
+    #[arg(long, value_name = "AUDIENCE")]
+    audience: Option<String>,
     /// Extra arguments for `tailscale up`, split on whitespace [env: TS_EXTRA_ARGS]
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     extra_args: Option<String>,
@@ -59,6 +72,9 @@ fn main() {
         ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
         ("TS_ACCEPT_DNS", cli.accept_dns.as_ref()),
         ("TS_ROUTES", cli.routes.as_ref()),
+        ("TS_HOSTNAME", cli.hostname.as_ref()),
+        ("TS_CLIENT_ID", cli.client_id.as_ref()),
+        ("TS_AUDIENCE", cli.audience.as_ref()),
         ("TS_EXTRA_ARGS", cli.extra_args.as_ref()),
         ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
         ("TS_READY_FD", cli.ready_fd.as_ref()),

@@ -3,10 +3,10 @@
 //! The builders return the arguments without the program name; the program is found through
 //! `PATH` as the reference does. [`Command::display_redacted`] is what logs and `--explain` show.
 
-use crate::settings::{AuthKey, Settings, REDACTED};
+use crate::settings::{classify_words, AuthKey, Secret, Settings, Word, REDACTED};
 use std::fmt;
 
-/// A program and its arguments, with the auth key (if any) kept apart so it can be redacted.
+/// A program and its arguments, with every credential kept apart so it can be redacted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Command {
     pub program: String,
@@ -16,8 +16,11 @@ pub struct Command {
 #[derive(Clone, PartialEq, Eq)]
 enum Arg {
     Plain(String),
-    /// `--authkey=<key>`: shown as `--authkey=<redacted>`.
-    AuthKey(AuthKey),
+    /// A credential: shown as `prefix<redacted>`, passed as `prefix<value>`.
+    Secret {
+        prefix: String,
+        value: Secret,
+    },
 }
 
 impl Command {
@@ -38,26 +41,60 @@ impl Command {
         self
     }
 
-    /// The arguments as they are passed to the program (auth key included).
+    /// `prefix<value>` when there is a value; nothing otherwise.
+    fn secret(mut self, prefix: &str, value: Option<&Secret>) -> Self {
+        if let Some(value) = value {
+            self.args.push(Arg::Secret {
+                prefix: prefix.to_string(),
+                value: value.clone(),
+            });
+        }
+        self
+    }
+
+    /// `flag=value` unless `value` is empty.
+    fn arg_if(self, flag: &str, value: &str) -> Self {
+        if value.is_empty() {
+            self
+        } else {
+            self.arg(format!("{flag}={value}"))
+        }
+    }
+
+    /// `TS_EXTRA_ARGS` words, a credential among them kept apart like the auth key.
+    fn user_words(mut self, words: &[String]) -> Self {
+        for word in classify_words(words) {
+            self.args.push(match word {
+                Word::Plain(w) => Arg::Plain(w.to_string()),
+                Word::Secret { prefix, value } => Arg::Secret {
+                    prefix: prefix.to_string(),
+                    value: Secret::new(value),
+                },
+            });
+        }
+        self
+    }
+
+    /// The arguments as they are passed to the program (credentials included).
     pub fn argv(&self) -> Vec<String> {
         self.args
             .iter()
             .map(|a| match a {
                 Arg::Plain(s) => s.clone(),
-                Arg::AuthKey(k) => format!("--authkey={}", k.expose()),
+                Arg::Secret { prefix, value } => format!("{prefix}{}", value.expose()),
             })
             .collect()
     }
 
-    /// Program and arguments joined with spaces, the auth key replaced by `<redacted>`.
+    /// Program and arguments joined with spaces, every credential replaced by `<redacted>`.
     pub fn display_redacted(&self) -> String {
         let mut out = self.program.clone();
         for a in &self.args {
             out.push(' ');
             match a {
                 Arg::Plain(s) => out.push_str(s),
-                Arg::AuthKey(_) => {
-                    out.push_str("--authkey=");
+                Arg::Secret { prefix, .. } => {
+                    out.push_str(prefix);
                     out.push_str(REDACTED);
                 }
             }
@@ -78,13 +115,21 @@ impl fmt::Display for Command {
     }
 }
 
-/// `tailscaled` (contract §2).
+/// Where tailscaled keeps its state when it is not the Kubernetes secret nor `TS_STATE_DIR`.
+const DEFAULT_STATEDIR: &str = "/tmp";
+
+/// `tailscaled` (contract §2; `--statedir` with the kube store and `--debug` as today's image).
 pub fn tailscaled(s: &Settings) -> Command {
     let mut cmd = Command::new("tailscaled").arg(format!("--socket={}", s.socket.display()));
+    let statedir = if s.state_dir.is_empty() {
+        DEFAULT_STATEDIR
+    } else {
+        s.state_dir.as_str()
+    };
     if s.kube_state_enabled() {
         cmd = cmd
             .arg(format!("--state=kube:{}", s.kube_secret))
-            .arg("--statedir=/tmp");
+            .arg(format!("--statedir={statedir}"));
     } else if !s.state_dir.is_empty() {
         cmd = cmd.arg(format!("--statedir={}", s.state_dir));
     } else {
@@ -93,32 +138,56 @@ pub fn tailscaled(s: &Settings) -> Command {
     if s.userspace {
         cmd = cmd.arg("--tun=userspace-networking");
     }
-    if !s.socks5_server.is_empty() {
-        cmd = cmd.arg(format!("--socks5-server={}", s.socks5_server));
-    }
-    if !s.outbound_http_proxy_listen.is_empty() {
-        cmd = cmd.arg(format!(
-            "--outbound-http-proxy-listen={}",
-            s.outbound_http_proxy_listen
-        ));
+    cmd = cmd.arg_if("--socks5-server", &s.socks5_server).arg_if(
+        "--outbound-http-proxy-listen",
+        &s.outbound_http_proxy_listen,
+    );
+    // As today's image: an operator that already put the address in the extra args (older
+    // operators did) does not get a second --debug.
+    let extra = s.tailscaled_extra_args.join(" ");
+    if !s.debug_addr_port.is_empty() && !extra.contains(&s.debug_addr_port) {
+        cmd = cmd.arg(format!("--debug={}", s.debug_addr_port));
     }
     cmd.args(&s.tailscaled_extra_args)
 }
 
-/// `tailscale up` (contract §3). `auth_key` is the resolved key (from the environment or the
-/// Kubernetes secret); `None` means interactive login if needed.
+/// `tailscale up` (contract §3, in today's image's order). `auth_key` is the resolved key (from
+/// the environment or the Kubernetes secret); `None` means OAuth, or interactive login if needed.
+///
+/// `--reset` comes before the user's words: the environment describes the whole node, so a
+/// preference an earlier boot (or a hand-run `tailscale set`) left behind is reset instead of
+/// failing `up`'s check that every non-default preference is mentioned. `--reset=false` in
+/// `TS_EXTRA_ARGS` turns that off (the last flag wins). README: "Restarts and preferences".
 pub fn tailscale_up(s: &Settings, auth_key: Option<&AuthKey>) -> Command {
-    let mut cmd = Command::new("tailscale")
+    let cmd = Command::new("tailscale")
         .arg(format!("--socket={}", s.socket.display()))
         .arg("up")
+        .arg(format!("--accept-dns={}", s.accept_dns))
+        .secret("--authkey=", auth_key)
+        .arg_if("--client-id", &s.client_id)
+        .secret("--client-secret=", s.client_secret.as_ref())
+        .secret("--id-token=", s.id_token.as_ref())
+        .arg_if("--audience", &s.audience);
+    owned_prefs(cmd, s).arg("--reset").user_words(&s.extra_args)
+}
+
+/// `tailscale set` with the preferences the environment owns (D19), run once Running with
+/// `TS_AUTH_ONCE=true`.
+pub fn tailscale_set(s: &Settings) -> Command {
+    let cmd = Command::new("tailscale")
+        .arg(format!("--socket={}", s.socket.display()))
+        .arg("set")
         .arg(format!("--accept-dns={}", s.accept_dns));
-    if let Some(key) = auth_key {
-        cmd.args.push(Arg::AuthKey(key.clone()));
-    }
-    if !s.routes.is_empty() {
-        cmd = cmd.arg(format!("--advertise-routes={}", s.routes));
-    }
-    cmd.args(&s.extra_args)
+    owned_prefs(cmd, s)
+}
+
+/// `--advertise-routes` (whenever `TS_ROUTES` is set, even empty: D18) and `--hostname`.
+fn owned_prefs(cmd: Command, s: &Settings) -> Command {
+    let cmd = match &s.routes {
+        Some(routes) => cmd.arg(format!("--advertise-routes={routes}")),
+        None => cmd,
+    };
+    cmd.arg_if("--hostname", &s.hostname)
 }
 
 /// What an iptables command should do with the DNAT rule.
@@ -189,7 +258,16 @@ mod tests {
         );
         assert_eq!(
             tailscale_up(&s, None).argv(),
-            ["--socket=/tmp/tailscaled.sock", "up", "--accept-dns=false"]
+            [
+                "--socket=/tmp/tailscaled.sock",
+                "up",
+                "--accept-dns=false",
+                "--reset"
+            ]
+        );
+        assert_eq!(
+            tailscale_set(&s).argv(),
+            ["--socket=/tmp/tailscaled.sock", "set", "--accept-dns=false"]
         );
     }
 
@@ -204,7 +282,8 @@ mod tests {
                 "up",
                 "--accept-dns=false",
                 "--authkey=tskey-secret",
-                "--advertise-routes=1.2.3.0/24"
+                "--advertise-routes=1.2.3.0/24",
+                "--reset"
             ]
         );
         let shown = cmd.display_redacted();
@@ -218,7 +297,7 @@ mod tests {
         let s = settings(&[
             ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
             ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
-            ("TS_STATE_DIR", "/ignored"),
+            ("TS_STATE_DIR", "/var/lib/ts"),
             ("TS_SOCKS5_SERVER", "localhost:1080"),
             ("TS_OUTBOUND_HTTP_PROXY_LISTEN", "localhost:8080"),
             ("TS_TAILSCALED_EXTRA_ARGS", " --a   --b\t--c "),
@@ -230,7 +309,7 @@ mod tests {
             [
                 "--socket=/tmp/tailscaled.sock",
                 "--state=kube:tailscale",
-                "--statedir=/tmp",
+                "--statedir=/var/lib/ts",
                 "--tun=userspace-networking",
                 "--socks5-server=localhost:1080",
                 "--outbound-http-proxy-listen=localhost:8080",
@@ -245,9 +324,134 @@ mod tests {
                 "--socket=/tmp/tailscaled.sock",
                 "up",
                 "--accept-dns=true",
+                "--reset",
                 "--widget=rotated"
             ]
         );
+    }
+
+    #[test]
+    fn kube_state_default_statedir() {
+        let s = settings(&[
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("TS_KUBE_SECRET", "ts-state"),
+        ]);
+        assert_eq!(
+            tailscaled(&s).argv()[1..3],
+            ["--state=kube:ts-state", "--statedir=/tmp"]
+        );
+    }
+
+    #[test]
+    fn up_in_todays_order() {
+        let s = settings(&[
+            ("TS_CLIENT_ID", "cid"),
+            ("TS_CLIENT_SECRET", "file:/run/secret"),
+            ("TS_ROUTES", "10.0.0.0/8,fd00::/64"),
+            ("TS_HOSTNAME", "box"),
+            ("TS_ACCEPT_DNS", "true"),
+            (
+                "TS_EXTRA_ARGS",
+                "--advertise-tags=tag:ci --accept-dns=false --ssh",
+            ),
+        ]);
+        assert_eq!(
+            tailscale_up(&s, None).display_redacted(),
+            "tailscale --socket=/tmp/tailscaled.sock up --accept-dns=false --client-id=cid \
+             --client-secret=<redacted> --advertise-routes=10.0.0.0/8,fd00::/64 --hostname=box \
+             --reset --advertise-tags=tag:ci --ssh"
+        );
+        assert!(tailscale_up(&s, None)
+            .argv()
+            .contains(&"--client-secret=file:/run/secret".to_string()));
+        let s = settings(&[
+            ("TS_CLIENT_ID", "cid"),
+            ("TS_ID_TOKEN", "eyJtoken"),
+            ("TS_ROUTES", ""),
+        ]);
+        assert_eq!(
+            tailscale_up(&s, None).argv(),
+            [
+                "--socket=/tmp/tailscaled.sock",
+                "up",
+                "--accept-dns=false",
+                "--client-id=cid",
+                "--id-token=eyJtoken",
+                "--advertise-routes=",
+                "--reset"
+            ]
+        );
+        assert!(!tailscale_up(&s, None).to_string().contains("eyJtoken"));
+        let s = settings(&[("TS_CLIENT_ID", "cid"), ("TS_AUDIENCE", "aud")]);
+        assert_eq!(
+            tailscale_up(&s, None).argv()[3..5],
+            ["--client-id=cid", "--audience=aud"]
+        );
+    }
+
+    #[test]
+    fn set_names_only_the_owned_prefs() {
+        let s = settings(&[
+            ("TS_AUTHKEY", "tskey-secret"),
+            ("TS_ROUTES", ""),
+            ("TS_HOSTNAME", "box"),
+            ("TS_EXTRA_ARGS", "--accept-dns --ssh"),
+        ]);
+        assert_eq!(
+            tailscale_set(&s).argv(),
+            [
+                "--socket=/tmp/tailscaled.sock",
+                "set",
+                "--accept-dns=true",
+                "--advertise-routes=",
+                "--hostname=box"
+            ]
+        );
+    }
+
+    #[test]
+    fn credentials_in_extra_args_are_redacted() {
+        let s = settings(&[(
+            "TS_EXTRA_ARGS",
+            "--authkey=tskey-a -auth-key=tskey-b --client-secret=tskey-client-c --id-token eyJd --ssh",
+        )]);
+        let cmd = tailscale_up(&s, None);
+        assert_eq!(
+            cmd.argv()[4..],
+            [
+                "--authkey=tskey-a",
+                "-auth-key=tskey-b",
+                "--client-secret=tskey-client-c",
+                "--id-token",
+                "eyJd",
+                "--ssh"
+            ]
+        );
+        let shown = format!("{cmd} {cmd:?} {s:?}");
+        for secret in ["tskey-a", "tskey-b", "tskey-client-c", "eyJd"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("--id-token <redacted> --ssh"), "{shown}");
+        assert!(shown.contains("-auth-key=<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn debug_addr_port() {
+        let s = settings(&[
+            ("TS_DEBUG_ADDR_PORT", "[::]:9001"),
+            ("TS_TAILSCALED_EXTRA_ARGS", "--verbose=1"),
+        ]);
+        assert_eq!(
+            tailscaled(&s).argv()[4..],
+            ["--debug=[::]:9001", "--verbose=1"]
+        );
+        // Already in the extra args (older operators put it there): not added twice.
+        let s = settings(&[
+            ("TS_DEBUG_ADDR_PORT", "0.0.0.0:9001"),
+            ("TS_TAILSCALED_EXTRA_ARGS", "--debug=0.0.0.0:9001"),
+        ]);
+        assert_eq!(tailscaled(&s).argv()[4..], ["--debug=0.0.0.0:9001"]);
     }
 
     #[test]

@@ -14,7 +14,20 @@ use std::process::Stdio;
 /// The fd number a long-lived child finds its readiness pipe at.
 pub const CHILD_READY_FD: RawFd = 3;
 
-/// Variables that carry the auth key; tailscaled and the watchers never receive them (D15).
+/// Variables that carry a credential (D15).
+pub use crate::settings::SECRET_VARS;
+
+/// What tailscaled and the watchers never inherit: the credentials (D15), and `TS_EXTRA_ARGS`,
+/// which only `tailscale up` needs and which may hold one (`--authkey=…`).
+pub const DAEMON_ENV_REMOVE: &[&str] = &[
+    "TS_AUTHKEY",
+    "TS_AUTH_KEY",
+    "TS_CLIENT_SECRET",
+    "TS_ID_TOKEN",
+    "TS_EXTRA_ARGS",
+];
+
+/// The auth key variables alone: replaced for ts-auth when the preflight found a key.
 pub const AUTH_KEY_VARS: &[&str] = &["TS_AUTHKEY", "TS_AUTH_KEY"];
 
 /// Set by ts-init on its children so they do not repeat ts-init's one-time startup warnings.
@@ -254,6 +267,13 @@ pub fn override_env(overrides: &[crate::settings::Override]) -> Vec<(String, Str
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn daemons_never_get_a_credential_variable() {
+        for var in super::SECRET_VARS.iter().chain(super::AUTH_KEY_VARS) {
+            assert!(super::DAEMON_ENV_REMOVE.contains(var), "{var}");
+        }
+    }
+
     use super::*;
     use nix::sys::signal::Signal;
     use nix::unistd::Pid;

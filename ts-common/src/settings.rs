@@ -23,9 +23,8 @@ pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default shutdown grace before SIGKILL (D6).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// Variables of newer containerboot versions that tsboot recognises but does not implement (D16).
+/// Variables of newer containerboot versions that tsboot recognises but does not implement (D16′).
 pub const UNSUPPORTED_VARS: &[&str] = &[
-    "TS_HOSTNAME",
     "TS_SERVE_CONFIG",
     "TS_ENABLE_HEALTH_CHECK",
     "TS_HEALTHCHECK_ADDR_PORT",
@@ -33,41 +32,56 @@ pub const UNSUPPORTED_VARS: &[&str] = &[
     "TS_ENABLE_METRICS",
     "TS_TAILNET_TARGET_IP",
     "TS_TAILNET_TARGET_FQDN",
-    "TS_CLIENT_ID",
-    "TS_CLIENT_SECRET",
-    "TS_ID_TOKEN",
-    "TS_AUDIENCE",
-    "TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV",
     "TS_EGRESS_PROXIES_CONFIG_PATH",
     "TS_INGRESS_PROXIES_CONFIG_PATH",
-    "TS_DEBUG_FIREWALL_MODE",
     "TS_CERT_DOMAIN",
 ];
+/// Variables of today's image that tailscaled reads itself: they reach it through its
+/// environment, so they are supported without tsboot interpreting them (D16′).
+pub const PASSTHROUGH_VARS: &[&str] = &[
+    "TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV",
+    "TS_DEBUG_FIREWALL_MODE",
+];
+/// Variables that carry a credential: tailscaled and the watchers never receive them (D15), and
+/// their values are shown as [`REDACTED`] wherever tsboot prints a command line.
+pub const SECRET_VARS: &[&str] = &[
+    "TS_AUTHKEY",
+    "TS_AUTH_KEY",
+    "TS_CLIENT_SECRET",
+    "TS_ID_TOKEN",
+];
+/// `tailscale up` flags whose value is a credential (an auth key, OAuth client secret or ID
+/// token). A `TS_EXTRA_ARGS` word naming one is redacted like the auth key.
+pub const SECRET_UP_FLAGS: &[&str] = &["authkey", "auth-key", "client-secret", "id-token"];
 /// Prefix of newer containerboot's experimental variables, also unsupported (D16).
 pub const UNSUPPORTED_PREFIX: &str = "TS_EXPERIMENTAL_";
 
-/// An auth key. Its `Debug` and `Display` never show the value, so it cannot leak into a log
-/// line or an error message by accident; [`AuthKey::expose`] is the one way to read it.
+/// A credential: an auth key, an OAuth client secret or an ID token. Its `Debug` and `Display`
+/// never show the value, so it cannot leak into a log line or an error message by accident;
+/// [`Secret::expose`] is the one way to read it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AuthKey(String);
+pub struct Secret(String);
 
-impl AuthKey {
+/// The auth key is the first [`Secret`] tsboot knew; the name stays for its many users.
+pub type AuthKey = Secret;
+
+impl Secret {
     pub fn new(key: impl Into<String>) -> Self {
-        AuthKey(key.into())
+        Secret(key.into())
     }
-    /// The key itself, for the one place that must pass it on (`tailscale up`'s argv).
+    /// The value itself, for the one place that must pass it on (`tailscale up`'s argv).
     pub fn expose(&self) -> &str {
         &self.0
     }
 }
 
-impl fmt::Debug for AuthKey {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AuthKey(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
-impl fmt::Display for AuthKey {
+impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(REDACTED)
     }
@@ -219,6 +233,9 @@ pub enum SettingsError {
     },
     #[error("{var} is not valid UTF-8; set it to a UTF-8 value")]
     NotUnicode { var: String },
+    /// Two variables that today's containerboot refuses together (its `validate()`).
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 /// One value standing in for a variable, e.g. from a command-line flag.
@@ -230,18 +247,33 @@ pub struct Settings {
     /// Resolved `TS_AUTHKEY` / `TS_AUTH_KEY`; `None` when the winner is unset or empty.
     pub auth_key: Option<AuthKey>,
     pub auth_key_source: AuthKeySource,
-    /// `TS_ROUTES` verbatim ("" = no routes), passed as `--advertise-routes=`.
-    pub routes: String,
+    /// `TS_ROUTES` verbatim when set, passed as `--advertise-routes=`; set but empty clears the
+    /// routes (D18), unset passes no flag.
+    pub routes: Option<String>,
     /// `TS_ROUTES` parsed (validated in every mode, D2).
     pub route_prefixes: Vec<IpPrefix>,
     /// `TS_DEST_IP` verbatim ("" = no proxy), used as `--to-destination`.
     pub dest_ip_raw: String,
     pub dest_ip: Option<IpAddr>,
     pub tailscaled_extra_args: Vec<String>,
-    pub extra_args: Vec<String>,
+    /// `TS_EXTRA_ARGS` words, without the `--accept-dns` ones (folded into `accept_dns`).
+    pub extra_args: ExtraArgs,
     pub userspace: bool,
     pub state_dir: String,
+    /// `TS_ACCEPT_DNS`, overridden by an `--accept-dns[=BOOL]` word in `TS_EXTRA_ARGS`.
     pub accept_dns: bool,
+    /// `TS_HOSTNAME` ("" = no `--hostname`).
+    pub hostname: String,
+    /// `TS_CLIENT_ID` ("" = none): OAuth client / workload identity federation.
+    pub client_id: String,
+    /// `TS_CLIENT_SECRET` (`file:` passed through, the CLI reads it).
+    pub client_secret: Option<Secret>,
+    /// `TS_ID_TOKEN` (`file:` passed through).
+    pub id_token: Option<Secret>,
+    /// `TS_AUDIENCE` ("" = none).
+    pub audience: String,
+    /// `TS_DEBUG_ADDR_PORT` verbatim (validated as `ip:port`), tailscaled's `--debug=`.
+    pub debug_addr_port: String,
     /// `TS_KUBE_SECRET`; "" disables secret storage and every secret call.
     pub kube_secret: String,
     pub socks5_server: String,
@@ -460,8 +492,19 @@ impl Settings {
         let accept_dns = env.boolean("TS_ACCEPT_DNS", false)?;
         let auth_once = env.boolean("TS_AUTH_ONCE", false)?;
 
-        let routes = env.string("TS_ROUTES", "");
-        let route_prefixes = parse_routes(&routes)?;
+        let routes = env.get("TS_ROUTES").map(str::to_string);
+        let route_prefixes = parse_routes(routes.as_deref().unwrap_or(""))?;
+        let (extra_args, accept_dns) =
+            fold_accept_dns(fields(&env.string("TS_EXTRA_ARGS", "")), accept_dns)?;
+        let login = Login::from_env(&env, auth_key.is_some())?;
+        let debug_addr_port = env.string("TS_DEBUG_ADDR_PORT", "");
+        if !debug_addr_port.is_empty() && debug_addr_port.parse::<std::net::SocketAddr>().is_err() {
+            return Err(SettingsError::Invalid {
+                var: "TS_DEBUG_ADDR_PORT",
+                value: debug_addr_port,
+                why: "not an IP address and port: use e.g. 0.0.0.0:9001 or [::]:9001".into(),
+            });
+        }
 
         let dest_ip_raw = env.string("TS_DEST_IP", "");
         let dest_ip = if dest_ip_raw.is_empty() {
@@ -519,10 +562,16 @@ impl Settings {
             dest_ip_raw,
             dest_ip,
             tailscaled_extra_args: fields(&env.string("TS_TAILSCALED_EXTRA_ARGS", "")),
-            extra_args: fields(&env.string("TS_EXTRA_ARGS", "")),
+            extra_args,
             userspace,
             state_dir: env.string("TS_STATE_DIR", ""),
             accept_dns,
+            hostname: env.string("TS_HOSTNAME", ""),
+            client_id: login.client_id,
+            client_secret: login.client_secret,
+            id_token: login.id_token,
+            audience: login.audience,
+            debug_addr_port,
             kube_secret: env.string("TS_KUBE_SECRET", DEFAULT_KUBE_SECRET),
             socks5_server: env.string("TS_SOCKS5_SERVER", ""),
             outbound_http_proxy_listen: env.string("TS_OUTBOUND_HTTP_PROXY_LISTEN", ""),
@@ -553,6 +602,12 @@ impl Settings {
     /// A host path under `TS_TEST_ONLY_ROOT` (`rel` has no leading slash).
     pub fn host_path(&self, rel: &str) -> PathBuf {
         self.root.join(rel.trim_start_matches('/'))
+    }
+
+    /// Login goes through an OAuth client (`TS_CLIENT_ID` or `TS_CLIENT_SECRET` set): the state
+    /// secret's `authkey` is then not looked up, as in today's image.
+    pub fn oauth_login(&self) -> bool {
+        !self.client_id.is_empty() || self.client_secret.is_some()
     }
 
     /// In Kubernetes (`KUBERNETES_SERVICE_HOST` non-empty).
@@ -626,6 +681,159 @@ fn unicode_vars(
         }
     }
     Ok(map)
+}
+
+/// `TS_EXTRA_ARGS` words for `tailscale up`. `Debug` redacts the value of a credential flag
+/// (see [`SECRET_UP_FLAGS`]) so a dump of [`Settings`] cannot leak one.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ExtraArgs(pub Vec<String>);
+
+impl std::ops::Deref for ExtraArgs {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ExtraArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = classify_words(&self.0)
+            .into_iter()
+            .map(|w| match w {
+                Word::Plain(s) => s.to_string(),
+                Word::Secret { prefix, .. } => format!("{prefix}{REDACTED}"),
+            })
+            .collect();
+        f.debug_tuple("ExtraArgs").field(&shown).finish()
+    }
+}
+
+/// One `TS_EXTRA_ARGS` word as tsboot must show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Word<'a> {
+    Plain(&'a str),
+    /// A credential: `prefix` (e.g. `--authkey=`, or "" for the value word after a bare
+    /// `--authkey`) is shown, `value` never is.
+    Secret {
+        prefix: &'a str,
+        value: &'a str,
+    },
+}
+
+/// The name of a credential flag in `word` (`-authkey`, `--client-secret=…`), Go flag syntax.
+fn secret_flag(word: &str) -> Option<(&str, Option<&str>)> {
+    let body = word.strip_prefix("--").or_else(|| word.strip_prefix('-'))?;
+    let (name, value) = match body.split_once('=') {
+        Some((n, v)) => (n, Some(v)),
+        None => (body, None),
+    };
+    SECRET_UP_FLAGS.contains(&name).then_some((name, value))
+}
+
+/// Splits `words` into what may be shown and the credentials (`--authkey=K`, or `--authkey K`
+/// as two words, which Go's flag package also accepts).
+pub fn classify_words(words: &[String]) -> Vec<Word<'_>> {
+    let mut out = Vec::with_capacity(words.len());
+    let mut next_is_secret = false;
+    for word in words {
+        if next_is_secret {
+            next_is_secret = false;
+            out.push(Word::Secret {
+                prefix: "",
+                value: word,
+            });
+            continue;
+        }
+        match secret_flag(word) {
+            Some((_, Some(value))) => {
+                let prefix = &word[..word.len() - value.len()];
+                out.push(Word::Secret { prefix, value });
+            }
+            Some((_, None)) => {
+                next_is_secret = true;
+                out.push(Word::Plain(word));
+            }
+            None => out.push(Word::Plain(word)),
+        }
+    }
+    out
+}
+
+/// Today's image lets `--accept-dns` in `TS_EXTRA_ARGS` override `TS_ACCEPT_DNS`: the words
+/// `--accept-dns` (true) and `--accept-dns=BOOL` are taken out of the extra words and decide the
+/// single `--accept-dns=` flag (the last one wins, as it would on `up`'s command line). A value
+/// that is not a boolean is refused, where today's image would ignore it.
+fn fold_accept_dns(
+    words: Vec<String>,
+    mut accept_dns: bool,
+) -> Result<(ExtraArgs, bool), SettingsError> {
+    let mut kept = Vec::with_capacity(words.len());
+    for word in words {
+        let value = match word.split_once('=') {
+            None if word == "--accept-dns" => "true",
+            Some(("--accept-dns", v)) => v,
+            _ => {
+                kept.push(word);
+                continue;
+            }
+        };
+        accept_dns = parse_bool(value).ok_or_else(|| SettingsError::Invalid {
+            var: "TS_EXTRA_ARGS",
+            value: word.clone(),
+            why: "--accept-dns takes a boolean: use --accept-dns=true or --accept-dns=false".into(),
+        })?;
+    }
+    Ok((ExtraArgs(kept), accept_dns))
+}
+
+/// The OAuth / workload identity variables, validated together.
+struct Login {
+    client_id: String,
+    client_secret: Option<Secret>,
+    id_token: Option<Secret>,
+    audience: String,
+}
+
+impl Login {
+    /// Refuses exactly the combinations today's containerboot refuses (empty = unset).
+    fn from_env(env: &Env, has_auth_key: bool) -> Result<Login, SettingsError> {
+        let get = |var| env.get(var).unwrap_or("").to_string();
+        let (client_id, client_secret, id_token, audience) = (
+            get("TS_CLIENT_ID"),
+            get("TS_CLIENT_SECRET"),
+            get("TS_ID_TOKEN"),
+            get("TS_AUDIENCE"),
+        );
+        let set = |v: &String| !v.is_empty();
+        let refuse = |why| Err(SettingsError::Conflict(why));
+        if set(&id_token) && !set(&client_id) {
+            return refuse("TS_ID_TOKEN is set but TS_CLIENT_ID is not set: workload identity federation needs the client ID the token is exchanged for; set TS_CLIENT_ID");
+        }
+        if set(&audience) && !set(&client_id) {
+            return refuse("TS_AUDIENCE is set but TS_CLIENT_ID is not set: workload identity federation needs the client ID; set TS_CLIENT_ID");
+        }
+        if set(&id_token) && set(&client_secret) {
+            return refuse("TS_ID_TOKEN and TS_CLIENT_SECRET cannot both be set: use an ID token (workload identity) or a client secret (OAuth), not both");
+        }
+        if set(&id_token) && set(&audience) {
+            return refuse("TS_ID_TOKEN and TS_AUDIENCE cannot both be set: TS_AUDIENCE asks for an ID token to be obtained; unset one of them");
+        }
+        if set(&audience) && set(&client_secret) {
+            return refuse("TS_AUDIENCE and TS_CLIENT_SECRET cannot both be set: use workload identity (TS_AUDIENCE) or an OAuth client secret, not both");
+        }
+        if has_auth_key
+            && (set(&client_id) || set(&client_secret) || set(&id_token) || set(&audience))
+        {
+            return refuse("TS_AUTHKEY cannot be used with TS_CLIENT_ID, TS_CLIENT_SECRET, TS_ID_TOKEN, or TS_AUDIENCE: log in with an auth key or with OAuth / workload identity, not both");
+        }
+        let secret = |v: String| (!v.is_empty()).then(|| Secret::new(v));
+        Ok(Login {
+            client_id,
+            client_secret: secret(client_secret),
+            id_token: secret(id_token),
+            audience,
+        })
+    }
 }
 
 /// `TS_ROUTES`: split on ',' with no trimming, each a CIDR (reference `ensureIPForwarding`).

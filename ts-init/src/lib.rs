@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use supervisor::{Event, Exit, Role, Supervisor};
-use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, UNDER_INIT_VAR};
+use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, DAEMON_ENV_REMOVE, UNDER_INIT_VAR};
 use ts_common::settings::{Override, Settings};
 use ts_common::{exit, process::describe};
 
@@ -151,7 +151,7 @@ impl Boot {
                     program: &tailscaled.program,
                     path: &path,
                     args: tailscaled.argv(),
-                    env_remove: &["TS_AUTHKEY", "TS_AUTH_KEY", "TS_READY_FD", UNDER_INIT_VAR],
+                    env_remove: &tailscaled_env_remove(),
                     env_set: process::override_env(&self.plan.env_overrides),
                     ready_fd: None,
                     result_fd: None,
@@ -303,12 +303,12 @@ impl Boot {
         let mut env_set = self.child_env(phase.readiness);
         let has_key = !extra_env.is_empty();
         env_set.extend(extra_env);
-        // The auth key goes to ts-auth only; watchers never see it (D15). A key found by the
+        // Credentials go to ts-auth only; watchers never see them (D15). A key found by the
         // preflight replaces whatever the environment had.
-        let env_remove: &[&str] = if role == Role::Auth && !has_key {
-            &[]
-        } else {
-            AUTH_KEY_VARS
+        let env_remove: &[&str] = match role {
+            Role::Auth if has_key => AUTH_KEY_VARS,
+            Role::Auth => &[],
+            _ => DAEMON_ENV_REMOVE,
         };
         self.spawn_phase(role, phase, env_set, env_remove, Some(&write_end), None)?;
         Ok(read_end)
@@ -548,7 +548,8 @@ impl Boot {
         }
         let mut tailscaled_killed = false;
         if self.sup.live_children() > 0 {
-            let grace_end = Instant::now() + self.settings.shutdown_grace;
+            let grace_start = Instant::now();
+            let grace_end = grace_start + self.settings.shutdown_grace;
             // Watchers and the guard go first, so they do not report tailscaled's departure as
             // an error; tailscaled follows once they are gone (or after a short wait).
             if self.sup.tailscaled_alive() && self.sup.live_children() > 1 {
@@ -563,6 +564,9 @@ impl Boot {
                         Ok(_) => {}
                     }
                 }
+            }
+            if self.sup.tailscaled_alive() {
+                self.settle_state(grace_start);
             }
             self.sup.signal_children(Signal::SIGTERM);
             while self.sup.live_children() > 0 {
@@ -607,6 +611,59 @@ impl Boot {
         code
     }
 
+    /// With the kube state store: lets `ts-kubestate settle` wait until tailscaled finished
+    /// writing its state to the secret, within the first half of the grace, so tailscaled keeps
+    /// at least the other half to exit. Whatever the outcome, tailscaled is stopped next.
+    fn settle_state(&mut self, grace_start: Instant) {
+        let Some(mut phase) = self.plan.settle.clone() else {
+            return;
+        };
+        let until = grace_start + self.settings.shutdown_grace / 2;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        phase.args.extend([
+            "--timeout".to_string(),
+            format!("{}ms", left.as_millis().max(1)),
+        ]);
+        let env_set = self.child_env(false);
+        let mut env_remove = DAEMON_ENV_REMOVE.to_vec();
+        env_remove.push("TS_READY_FD");
+        let pid = match self.spawn_phase(Role::Settle, &phase, env_set, &env_remove, None, None) {
+            Ok(pid) => pid,
+            Err(cause) => {
+                tracing::warn!("cannot wait for a consistent state secret: {cause}");
+                return;
+            }
+        };
+        // The phase bounds itself; this margin only catches one that hangs.
+        let hard_end = until + Duration::from_secs(1);
+        loop {
+            match self.sup.next_event(&[], Some(hard_end)) {
+                Ok(Event::Exited(e)) if e.pid == pid => {
+                    tracing::debug!("{} ended ({})", e.role.name(), describe(&e.status));
+                    return;
+                }
+                Ok(Event::Exited(e)) => {
+                    tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status))
+                }
+                Ok(Event::Shutdown(sig)) => {
+                    tracing::info!("{} received while already shutting down", sig.as_str())
+                }
+                Ok(Event::Readable(_)) => {}
+                Ok(Event::Timeout) | Err(_) => {
+                    tracing::warn!(
+                        "{} did not finish in time; stopping it",
+                        Role::Settle.name()
+                    );
+                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                    return;
+                }
+            }
+        }
+    }
+
     fn link_socket(&self) {
         let Some(link) = &self.plan.socket_symlink else {
             return;
@@ -635,6 +692,13 @@ impl Boot {
             );
         }
     }
+}
+
+/// What tailscaled must not inherit: the credentials (D15) and tsboot's own plumbing.
+fn tailscaled_env_remove() -> Vec<&'static str> {
+    let mut vars = DAEMON_ENV_REMOVE.to_vec();
+    vars.extend(["TS_READY_FD", UNDER_INIT_VAR]);
+    vars
 }
 
 /// `phase` with the guard flag added when it is the guard.

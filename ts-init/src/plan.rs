@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use ts_common::argv::{self, Command};
-use ts_common::process::AUTH_KEY_VARS;
+use ts_common::process::DAEMON_ENV_REMOVE;
 use ts_common::settings::{AuthKeySource, Override, Settings};
 
 /// A tsboot phase binary ts-init runs, with its arguments.
@@ -49,6 +49,9 @@ pub struct BootPlan {
     pub proxy_rules: Option<Phase>,
     /// Started only if the preflight reports patch permission.
     pub kubestate: Option<Phase>,
+    /// On shutdown with the kube state store, before tailscaled is signalled: wait for the state
+    /// secret to be consistent (`--timeout` is added when it runs).
+    pub settle: Option<Phase>,
     /// Flags given to ts-init, passed to every phase as the variables they stand for.
     pub env_overrides: Vec<Override>,
 }
@@ -95,6 +98,7 @@ impl BootPlan {
                 .then(|| Phase::new("ts-proxy-rules", &[], true)),
             kubestate: kube
                 .then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
+            settle: kube.then(|| Phase::new("ts-kubestate", &["settle"], false)),
             env_overrides,
         }
     }
@@ -121,10 +125,10 @@ impl BootPlan {
                     "2. run {} (see `ts-kubestate preflight --explain`): SelfSubjectAccessReviews for get/update/patch on secret {:?}{}",
                     p.display(),
                     settings.kube_secret,
-                    if settings.auth_key.is_none() {
-                        "; reads the secret's authkey"
+                    if settings.auth_key.is_none() && !settings.oauth_login() {
+                        "; reads the secret (its existence, or create permission, and its authkey)"
                     } else {
-                        ""
+                        "; reads the secret (its existence, or create permission)"
                     }
                 );
             }
@@ -152,7 +156,7 @@ impl BootPlan {
             w,
             "4. start {} (own process group; without {})",
             self.tailscaled,
-            AUTH_KEY_VARS.join(", ")
+            DAEMON_ENV_REMOVE.join(", ")
         );
         let _ = writeln!(
             w,
@@ -161,14 +165,14 @@ impl BootPlan {
         );
         let key_note = match (settings.auth_key_source, &settings.auth_key) {
             (_, Some(_)) => "",
-            (AuthKeySource::Unset, None) if self.preflight.is_some() => {
+            (AuthKeySource::Unset, None) if self.preflight.is_some() && !settings.oauth_login() => {
                 " (plus --authkey=<redacted> if the preflight finds one in the secret)"
             }
             _ => "",
         };
         let _ = writeln!(
             w,
-            "6. run {} : {} {}{}, then wait for Running",
+            "6. run {} : {} {}{}, then wait for Running{}",
             self.auth.display(),
             if settings.auth_once {
                 "only on NeedsLogin:"
@@ -176,7 +180,12 @@ impl BootPlan {
                 "at once:"
             },
             self.up,
-            key_note
+            key_note,
+            if settings.auth_once {
+                format!(", then run {}", argv::tailscale_set(settings))
+            } else {
+                String::new()
+            }
         );
         let mut n = 7;
         for (phase, what) in [
@@ -208,6 +217,14 @@ impl BootPlan {
             w,
             "guard of the Running state (exit 1 when tailscaled leaves it): {guard}"
         );
+        if let Some(p) = &self.settle {
+            let _ = writeln!(
+                w,
+                "on shutdown, before SIGTERM to tailscaled: run {} --timeout <at most {:?}, half of TS_SHUTDOWN_GRACE> (wait for a consistent state secret)",
+                p.display(),
+                settings.shutdown_grace / 2
+            );
+        }
         for var in &settings.unsupported_vars {
             let _ = writeln!(
                 w,

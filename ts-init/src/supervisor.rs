@@ -25,6 +25,8 @@ pub enum Role {
     Tailscaled,
     Auth,
     Watcher(&'static str),
+    /// The shutdown wait for a consistent state secret.
+    Settle,
 }
 
 impl Role {
@@ -35,6 +37,7 @@ impl Role {
             Role::Tailscaled => "tailscaled",
             Role::Auth => "ts-auth",
             Role::Watcher(name) => name,
+            Role::Settle => "ts-kubestate settle",
         }
     }
 }

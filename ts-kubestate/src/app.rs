@@ -2,7 +2,7 @@
 //! take validated [`Settings`], run the mode (or print its plan) and return the exit status.
 
 use crate::explain::Explainer;
-use crate::{preflight, watch};
+use crate::{preflight, settle, watch};
 use ts_common::cli::plan;
 use ts_common::exit;
 use ts_common::kube::{KubeClient, KubeRequest};
@@ -19,6 +19,9 @@ pub enum Action {
         can_patch: Option<bool>,
         guard: bool,
     },
+    /// At shutdown, before tailscaled is signalled: wait at most `timeout` for the state in the
+    /// secret to be consistent.
+    Settle { timeout: std::time::Duration },
 }
 
 /// Runs `action` (or, with `explain`, prints its plan) and returns the exit status.
@@ -28,7 +31,63 @@ pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
         (Action::Preflight { result_fd }, false) => run_preflight(settings, result_fd).await,
         (Action::Watch { can_patch, .. }, true) => explain_watch(settings, can_patch).await,
         (Action::Watch { can_patch, guard }, false) => run_watch(settings, can_patch, guard).await,
+        (Action::Settle { timeout }, true) => explain_settle(settings, timeout).await,
+        (Action::Settle { timeout }, false) => run_settle(settings, timeout).await,
     }
+}
+
+async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
+    if let Some(why) = preflight::skip_reason(settings) {
+        tracing::info!("no state secret to wait for ({why})");
+        return exit::SUCCESS;
+    }
+    let client = match KubeClient::from_settings(settings) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return crate::kube_exit_code(&e);
+        }
+    };
+    let secret = settings.kube_secret.as_str();
+    tracing::info!("Checking for consistent state");
+    let deadline = tokio::time::Instant::now() + timeout;
+    match settle::run(&client, secret, deadline).await {
+        settle::Settled::Consistent => exit::SUCCESS,
+        settle::Settled::TimedOut => {
+            tracing::warn!("state in Secret {secret:?} still incomplete after {timeout:?}; stopping tailscaled anyway");
+            exit::FAILURE
+        }
+        settle::Settled::Unreadable(why) => {
+            tracing::warn!("Error waiting for consistent state on shutdown: {why}");
+            exit::FAILURE
+        }
+    }
+}
+
+async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
+    let ex = match skip_or_explainer(settings, "settle", preflight::skip_reason(settings)) {
+        Ok(ex) => ex,
+        Err(code) => return code,
+    };
+    let ns = crate::KubeOps::namespace(&ex).to_string();
+    plan(format!(
+        "  repeat {} (100 ms, doubling to 1 s apart) until the state keys are all present or all absent, at most {timeout:?}",
+        KubeRequest::get_secret(&ns, &settings.kube_secret).describe()
+    ));
+    let now = match crate::KubeOps::get_secret(&ex, &settings.kube_secret).await {
+        Ok(None) => "the secret does not exist: nothing to wait for".to_string(),
+        Ok(Some(found)) => {
+            let keys = found.data.iter().flat_map(|d| d.keys().map(String::as_str));
+            if settle::has_consistent_state(keys) {
+                "the state is consistent: it would return at once".to_string()
+            } else {
+                "the state is incomplete: it would wait".to_string()
+            }
+        }
+        Err(e) => format!("the secret cannot be read ({e}): it would not wait"),
+    };
+    plan(format!("  now: {now}"));
+    exit::SUCCESS
 }
 
 async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
@@ -170,14 +229,23 @@ async fn explain_preflight(settings: &Settings) -> i32 {
     exit::SUCCESS
 }
 
-async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
-    if let Some(why) = watch::skip_reason(settings) {
+/// The plan's one line when `skip` says there is nothing to do (`Err(0)`), else the explainer.
+fn skip_or_explainer(
+    settings: &Settings,
+    mode: &str,
+    skip: Option<&'static str>,
+) -> Result<Explainer, i32> {
+    if let Some(why) = skip {
         plan(format!(
-            "ts-kubestate watch plan: no Kubernetes calls ({why}); exits 0"
+            "ts-kubestate {mode} plan: no Kubernetes calls ({why}); exits 0"
         ));
-        return exit::SUCCESS;
+        return Err(exit::SUCCESS);
     }
-    let ex = match explainer(settings, "watch") {
+    explainer(settings, mode)
+}
+
+async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
+    let ex = match skip_or_explainer(settings, "watch", watch::skip_reason(settings)) {
         Ok(ex) => ex,
         Err(code) => return code,
     };

@@ -15,6 +15,7 @@
 pub mod app;
 pub mod explain;
 pub mod preflight;
+pub mod settle;
 pub mod watch;
 
 use k8s_openapi::api::core::v1::Secret;

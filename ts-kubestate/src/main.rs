@@ -12,6 +12,11 @@
 //!   `device_id` / `device_fqdn` on every change of the node's identity. Reports readiness on
 //!   `TS_READY_FD` after its first reconcile. Without patch permission it has nothing to do.
 //!
+//! * `ts-kubestate settle [--timeout DUR]` — run by ts-init on shutdown, before tailscaled is
+//!   signalled: waits (at most half of `TS_SHUTDOWN_GRACE` by default) until the state in the
+//!   secret is consistent, so a pod stopped mid-login keeps a usable state. Exits 0 when it is,
+//!   1 when the wait ended without it (ts-init stops tailscaled either way).
+//!
 //! Inputs: the same `TS_*` environment as ts-init (`TS_KUBE_SECRET`, `TS_SOCKET`,
 //! `TS_AUTH_ONCE`, `TS_AUTHKEY`, `TS_READY_FD`, `TS_TEST_ONLY_ROOT`), `KUBERNETES_SERVICE_HOST`,
 //! `KUBERNETES_SERVICE_PORT_HTTPS` and the pod's service account files; flags override the
@@ -26,14 +31,14 @@
 use clap::{Parser, Subcommand};
 use ts_common::cli;
 use ts_common::exit;
-use ts_common::settings::parse_bool;
+use ts_common::settings::{parse_bool, parse_duration};
 use ts_kubestate::app::{self, Action};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "ts-kubestate",
     version,
-    about = "tsboot's Kubernetes phase: RBAC/authkey preflight and the device-info watcher",
+    about = "tsboot's Kubernetes phase: RBAC/authkey preflight, the device-info watcher, the shutdown state wait",
     after_help = cli::EXIT_CODES_HELP
 )]
 struct Cli {
@@ -82,6 +87,12 @@ enum Mode {
         #[arg(long)]
         guard: bool,
     },
+    /// At shutdown, before tailscaled is stopped: wait until the state in the secret is consistent
+    Settle {
+        /// Longest wait, e.g. 10s [default: half of TS_SHUTDOWN_GRACE]
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+    },
 }
 
 fn main() {
@@ -109,6 +120,20 @@ async fn run(cli: Cli) -> i32 {
     });
     let action = match mode {
         Mode::Preflight { result_fd } => Action::Preflight { result_fd },
+        Mode::Settle { timeout: None } => Action::Settle {
+            timeout: settings.shutdown_grace / 2,
+        },
+        Mode::Settle {
+            timeout: Some(value),
+        } => match parse_duration(&value) {
+            Some(timeout) => Action::Settle { timeout },
+            None => {
+                tracing::error!(
+                    "invalid configuration: --timeout={value:?} is not a duration: use e.g. 10s or 500ms"
+                );
+                return exit::USAGE;
+            }
+        },
         Mode::Watch {
             can_patch: None,
             guard,

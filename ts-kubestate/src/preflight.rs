@@ -3,7 +3,9 @@
 //!
 //! 1. SSAR `get` and `update` on the secret (required);
 //! 2. SSAR `patch` (optional: decides whether tsboot may write the secret);
-//! 3. without `TS_AUTHKEY`, `GET` the secret's `authkey`.
+//! 3. `GET` the secret: when it does not exist, SSAR `create` must allow tailscaled to create
+//!    it, or the boot stops here with a clear error (as today's image);
+//! 4. without `TS_AUTHKEY` and without an OAuth client, take the secret's `authkey`.
 //!
 //! Status handling per deviations.md: an SSAR that fails (401 after a token re-read, 403, 404,
 //! 422, transient faults after the bounded retry) is logged and counts as allowed for
@@ -70,6 +72,11 @@ pub enum PreflightError {
     /// The authkey GET failed (401 after a retry, 403, 422, transient after the retry, ...).
     #[error("Getting authkey from kube secret: {0}")]
     GetAuthKey(#[source] KubeError),
+    /// The state secret GET (made only to see whether it exists) failed.
+    #[error("Getting Tailscale state Secret: {0}")]
+    GetSecret(#[source] KubeError),
+    #[error("Tailscale state Secret {0:?} does not exist and we don't have permissions to create it. If you intend to store tailscale state elsewhere than a Kubernetes Secret, you can explicitly set TS_KUBE_SECRET env var to an empty string. Else ensure that RBAC is set up that allows the service account associated with this installation to create Secrets (docker/kubernetes/rbac.yaml).")]
+    MissingSecretCannotCreate(String),
     #[error("authkey found in TS_KUBE_SECRET, but the pod doesn't have patch permissions on the secret to manage the authkey.")]
     AuthKeyWithoutPatch,
     /// The client could not be built (missing service account files, bad port, ...).
@@ -132,12 +139,28 @@ pub async fn run<K: KubeOps>(
     }
     let can_patch = check(kube, "patch", secret).await?.unwrap_or(false);
 
+    let want_key = settings.auth_key.is_none() && !settings.oauth_login();
+    let found = kube.get_secret(secret).await.map_err(if want_key {
+        PreflightError::GetAuthKey
+    } else {
+        PreflightError::GetSecret
+    })?;
+    if found.is_none() {
+        // tailscaled's `kube:` store creates a missing secret; without that right it would
+        // fail later with a less helpful message. An unanswerable check counts as "no", as in
+        // today's image.
+        if check(kube, "create", secret).await? != Some(true) {
+            return Err(PreflightError::MissingSecretCannotCreate(
+                secret.to_string(),
+            ));
+        }
+        tracing::info!(
+            "state Secret {secret:?} does not exist yet; tailscaled will create it (create permission granted)"
+        );
+    }
+
     let mut authkey = None;
-    if settings.auth_key.is_none() {
-        let found = kube
-            .get_secret(secret)
-            .await
-            .map_err(PreflightError::GetAuthKey)?;
+    if want_key {
         authkey = found
             .as_ref()
             .and_then(|s| secret_value(s, "authkey"))

@@ -1,0 +1,123 @@
+//! The shutdown wait (run by ts-init after SIGTERM, before tailscaled is signalled): wait until
+//! tailscaled has finished writing its state to the secret, so a pod stopped right after a
+//! login does not leave a half-written state it can never recover from (tailscale#14080).
+//!
+//! "Consistent" is today's image's approximation of tailscaled's profile store: either none of
+//! `_current-profile`, `_profiles`, `_machinekey` and a `profile-*` key is present (nothing
+//! written yet), or all of them are, with exactly one `profile-*` key. A missing secret counts
+//! as consistent (nothing written), and so does a secret that cannot be read: the wait must
+//! never be the reason a pod does not stop.
+
+use crate::KubeOps;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Keys tailscaled's profile store writes together (its `ipn` state keys).
+const CURRENT_PROFILE: &str = "_current-profile";
+const KNOWN_PROFILES: &str = "_profiles";
+const MACHINE_KEY: &str = "_machinekey";
+const PROFILE_PREFIX: &str = "profile-";
+
+/// First and largest pause between two reads of the secret.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// How the wait ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The state is complete (or there is none).
+    Consistent,
+    /// The deadline passed with the state still half-written.
+    TimedOut,
+    /// The secret could not be read; the reason, for the log.
+    Unreadable(String),
+}
+
+/// Whether the secret's keys form a consistent tailscaled state (see the module docs).
+pub fn has_consistent_state<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool {
+    let (mut current, mut known, mut machine, mut profiles) = (false, false, false, 0usize);
+    for key in keys {
+        match key {
+            CURRENT_PROFILE => current = true,
+            KNOWN_PROFILES => known = true,
+            MACHINE_KEY => machine = true,
+            k if k.starts_with(PROFILE_PREFIX) => profiles += 1,
+            _ => {}
+        }
+    }
+    let all = current && known && machine && profiles == 1;
+    let none = !current && !known && !machine && profiles == 0;
+    all || none
+}
+
+/// Reads the secret until its state is consistent or `deadline` passes.
+pub async fn run<K: KubeOps>(kube: &K, secret: &str, deadline: Instant) -> Settled {
+    let mut pause = FIRST_PAUSE;
+    let mut logged = false;
+    loop {
+        let read = tokio::time::timeout_at(deadline, kube.get_secret(secret)).await;
+        let found = match read {
+            Err(_) => return Settled::TimedOut,
+            Ok(Err(e)) => return Settled::Unreadable(e.to_string()),
+            Ok(Ok(None)) => return Settled::Consistent,
+            Ok(Ok(Some(found))) => found,
+        };
+        let keys = found.data.iter().flat_map(|d| d.keys().map(String::as_str));
+        if has_consistent_state(keys) {
+            return Settled::Consistent;
+        }
+        if !logged {
+            tracing::info!("Waiting for tailscaled to finish writing state to Secret {secret:?}");
+            logged = true;
+        }
+        if Instant::now() + pause >= deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Settled::TimedOut;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_consistent_state;
+
+    #[test]
+    fn consistency_as_todays_image_approximates_it() {
+        let all = [
+            "_current-profile",
+            "_profiles",
+            "_machinekey",
+            "profile-1a2b",
+        ];
+        assert!(has_consistent_state(all));
+        assert!(has_consistent_state(["authkey", "device_id"]));
+        assert!(has_consistent_state([]));
+        let with_extra = [
+            "authkey",
+            "_current-profile",
+            "_profiles",
+            "_machinekey",
+            "profile-x",
+        ];
+        assert!(has_consistent_state(with_extra));
+        // Half-written: some keys without the others.
+        assert!(!has_consistent_state(["_machinekey"]));
+        assert!(!has_consistent_state([
+            "_machinekey",
+            "_profiles",
+            "profile-1"
+        ]));
+        assert!(!has_consistent_state(["profile-1"]));
+        // Two profiles are not what a container writes.
+        let two = [
+            "_current-profile",
+            "_profiles",
+            "_machinekey",
+            "profile-1",
+            "profile-2",
+        ];
+        assert!(!has_consistent_state(two));
+    }
+}
