@@ -16,7 +16,7 @@ set -euo pipefail
 
 # Every binary an image may ship. docker/ci-checks.sh checks that each one the Dockerfile
 # copies is listed here and is a binary target of the workspace.
-BINS=(ts-init ts-prep ts-auth ts-proxy-rules ts-kubestate)
+BINS=(ts-init ts-prep ts-auth ts-proxy-rules ts-kubestate ts-serve)
 
 out=""
 case "${1:-}" in

@@ -42,13 +42,14 @@ real_bin="${TSBOOT_REAL_BIN:-${TSBOOT_REAL_CACHE:-${HOME:-/root}/.cache/tsboot-r
 # The image names the Kubernetes manifests and compose.yaml use, tagged with the workspace version.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n1)"
 registry=ghcr.io/example
-targets=(tsboot ts-prep ts-proxy-rules ts-kubestate)
+targets=(tsboot ts-prep ts-proxy-rules ts-kubestate ts-serve)
 image_of() {
     case "$1" in
         tsboot) echo "$registry/tsboot:$version" ;;
         ts-prep) echo "$registry/tsboot-prep:$version" ;;
         ts-proxy-rules) echo "$registry/tsboot-proxy-rules:$version" ;;
         ts-kubestate) echo "$registry/tsboot-kubestate:$version" ;;
+        ts-serve) echo "$registry/tsboot-serve:$version" ;;
         *) return 1 ;;
     esac
 }

@@ -27,13 +27,17 @@
 //! * `FAKE_TAILSCALED_SIGNAL_LOG=<file>`: one line per received signal (`SIGHUP`, `SIGUSR1`,
 //!   `SIGUSR2`, `SIGQUIT`, `SIGTERM`, `SIGINT`); HUP/USR1/USR2/QUIT are caught only then;
 //! * `FAKE_TAILSCALED_READY_STDOUT=1`: print `ready` on stdout once both sockets listen;
-//! * `FAKE_TAILSCALED_CONTROL=<path>`: the control socket (below).
+//! * `FAKE_TAILSCALED_CONTROL=<path>`: the control socket (below);
+//! * `FAKE_TAILSCALED_SERVE_LOG=<file>`: serve-config POSTs and prefs PATCHes (see [`serve`]).
+//!
+//! Besides the bus it serves `serve-config`, `prefs` and `dns-config` (see [`serve`]).
 //!
 //! Control protocol: line commands, each answered `ok[ <detail>]\n` or `err <why>\n` when done:
 //! `notify <one-line JSON>`, `replay <ndjson path>`, `state <n>`, `drop` (end every watch
 //! stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
 //! `orphans <N>` (N zombies re-parented to the nearest subreaper), `ignore-sigterm <secs>`,
-//! `watchers` (`ok <open watch streams>`).
+//! `watchers` (`ok <open watch streams>`), `serve-config` (`ok <stored JSON>`), `advertised`
+//! (`ok <services>`), `cert-domains <a,b>` (set the netmap's certificate domains quietly).
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -50,6 +54,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
+
+pub mod serve;
 
 /// The seed test harness's NeedsLogin notify (fixture `seed-era-testharness-needslogin.json`).
 pub const DEFAULT_INITIAL: &str =
@@ -437,12 +443,18 @@ struct Shared {
     request_log: Option<PathBuf>,
     signal_log: Option<PathBuf>,
     ignore_sigterm_until: Mutex<Option<Instant>>,
+    serve: Mutex<serve::ServeState>,
+    serve_log: Option<PathBuf>,
 }
 
 impl Shared {
     fn bus(&self) -> MutexGuard<'_, BusState> {
         // A panic while holding the lock is already a test failure; keep serving.
         self.bus.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn serve(&self) -> MutexGuard<'_, serve::ServeState> {
+        self.serve.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn cleanup(&self) {
@@ -515,6 +527,9 @@ async fn handle(
     let origin = req.headers().contains_key(http::header::ORIGIN);
     if !host_ok || referer || origin {
         return Ok(text(StatusCode::FORBIDDEN, "invalid localapi request"));
+    }
+    if serve::is_ours(req.uri().path()) {
+        return Ok(serve::handle(req, &shared).await);
     }
     if req.uri().path() != "/localapi/v0/watch-ipn-bus" {
         return Ok(text(
@@ -701,6 +716,9 @@ fn run_command(shared: &Shared, cmd: &str, arg: &str) -> String {
             Ok(String::new())
         }
         "watchers" => Ok(format!(" {}", shared.bus().open_watchers())),
+        "serve-config" => Ok(format!(" {}", serve::control_show(shared))),
+        "advertised" => Ok(format!(" {}", serve::control_advertised(shared))),
+        "cert-domains" => serve::control_cert_domains(shared, arg).map(|()| String::new()),
         "ignore-sigterm" => match arg.parse::<f64>() {
             Ok(secs) if secs >= 0.0 => {
                 *shared
@@ -878,6 +896,8 @@ pub fn main() -> i32 {
         ignore_sigterm_until: Mutex::new(
             ignore_secs.map(|s| Instant::now() + Duration::from_secs_f64(s)),
         ),
+        serve: Mutex::new(serve::ServeState::default()),
+        serve_log: env_path("FAKE_TAILSCALED_SERVE_LOG"),
     });
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

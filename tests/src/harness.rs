@@ -73,7 +73,21 @@ pub const HEAD: Era = Era {
     new_fqdn: "new-name.tail1234.ts.net.",
 };
 
-pub const ERAS: [Era; 3] = [HARNESS, SEED, HEAD];
+/// A real tailscaled v1.102.5, captured in the real-peer lab (tests/fixtures/ipn-bus/real-v1.102):
+/// identity only in `SelfChange`, headscale's numeric StableID; the change is a rename.
+pub const REAL: Era = Era {
+    name: "real-v1.102",
+    initial: "real-v1.102/01-initial-needslogin-mask14.json",
+    login: "real-v1.102/stream-authkey-login-mask14.ndjson",
+    identity_change: "real-v1.102/02-selfchange-renamed.json",
+    stable_id: "1",
+    fqdn: "a.lab.tsboot.test.",
+    ipv4: "100.64.0.1",
+    new_stable_id: "1",
+    new_fqdn: "renamed-a.lab.tsboot.test.",
+};
+
+pub const ERAS: [Era; 4] = [HARNESS, SEED, HEAD, REAL];
 
 /// A temporary root (`TS_TEST_ONLY_ROOT`) with the fakes installed.
 pub struct Root {

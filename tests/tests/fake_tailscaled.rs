@@ -135,7 +135,7 @@ fn enforces_the_daemons_host_and_header_rules() {
 fn only_the_bus_is_implemented() {
     let fake = FakeTailscaled::start("paths", None, &[]);
     let host = "Host: local-tailscaled.sock\r\n";
-    for path in ["/localapi/v0/status", "/localapi/v0/prefs", "/"] {
+    for path in ["/localapi/v0/status", "/localapi/v0/debug", "/"] {
         let (code, _, body) = raw(&fake.socket, &get(path, host));
         assert_eq!(code, 404, "{path}");
         assert!(body.contains("fake-tailscaled implements only"), "{body}");

@@ -416,6 +416,8 @@ fn real_bus_messages_parse_with_tsboots_model() {
 
     let steady = BusCapture::start(d.socket.clone(), 10);
     steady.wait_line("the first steady message", |_| true);
+    // The login stream ends here: what follows on that watch is the rename's.
+    let login_lines = login.lines();
     let node = lab.node_named("a").expect("node a in headscale");
     let id = node["id"].to_string().trim_matches('"').to_string();
     lab.headscale_try(&["nodes", "rename", "--identifier", &id, "renamed-a"])
@@ -431,7 +433,6 @@ fn real_bus_messages_parse_with_tsboots_model() {
             })
             .collect()
     };
-    let login_lines = login.lines();
     let steady_lines = steady.lines();
     let first = parse(&login_lines);
     assert_eq!(first[0].backend_state(), Some(BackendState::NeedsLogin));

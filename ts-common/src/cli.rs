@@ -61,3 +61,35 @@ pub fn warn_unsupported(settings: &Settings) {
 pub fn plan(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
+
+/// The flags every long-lived watcher phase has, for `#[command(flatten)]`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WatcherArgs {
+    /// tailscaled's LocalAPI socket [env: TS_SOCKET]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<String>,
+
+    /// Write one newline to this fd after the first reconcile, then close it [env: TS_READY_FD]
+    #[arg(long, value_name = "FD")]
+    pub ready_fd: Option<String>,
+
+    /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
+    #[arg(long)]
+    pub guard: bool,
+
+    /// Print the plan to stdout and change nothing
+    #[arg(long)]
+    pub explain: bool,
+}
+
+impl WatcherArgs {
+    /// The variables these flags stand for, plus `more` (the phase's own flags).
+    pub fn overrides(&self, more: &[(&'static str, Option<&String>)]) -> Vec<Override> {
+        let mut pairs = vec![
+            ("TS_SOCKET", self.socket.as_ref()),
+            ("TS_READY_FD", self.ready_fd.as_ref()),
+        ];
+        pairs.extend_from_slice(more);
+        overrides(&pairs)
+    }
+}

@@ -87,6 +87,22 @@ pub enum LocalApiError {
         #[source]
         source: NotifyError,
     },
+    #[error(
+        "tailscaled at {socket} did not answer {method} {path} within {timeout:?}; is it stuck?"
+    )]
+    Timeout {
+        socket: PathBuf,
+        method: String,
+        path: String,
+        timeout: Duration,
+    },
+    #[error("tailscaled at {socket} answered {method} {path} with more than {limit} bytes; is the socket really tailscaled's?")]
+    ReplyTooLarge {
+        socket: PathBuf,
+        method: String,
+        path: String,
+        limit: usize,
+    },
 }
 
 /// A client of one tailscaled LocalAPI socket.
@@ -122,25 +138,11 @@ impl LocalApi {
         let request = http::Request::get(uri)
             .header(http::header::HOST, HOST)
             .body(Empty::<Bytes>::new())
-            .map_err(|e| LocalApiError::Status {
-                path: path.clone(),
-                code: 0,
-                body: e.to_string(),
-                hint: "",
-            })?;
-        let response = client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                LocalApiError::Connect {
-                    socket: self.socket.clone(),
-                    source: io_source(&e),
-                }
-            } else {
-                LocalApiError::Request {
-                    socket: self.socket.clone(),
-                    source: e,
-                }
-            }
-        })?;
+            .map_err(|e| build_error(&path, e))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| self.client_error(e))?;
         let status = response.status();
         let mut body = response.into_body();
         if status != http::StatusCode::OK {
@@ -159,6 +161,33 @@ impl LocalApi {
             scanned: 0,
             ended: false,
         })
+    }
+}
+
+impl LocalApi {
+    /// A failed request: `Connect` when the socket could not be reached, else `Request`.
+    fn client_error(&self, e: hyper_util::client::legacy::Error) -> LocalApiError {
+        if e.is_connect() {
+            LocalApiError::Connect {
+                socket: self.socket.clone(),
+                source: io_source(&e),
+            }
+        } else {
+            LocalApiError::Request {
+                socket: self.socket.clone(),
+                source: e,
+            }
+        }
+    }
+}
+
+/// A request that could not even be built (a header value the http crate refuses).
+fn build_error(path: &str, e: http::Error) -> LocalApiError {
+    LocalApiError::Status {
+        path: path.to_string(),
+        code: 0,
+        body: e.to_string(),
+        hint: "",
     }
 }
 
@@ -392,9 +421,150 @@ impl Follower {
     }
 }
 
+/// How long a plain LocalAPI call may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Plain replies (serve config, prefs, DNS config) are read up to this size.
+const MAX_REPLY: usize = 8 << 20;
+
+/// The answer to a plain (non-streaming) LocalAPI call, whatever its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    /// The `Etag` header (tailscaled sends it on `GET serve-config`), verbatim.
+    pub etag: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body as text for an error message: lossy UTF-8, at most `max` characters, control
+    /// characters escaped, so a daemon's answer can go into one log line safely.
+    pub fn body_excerpt(&self, max: usize) -> String {
+        bounded_text(&self.body, max)
+    }
+}
+
+/// `bytes` as one printable line: lossy UTF-8, trimmed, control characters escaped, cut at
+/// `max` characters (with an ellipsis).
+pub fn bounded_text(bytes: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl LocalApi {
+    /// One plain request: `method path` with an optional `If-Match` and JSON body, on its own
+    /// connection, answered within [`CALL_TIMEOUT`]. Any HTTP status is an `Ok` [`Reply`]; only
+    /// transport failures are errors (a connect failure is [`LocalApiError::Connect`]).
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, LocalApiError> {
+        let fut = self.call_inner(method.clone(), path, if_match, body);
+        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(LocalApiError::Timeout {
+                socket: self.socket.clone(),
+                method: method.to_string(),
+                path: path.to_string(),
+                timeout: CALL_TIMEOUT,
+            }),
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        method: http::Method,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, LocalApiError> {
+        let client: Client<UnixConnector, http_body_util::Full<Bytes>> =
+            Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(UnixConnector);
+        // Same Host rule as the bus watch (see `watch_ipn_bus`).
+        let uri: http::Uri = UnixUri::new(&self.socket, path).into();
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(http::header::HOST, HOST);
+        if let Some(tag) = if_match {
+            builder = builder.header(http::header::IF_MATCH, tag);
+        }
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(http_body_util::Full::new(Bytes::from(
+                body.unwrap_or_default(),
+            )))
+            .map_err(|e| build_error(path, e))?;
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| self.client_error(e))?;
+        let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get(http::header::ETAG)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let mut body = response.into_body();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| LocalApiError::Read {
+                socket: self.socket.clone(),
+                source,
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.extend_from_slice(&data);
+                if out.len() > MAX_REPLY {
+                    return Err(LocalApiError::ReplyTooLarge {
+                        socket: self.socket.clone(),
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        limit: MAX_REPLY,
+                    });
+                }
+            }
+        }
+        Ok(Reply {
+            status,
+            etag,
+            body: out,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_text_escapes_and_cuts() {
+        assert_eq!(bounded_text(b"  etag mismatch\n", 100), "etag mismatch");
+        assert_eq!(bounded_text(b"a\x1b[31mb", 100), "a\\u{1b}[31mb");
+        assert_eq!(bounded_text(b"abcdef", 3), "abc…");
+        assert_eq!(bounded_text(&[0xff, b'x'], 10), "\u{fffd}x");
+    }
 
     #[test]
     fn masks_are_the_references() {

@@ -153,6 +153,16 @@ pub struct NetMap {
     /// Seed..v1.48 only (`machine-authorized`, `machine-unauthorized`, ...).
     #[serde(rename = "MachineStatus", default, deserialize_with = "nullable")]
     pub machine_status: String,
+    #[serde(rename = "DNS", default, deserialize_with = "nullable")]
+    pub dns: DnsConfig,
+}
+
+/// The part of `tailcfg.DNSConfig` (`NetMap.DNS`, and the body of `GET /localapi/v0/dns-config`)
+/// ts-serve needs: the names this node may get TLS certificates for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct DnsConfig {
+    #[serde(rename = "CertDomains", default, deserialize_with = "nullable")]
+    pub cert_domains: Vec<String>,
 }
 
 /// The parts of `tailcfg.Node` that identify this device.
@@ -187,6 +197,8 @@ pub struct Status {
     pub tailscale_ips: Vec<IpAddr>,
     #[serde(rename = "Self", default)]
     pub self_status: Option<PeerStatus>,
+    #[serde(rename = "CertDomains", default, deserialize_with = "nullable")]
+    pub cert_domains: Vec<String>,
 }
 
 /// The parts of `ipnstate.PeerStatus` that identify a node.
@@ -307,6 +319,19 @@ impl Notify {
             name: me.dns_name.clone(),
             addresses: ips.iter().map(|ip| single_ip(*ip)).collect(),
         })
+    }
+
+    /// The node's certificate domains when this message tells them: a netmap's `DNS` (seed
+    /// and the first message of a HEAD watch) or HEAD's `InitialStatus`. `None` when the
+    /// message says nothing about them; HEAD's runtime `SelfChange` does not carry them either
+    /// (ask `GET /localapi/v0/dns-config` then).
+    pub fn cert_domains(&self) -> Option<&[String]> {
+        if let Some(nm) = &self.net_map {
+            return Some(&nm.dns.cert_domains);
+        }
+        self.initial_status
+            .as_ref()
+            .map(|s| s.cert_domains.as_slice())
     }
 
     /// True for the last message of a stream the server cut because we lagged.
@@ -470,6 +495,24 @@ mod tests {
         );
         let empty = Notify::from_line(br#"{"InitialStatus":{"Self":{"ID":""}}}"#).unwrap();
         assert_eq!(empty.self_identity(), None);
+    }
+
+    #[test]
+    fn cert_domains_from_netmap_or_initial_status() {
+        let n = Notify::from_line(br#"{"NetMap":{"DNS":{"CertDomains":["a.ts.net","b.ts.net"]}}}"#)
+            .unwrap();
+        assert_eq!(
+            n.cert_domains(),
+            Some(&["a.ts.net".to_string(), "b.ts.net".to_string()][..])
+        );
+        let none: &[String] = &[];
+        let n = Notify::from_line(br#"{"NetMap":{"DNS":null}}"#).unwrap();
+        assert_eq!(n.cert_domains(), Some(none));
+        let n = Notify::from_line(br#"{"InitialStatus":{"CertDomains":["c.ts.net"]}}"#).unwrap();
+        assert_eq!(n.cert_domains(), Some(&["c.ts.net".to_string()][..]));
+        let n = Notify::from_line(br#"{"SelfChange":{"StableID":"x"}}"#).unwrap();
+        assert_eq!(n.cert_domains(), None);
+        assert!(Notify::from_line(br#"{"NetMap":{"DNS":{"CertDomains":"x"}}}"#).is_err());
     }
 
     #[test]

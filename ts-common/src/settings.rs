@@ -25,7 +25,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Variables of newer containerboot versions that tsboot recognises but does not implement (D16′).
 pub const UNSUPPORTED_VARS: &[&str] = &[
-    "TS_SERVE_CONFIG",
     "TS_ENABLE_HEALTH_CHECK",
     "TS_HEALTHCHECK_ADDR_PORT",
     "TS_LOCAL_ADDR_PORT",
@@ -55,6 +54,8 @@ pub const SECRET_VARS: &[&str] = &[
 pub const SECRET_UP_FLAGS: &[&str] = &["authkey", "auth-key", "client-secret", "id-token"];
 /// Prefix of newer containerboot's experimental variables, also unsupported (D16).
 pub const UNSUPPORTED_PREFIX: &str = "TS_EXPERIMENTAL_";
+/// Variables under [`UNSUPPORTED_PREFIX`] that tsboot does implement.
+pub const SUPPORTED_EXPERIMENTAL_VARS: &[&str] = &["TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT"];
 
 /// A credential: an auth key, an OAuth client secret or an ID token. Its `Debug` and `Display`
 /// never show the value, so it cannot leak into a log line or an error message by accident;
@@ -292,7 +293,34 @@ pub struct Settings {
     pub ready_fd: Option<i32>,
     /// Recognised-but-unsupported variables that are set (D16), sorted.
     pub unsupported_vars: Vec<String>,
+    /// Serve configuration (ts-serve).
+    pub serve: ServeSettings,
 }
+
+/// `TS_SERVE_CONFIG` and what goes with it (ts-serve).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeSettings {
+    /// `TS_SERVE_CONFIG`: path of an `ipn.ServeConfig` JSON file; `None` when unset or empty.
+    pub config: Option<PathBuf>,
+    /// `TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT` (default true): advertise the config's
+    /// `svc:` services once it is applied.
+    pub auto_advertise: bool,
+    /// `TS_TEST_ONLY_SERVE_NO_INOTIFY`: behave as if inotify were unavailable (tests of the
+    /// 5 s poll).
+    pub no_inotify: bool,
+}
+
+impl ServeSettings {
+    /// How long ts-serve keeps running after un-advertising services at shutdown, so control
+    /// can move clients to another node first: the reference's 20 s, but at most half of
+    /// `TS_SHUTDOWN_GRACE` so tailscaled still gets its share. ts-init waits this long for it.
+    pub fn drain(shutdown_grace: Duration) -> Duration {
+        SERVICE_DRAIN.min(shutdown_grace / 2)
+    }
+}
+
+/// The reference's wait after un-advertising services.
+pub const SERVICE_DRAIN: Duration = Duration::from_secs(20);
 
 /// The variables as the process sees them: set (possibly empty) or absent.
 #[derive(Clone, Debug, Default)]
@@ -551,8 +579,18 @@ impl Settings {
             .vars
             .keys()
             .filter(|k| UNSUPPORTED_VARS.contains(&k.as_str()) || k.starts_with(UNSUPPORTED_PREFIX))
+            .filter(|k| !SUPPORTED_EXPERIMENTAL_VARS.contains(&k.as_str()))
             .cloned()
             .collect();
+
+        let serve = ServeSettings {
+            config: env
+                .get("TS_SERVE_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            auto_advertise: env.boolean("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", true)?,
+            no_inotify: env.boolean("TS_TEST_ONLY_SERVE_NO_INOTIFY", false)?,
+        };
 
         Ok(Settings {
             auth_key,
@@ -584,6 +622,7 @@ impl Settings {
             log_format,
             ready_fd,
             unsupported_vars,
+            serve,
         })
     }
 

@@ -351,3 +351,62 @@ fn details_the_table_does_not_cover() {
     assert!(read("head-era-19-errmessage-fell-behind.json").is_fell_behind());
     assert!(!read("head-era-18-errmessage.json").is_fell_behind());
 }
+
+/// The messages a real tailscaled v1.102.5 sent (captured in the real-peer lab): every line
+/// parses, the login stream reaches Running, and the self identity is where the real daemon
+/// puts it (`SelfChange` only), before and after a rename.
+#[test]
+fn captured_real_daemon_messages_parse() {
+    let dir = fixtures_dir().join("real-v1.102");
+    let lines = |name: &str| -> Vec<Notify> {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .lines()
+            .map(|l| {
+                Notify::from_line(l.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}: {l}"))
+            })
+            .collect()
+    };
+    let login = lines("login-mask14.ndjson");
+    assert_eq!(login[0].backend_state(), Some(BackendState::NeedsLogin));
+    assert!(login.iter().all(|n| n.net_map.is_none()), "real daemon sent a NetMap");
+    let running = login
+        .iter()
+        .position(|n| n.backend_state() == Some(BackendState::Running))
+        .expect("Running in the login stream");
+    let before_running = login[..running]
+        .iter()
+        .filter_map(|n| n.self_identity())
+        .next_back()
+        .expect("the self node before Running");
+    assert_eq!(before_running.stable_id, "1");
+    assert_eq!(before_running.name, "a.lab.tsboot.test.");
+    assert_eq!(
+        before_running
+            .addresses
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]
+    );
+    let steady = lines("steady-rename-mask10.ndjson");
+    assert_eq!(steady[0].backend_state(), Some(BackendState::Running));
+    let renamed = steady
+        .iter()
+        .filter_map(|n| n.self_identity())
+        .next_back()
+        .expect("the renamed self node");
+    assert_eq!(renamed.stable_id, "1");
+    assert_eq!(renamed.name, "renamed-a.lab.tsboot.test.");
+    // The derived files are exact cuts of the raw captures.
+    let raw = std::fs::read_to_string(dir.join("login-mask14.ndjson")).expect("raw");
+    let (first, rest) = raw.split_once('\n').expect("two lines");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("01-initial-needslogin-mask14.json")).expect("cut"),
+        format!("{first}\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("stream-authkey-login-mask14.ndjson")).expect("cut"),
+        rest
+    );
+}

@@ -192,6 +192,11 @@ impl Boot {
                 );
             }
         }
+        if let Some(p) = self.plan.serve.clone() {
+            let p = with_guard(p, self.guard == Guard::Serve);
+            let fd = self.start_ready_phase(Role::Watcher("ts-serve"), &p, Vec::new())?;
+            watchers.push((Role::Watcher("ts-serve"), fd));
+        }
         if !watchers.is_empty() {
             self.wait_ready(watchers, "waiting for the watchers' first reconcile")?;
         }
@@ -554,7 +559,8 @@ impl Boot {
             // an error; tailscaled follows once they are gone (or after a short wait).
             if self.sup.tailscaled_alive() && self.sup.live_children() > 1 {
                 self.sup.signal_children_except_tailscaled(Signal::SIGTERM);
-                let phases_end = (Instant::now() + PHASES_STOP).min(grace_end);
+                let phases_stop = self.plan.phases_stop(&self.settings, PHASES_STOP);
+                let phases_end = (Instant::now() + phases_stop).min(grace_end);
                 while self.sup.live_children() > usize::from(self.sup.tailscaled_alive()) {
                     match self.sup.next_event(&[], Some(phases_end)) {
                         Ok(Event::Timeout) | Err(_) => break,

@@ -49,6 +49,8 @@ pub struct BootPlan {
     pub proxy_rules: Option<Phase>,
     /// Started only if the preflight reports patch permission.
     pub kubestate: Option<Phase>,
+    /// The serve-config watcher, when `TS_SERVE_CONFIG` is set.
+    pub serve: Option<Phase>,
     /// On shutdown with the kube state store, before tailscaled is signalled: wait for the state
     /// secret to be consistent (`--timeout` is added when it runs).
     pub settle: Option<Phase>,
@@ -64,6 +66,7 @@ pub enum Guard {
     Auth,
     ProxyRules,
     KubeState,
+    Serve,
 }
 
 /// The flag that makes a phase the guard.
@@ -77,6 +80,8 @@ impl BootPlan {
             Guard::ProxyRules
         } else if self.kubestate.is_some() && can_patch {
             Guard::KubeState
+        } else if self.serve.is_some() {
+            Guard::Serve
         } else {
             Guard::Auth
         }
@@ -98,8 +103,29 @@ impl BootPlan {
                 .then(|| Phase::new("ts-proxy-rules", &[], true)),
             kubestate: kube
                 .then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
+            serve: settings
+                .serve
+                .config
+                .is_some()
+                .then(|| Phase::new("ts-serve", &[], true)),
             settle: kube.then(|| Phase::new("ts-kubestate", &["settle"], false)),
             env_overrides,
+        }
+    }
+
+    /// How long the watchers get to stop at shutdown before tailscaled is signalled: ts-serve
+    /// withdraws advertised services and then waits for control to move their clients.
+    pub fn phases_stop(
+        &self,
+        settings: &Settings,
+        default: std::time::Duration,
+    ) -> std::time::Duration {
+        match &self.serve {
+            Some(_) => default.max(
+                ts_common::settings::ServeSettings::drain(settings.shutdown_grace)
+                    + std::time::Duration::from_secs(1),
+            ),
+            None => default,
         }
     }
 
@@ -194,6 +220,7 @@ impl BootPlan {
                 &self.kubestate,
                 "device info in the secret (only with patch permission)",
             ),
+            (&self.serve, "serve config from TS_SERVE_CONFIG"),
         ] {
             if let Some(p) = phase {
                 let _ = writeln!(
@@ -208,10 +235,16 @@ impl BootPlan {
             w,
             "{n}. log \"Startup complete, waiting for shutdown signal\""
         );
-        let guard = match (self.proxy_rules.is_some(), self.kubestate.is_some()) {
-            (true, _) => "ts-proxy-rules (--guard)",
-            (false, true) => "ts-kubestate (--guard) if the preflight reports patch permission, else ts-auth (--guard)",
-            (false, false) => "ts-auth (--guard), which stays resident",
+        let guard = match (
+            self.proxy_rules.is_some(),
+            self.kubestate.is_some(),
+            self.serve.is_some(),
+        ) {
+            (true, _, _) => "ts-proxy-rules (--guard)",
+            (false, true, true) => "ts-kubestate (--guard) if the preflight reports patch permission, else ts-serve (--guard)",
+            (false, true, false) => "ts-kubestate (--guard) if the preflight reports patch permission, else ts-auth (--guard)",
+            (false, false, true) => "ts-serve (--guard)",
+            (false, false, false) => "ts-auth (--guard), which stays resident",
         };
         let _ = writeln!(
             w,

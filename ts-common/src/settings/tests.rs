@@ -36,12 +36,17 @@ const KNOWN_VARS: &[&str] = &[
     "TS_ID_TOKEN",
     "TS_AUDIENCE",
     "TS_DEBUG_ADDR_PORT",
+    "TS_SERVE_CONFIG",
+    "TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT",
+    "TS_TEST_ONLY_SERVE_NO_INOTIFY",
 ];
 
 const BOOL_VARS: &[(&str, bool)] = &[
     ("TS_USERSPACE", true),
     ("TS_ACCEPT_DNS", false),
     ("TS_AUTH_ONCE", false),
+    ("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", true),
+    ("TS_TEST_ONLY_SERVE_NO_INOTIFY", false),
 ];
 
 const DURATION_VARS: &[(&str, Duration)] = &[
@@ -112,6 +117,11 @@ fn empty_environment_gives_reference_defaults() {
         log_format: LogFormat::Text,
         ready_fd: None,
         unsupported_vars: vec![],
+        serve: ServeSettings {
+            config: None,
+            auto_advertise: true,
+            no_inotify: false,
+        },
     };
     assert_eq!(s, expected);
     assert!(!s.in_kubernetes());
@@ -392,6 +402,8 @@ fn bool_of(s: &Settings, var: &str) -> bool {
         "TS_USERSPACE" => s.userspace,
         "TS_ACCEPT_DNS" => s.accept_dns,
         "TS_AUTH_ONCE" => s.auth_once,
+        "TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT" => s.serve.auto_advertise,
+        "TS_TEST_ONLY_SERVE_NO_INOTIFY" => s.serve.no_inotify,
         other => panic!("not a boolean variable: {other}"),
     }
 }
@@ -952,6 +964,7 @@ fn every_unsupported_variable_is_listed() {
 fn experimental_prefix_is_unsupported_and_the_list_is_sorted() {
     let s = ok(&[
         ("TS_SERVE_CONFIG", "/x"),
+        ("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", "false"),
         ("TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR", "/y"),
         ("TS_HOSTNAME", "h"),
         ("TS_DEBUG_FIREWALL_MODE", "nftables"),
@@ -965,8 +978,46 @@ fn experimental_prefix_is_unsupported_and_the_list_is_sorted() {
         vec![
             "TS_EXPERIMENTAL_ENABLE_FORWARDING_OPTIMIZATIONS".to_string(),
             "TS_EXPERIMENTAL_VERSIONED_CONFIG_DIR".to_string(),
-            "TS_SERVE_CONFIG".to_string(),
         ]
+    );
+}
+
+#[test]
+fn serve_config_and_auto_advertisement() {
+    let s = ok(&[("TS_SERVE_CONFIG", "/etc/ts/serve.json")]);
+    assert_eq!(
+        s.serve.config.as_deref(),
+        Some(std::path::Path::new("/etc/ts/serve.json"))
+    );
+    assert!(s.serve.auto_advertise);
+    assert!(s.unsupported_vars.is_empty(), "{:?}", s.unsupported_vars);
+    // Set but empty is unset, as in the reference (`cfg.ServeConfigPath != ""`).
+    assert_eq!(ok(&[("TS_SERVE_CONFIG", "")]).serve.config, None);
+    let off = ok(&[("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", "false")]);
+    assert!(!off.serve.auto_advertise);
+    assert!(off.unsupported_vars.is_empty());
+    let err = Settings::from_vars([("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", "maybe")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT") && err.contains("maybe"),
+        "{err}"
+    );
+}
+
+#[test]
+fn service_drain_is_the_references_but_leaves_tailscaled_half_the_grace() {
+    assert_eq!(
+        ServeSettings::drain(Duration::from_secs(60)),
+        Duration::from_secs(20)
+    );
+    assert_eq!(
+        ServeSettings::drain(Duration::from_secs(20)),
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        ServeSettings::drain(Duration::from_secs(2)),
+        Duration::from_secs(1)
     );
 }
 
@@ -980,7 +1031,10 @@ fn known_variables_are_never_unsupported() {
     assert!(ok(&vars).unsupported_vars.is_empty());
     for known in KNOWN_VARS.iter().chain(PASSTHROUGH_VARS) {
         assert!(!UNSUPPORTED_VARS.contains(known), "{known}");
-        assert!(!known.starts_with(UNSUPPORTED_PREFIX), "{known}");
+        assert!(
+            !known.starts_with(UNSUPPORTED_PREFIX) || SUPPORTED_EXPERIMENTAL_VARS.contains(known),
+            "{known}"
+        );
     }
 }
 
