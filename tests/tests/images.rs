@@ -621,3 +621,47 @@ fn kubestate_image_preflights_and_writes_device_info_against_the_doubles() {
     podman_out(&["stop", "-t", "30", &w.name]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(w.wait_exit(), 0, "{}", w.logs());
 }
+
+#[test]
+fn serve_image_applies_the_serve_config_against_the_fake_tailscaled() {
+    let Some(images) = images("image ts-serve") else {
+        return;
+    };
+    let ns = lone_netns("sv");
+    let tsd = fake_tailscaled_for_containers("img-sv");
+    let config_dir = temp_dir("img-serve");
+    let config = r#"{"TCP":{"80":{"HTTP":true}},"Web":{"tsboot-image:80":{"Handlers":{"/":{"Text":"hello from the image"}}}}}"#;
+    std::fs::write(config_dir.join("serve.json"), config).expect("serve config");
+    let sock = format!("{}:{SOCK_DIR}", tsd.dir.display());
+    let conf = format!("{}:/config:ro", config_dir.display());
+    let c = Container::run(
+        &ns,
+        &[
+            "-v",
+            &sock,
+            "-v",
+            &conf,
+            "-e",
+            &format!("TS_SOCKET={SOCK_DIR}/tailscaled.sock"),
+            "-e",
+            "TS_SERVE_CONFIG=/config/serve.json",
+        ],
+        images.get("ts-serve"),
+        &[],
+    );
+    let want: serde_json::Value = serde_json::from_str(config).expect("json");
+    wait_for(
+        REAL_PATIENCE,
+        "the serve config in the fake tailscaled",
+        || {
+            let answer = tsd.control("serve-config");
+            let got: serde_json::Value =
+                serde_json::from_str(answer.trim_start_matches("ok").trim()).ok()?;
+            (got == want).then_some(())
+        },
+        || format!("{}\n{}", tsd.control("serve-config"), c.logs()),
+    );
+    podman_out(&["stop", "-t", "30", &c.name]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.wait_exit(), 0, "{}", c.logs());
+    let _ = std::fs::remove_dir_all(&config_dir);
+}
