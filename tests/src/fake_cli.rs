@@ -201,13 +201,25 @@ impl IptCommand {
 
 /// Canonical iptables-save form of a rule spec: `-s`/`-d` as prefixes (a bare address gains
 /// its full length), addresses in standard notation, source/destination/interfaces/protocol
-/// first (the order iptables-save prints them), the rest as given.
+/// first (the order iptables-save prints them, `!` kept before its flag), `-m tcp` added after
+/// `-p tcp` when TCP options follow (as iptables loads the match implicitly), the rest as given.
 pub fn canonical_rule(spec: &[String]) -> String {
     let mut front: [Option<String>; 5] = Default::default();
     let mut rest: Vec<String> = Vec::new();
     let mut i = 0;
+    let mut negate = false;
     while i < spec.len() {
         let a = spec[i].as_str();
+        if a == "!"
+            && matches!(
+                spec.get(i + 1).map(String::as_str),
+                Some("-s" | "-d" | "-i" | "-o" | "-p")
+            )
+        {
+            negate = true;
+            i += 1;
+            continue;
+        }
         let value = spec.get(i + 1).cloned();
         let slot = match a {
             "-s" | "--source" => Some(0),
@@ -221,7 +233,12 @@ pub fn canonical_rule(spec: &[String]) -> String {
             (Some(n), Some(v)) => {
                 let flag = ["-s", "-d", "-i", "-o", "-p"][n];
                 let v = if n < 2 { canonical_prefix(&v) } else { v };
-                front[n] = Some(format!("{flag} {v}"));
+                let bang = if std::mem::take(&mut negate) {
+                    "! "
+                } else {
+                    ""
+                };
+                front[n] = Some(format!("{bang}{flag} {v}"));
                 i += 2;
             }
             _ => {
@@ -237,6 +254,13 @@ pub fn canonical_rule(spec: &[String]) -> String {
                 i += 1;
             }
         }
+    }
+    let tcp_options = rest
+        .iter()
+        .any(|w| matches!(w.as_str(), "--tcp-flags" | "--dport" | "--sport" | "--syn"));
+    let has_match = rest.windows(2).any(|w| w[0] == "-m" && w[1] == "tcp");
+    if front[4].as_deref() == Some("-p tcp") && tcp_options && !has_match {
+        rest.insert(0, "-m tcp".to_string());
     }
     front
         .into_iter()
@@ -555,6 +579,25 @@ mod tests {
         assert_eq!(
             canonical_rule(&args("-p tcp -s 10.0.0.0/8 -j ACCEPT")),
             "-s 10.0.0.0/8 -p tcp -j ACCEPT"
+        );
+        // As iptables-save prints them (checked against the real tool).
+        assert_eq!(
+            canonical_rule(&args(
+                "! -i tailscale0 -m comment --comment tsboot-egress -j DNAT --to-destination 100.64.0.2"
+            )),
+            "! -i tailscale0 -m comment --comment tsboot-egress -j DNAT --to-destination 100.64.0.2"
+        );
+        assert_eq!(
+            canonical_rule(&args(
+                "-o tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu"
+            )),
+            "-o tailscale0 -p tcp -m tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu"
+        );
+        assert_eq!(
+            canonical_rule(&args(
+                "-d 10.0.0.1 -p tcp --dport 80 -j DNAT --to-destination 1.2.3.4"
+            )),
+            "-d 10.0.0.1/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 1.2.3.4"
         );
     }
 

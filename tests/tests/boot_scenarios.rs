@@ -123,6 +123,24 @@ const SCENARIOS: &[Scenario] = &[
         after_running: &["iptables -t nat -I PREROUTING 1 -d {ip} -j DNAT --to-destination 1.2.3.4"],
     },
     Scenario {
+        name: "egress",
+        env: &[
+            ("TS_AUTHKEY", "tskey-key"),
+            ("TS_TAILNET_TARGET_IP", "100.99.99.99"),
+            ("TS_USERSPACE", "false"),
+        ],
+        tailscaled: MEM_KERNEL,
+        up: "up --accept-dns=false --authkey=tskey-key --reset",
+        auth_once: false,
+        sysctls: ("1", "0"),
+        after_running: &[
+            "iptables -t nat -I PREROUTING 1 ! -i tailscale0 -m comment --comment tsboot-egress -j DNAT --to-destination 100.99.99.99",
+            "iptables -t nat -I POSTROUTING 1 -d 100.99.99.99/32 -m comment --comment tsboot-egress -j SNAT --to-source {ip}",
+            "iptables -t mangle -A FORWARD -o tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu",
+            "iptables -t mangle -A FORWARD -i tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu",
+        ],
+    },
+    Scenario {
         name: "authkey_once",
         env: &[("TS_AUTHKEY", "tskey-key"), ("TS_AUTH_ONCE", "true")],
         tailscaled: MEM_USERSPACE,
@@ -413,6 +431,7 @@ scenario_tests! {
     routes_kernel_ipv6 => "routes_kernel_ipv6",
     routes_kernel_all_families => "routes_kernel_all_families",
     proxy => "proxy",
+    egress => "egress",
     authkey_once => "authkey_once",
     proxies => "proxies",
     dns => "dns",

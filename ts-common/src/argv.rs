@@ -24,19 +24,21 @@ enum Arg {
 }
 
 impl Command {
-    fn new(program: &str) -> Self {
+    /// A command line without secrets; the builders below and the firewall drivers of
+    /// ts-proxy-rules (one builder per rule shape) use it.
+    pub fn new(program: &str) -> Self {
         Command {
             program: program.to_string(),
             args: Vec::new(),
         }
     }
 
-    fn arg(mut self, a: impl Into<String>) -> Self {
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(Arg::Plain(a.into()));
         self
     }
 
-    fn args(mut self, a: &[String]) -> Self {
+    pub fn args(mut self, a: &[String]) -> Self {
         self.args.extend(a.iter().cloned().map(Arg::Plain));
         self
     }

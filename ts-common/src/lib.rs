@@ -14,6 +14,8 @@ pub mod localapi;
 #[cfg(feature = "localapi")]
 pub mod notify;
 #[cfg(feature = "localapi")]
+pub mod peers;
+#[cfg(feature = "localapi")]
 pub mod signals;
 
 #[cfg(feature = "kube")]

@@ -241,17 +241,24 @@ impl BusWatch {
     /// The next message; `Ok(None)` once tailscaled ended the stream cleanly. A `Decode` error
     /// concerns one line only: the stream stays usable and the next call reads the next line.
     pub async fn next(&mut self) -> Result<Option<Notify>, LocalApiError> {
+        Ok(self.next_with_line().await?.map(|(msg, _)| msg))
+    }
+
+    /// Like [`BusWatch::next`], also handing back the line, for a reader that needs fields
+    /// [`Notify`] does not model (peers: [`crate::peers`]).
+    pub async fn next_with_line(&mut self) -> Result<Option<(Notify, Vec<u8>)>, LocalApiError> {
         loop {
             if let Some(line) = self.take_line() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                return Notify::from_line(&line).map(Some).map_err(|source| {
-                    LocalApiError::Decode {
+                return match Notify::from_line(&line) {
+                    Ok(msg) => Ok(Some((msg, line))),
+                    Err(source) => Err(LocalApiError::Decode {
                         socket: self.socket.clone(),
                         source,
-                    }
-                });
+                    }),
+                };
             }
             if self.ended {
                 return Ok(None);
@@ -346,6 +353,12 @@ impl Follower {
     /// `Status` errors are returned as they are (re-watching would get the same answer), and
     /// `Decode` errors leave the follower usable.
     pub async fn next(&mut self) -> Result<Notify, LocalApiError> {
+        Ok(self.next_with_line().await?.0)
+    }
+
+    /// Like [`Follower::next`], also handing back the message's line (see
+    /// [`BusWatch::next_with_line`]).
+    pub async fn next_with_line(&mut self) -> Result<(Notify, Vec<u8>), LocalApiError> {
         loop {
             let watch = match self.watch.as_mut() {
                 Some(w) => w,
@@ -363,14 +376,14 @@ impl Follower {
                     }
                 }
             };
-            match watch.next().await {
-                Ok(Some(msg)) => {
+            match watch.next_with_line().await {
+                Ok(Some((msg, line))) => {
                     self.empty_rewatches = 0;
                     if msg.is_fell_behind() {
                         self.ended_because =
                             Some("tailscaled cut the stream: the watcher fell behind".into());
                     }
-                    return Ok(msg);
+                    return Ok((msg, line));
                 }
                 Ok(None) => {
                     self.watch = None;

@@ -349,7 +349,7 @@ pub fn single_ip(ip: IpAddr) -> IpPrefix {
 }
 
 /// `null` and absent both mean the type's zero value, as in Go.
-fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + Default,
@@ -358,7 +358,7 @@ where
 }
 
 /// `LoginFinished` is an empty object when set; any non-null value counts.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(Option::<serde::de::IgnoredAny>::deserialize(d)?.is_some())
 }
 

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+mod egress;
+pub use egress::{FirewallMode, TailnetTarget};
+
 /// Default LocalAPI socket of the reference.
 pub const DEFAULT_SOCKET: &str = "/tmp/tailscaled.sock";
 /// Default state secret name inside Kubernetes.
@@ -29,18 +32,15 @@ pub const UNSUPPORTED_VARS: &[&str] = &[
     "TS_HEALTHCHECK_ADDR_PORT",
     "TS_LOCAL_ADDR_PORT",
     "TS_ENABLE_METRICS",
-    "TS_TAILNET_TARGET_IP",
-    "TS_TAILNET_TARGET_FQDN",
     "TS_EGRESS_PROXIES_CONFIG_PATH",
     "TS_INGRESS_PROXIES_CONFIG_PATH",
     "TS_CERT_DOMAIN",
 ];
 /// Variables of today's image that tailscaled reads itself: they reach it through its
 /// environment, so they are supported without tsboot interpreting them (D16′).
-pub const PASSTHROUGH_VARS: &[&str] = &[
-    "TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV",
-    "TS_DEBUG_FIREWALL_MODE",
-];
+/// (`TS_DEBUG_FIREWALL_MODE` reaches tailscaled the same way, and tsboot also reads it to put
+/// its own rules in the same backend, D22.)
+pub const PASSTHROUGH_VARS: &[&str] = &["TS_KUBERNETES_READ_API_SERVER_ADDRESS_FROM_ENV"];
 /// Variables that carry a credential: tailscaled and the watchers never receive them (D15), and
 /// their values are shown as [`REDACTED`] wherever tsboot prints a command line.
 pub const SECRET_VARS: &[&str] = &[
@@ -293,6 +293,10 @@ pub struct Settings {
     pub ready_fd: Option<i32>,
     /// Recognised-but-unsupported variables that are set (D16), sorted.
     pub unsupported_vars: Vec<String>,
+    /// `TS_TAILNET_TARGET_IP` / `TS_TAILNET_TARGET_FQDN` (egress, kernel mode only, D22).
+    pub tailnet_target: Option<TailnetTarget>,
+    /// `TS_DEBUG_FIREWALL_MODE`; `None` = tailscaled's default choice (D22).
+    pub firewall_mode: Option<FirewallMode>,
     /// Serve configuration (ts-serve).
     pub serve: ServeSettings,
 }
@@ -551,6 +555,13 @@ impl Settings {
             return Err(SettingsError::DestIpUserspace { value: dest_ip_raw });
         }
 
+        let tailnet_target = egress::parse_tailnet_target(
+            env.get("TS_TAILNET_TARGET_IP"),
+            env.get("TS_TAILNET_TARGET_FQDN"),
+            userspace,
+        )?;
+        let firewall_mode = egress::parse_firewall_mode(env.get("TS_DEBUG_FIREWALL_MODE"))?;
+
         let boot_timeout = env.duration("TS_BOOT_TIMEOUT", DEFAULT_BOOT_TIMEOUT)?;
         let shutdown_grace = env.duration("TS_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)?;
 
@@ -622,6 +633,8 @@ impl Settings {
             log_format,
             ready_fd,
             unsupported_vars,
+            tailnet_target,
+            firewall_mode,
             serve,
         })
     }
@@ -679,6 +692,13 @@ impl Settings {
             } else {
                 families.ipv6 = true;
             }
+        }
+        // Egress forwards from the pod's interfaces to tailscale0. For a name the family is
+        // only known at run time; like containerboot, IPv4 is the one switched on.
+        match &self.tailnet_target {
+            Some(TailnetTarget::Ip(ip)) if ip.is_ipv6() => families.ipv6 = true,
+            Some(_) => families.ipv4 = true,
+            None => {}
         }
         families
     }

@@ -362,14 +362,15 @@ fn captured_real_daemon_messages_parse() {
         std::fs::read_to_string(dir.join(name))
             .unwrap_or_else(|e| panic!("{name}: {e}"))
             .lines()
-            .map(|l| {
-                Notify::from_line(l.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}: {l}"))
-            })
+            .map(|l| Notify::from_line(l.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}: {l}")))
             .collect()
     };
     let login = lines("login-mask14.ndjson");
     assert_eq!(login[0].backend_state(), Some(BackendState::NeedsLogin));
-    assert!(login.iter().all(|n| n.net_map.is_none()), "real daemon sent a NetMap");
+    assert!(
+        login.iter().all(|n| n.net_map.is_none()),
+        "real daemon sent a NetMap"
+    );
     let running = login
         .iter()
         .position(|n| n.backend_state() == Some(BackendState::Running))

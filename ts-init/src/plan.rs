@@ -97,9 +97,7 @@ impl BootPlan {
             tailscaled: argv::tailscaled(settings),
             auth: Phase::new("ts-auth", &[], true),
             up: argv::tailscale_up(settings, settings.auth_key.as_ref()),
-            proxy_rules: settings
-                .dest_ip
-                .is_some()
+            proxy_rules: (settings.dest_ip.is_some() || settings.tailnet_target.is_some())
                 .then(|| Phase::new("ts-proxy-rules", &[], true)),
             kubestate: kube
                 .then(|| Phase::new("ts-kubestate", &["watch", "--can-patch", "true"], true)),
@@ -215,7 +213,16 @@ impl BootPlan {
         );
         let mut n = 7;
         for (phase, what) in [
-            (&self.proxy_rules, "DNAT rule to TS_DEST_IP"),
+            (
+                &self.proxy_rules,
+                match (settings.dest_ip.is_some(), &settings.tailnet_target) {
+                    (true, Some(_)) => {
+                        "DNAT rule to TS_DEST_IP, egress rules to the tailnet target"
+                    }
+                    (false, Some(_)) => "egress rules to the tailnet target",
+                    _ => "DNAT rule to TS_DEST_IP",
+                },
+            ),
             (
                 &self.kubestate,
                 "device info in the secret (only with patch permission)",

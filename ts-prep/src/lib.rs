@@ -1,7 +1,7 @@
 //! The ts-prep phase: prepare the host (or pod) for kernel-mode tailscaled.
 //!
 //! Contract §5 step 3, §9 and §10: in kernel mode make sure `<root>/dev/net/tun` exists and turn
-//! on IP forwarding for the families `TS_ROUTES` / `TS_DEST_IP` need; in userspace mode do
+//! on IP forwarding for the families `TS_ROUTES` / `TS_DEST_IP` / the tailnet target need; in userspace mode do
 //! nothing. The work is split in two so `--explain` cannot drift from a real run:
 //!
 //! 1. [`plan`] only *looks* (stat, read) through a [`Probe`] and records what it saw;
@@ -419,7 +419,7 @@ impl Plan {
         }
         if self.sysctls.is_empty() {
             lines.push(
-                "forwarding: not needed (no TS_ROUTES or TS_DEST_IP), no sysctl is read or written"
+                "forwarding: not needed (no TS_ROUTES, TS_DEST_IP or tailnet target), no sysctl is read or written"
                     .to_string(),
             );
         }

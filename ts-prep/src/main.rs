@@ -30,8 +30,8 @@ const LONG_ABOUT: &str = "\
 Prepare the host for kernel-mode tailscaled (the phase containerboot runs before starting it).
 
 In kernel mode (TS_USERSPACE=false) ts-prep makes sure <root>/dev/net/tun exists (char device \
-10,200, created only if missing) and enables IP forwarding for the IP families that TS_ROUTES and \
-TS_DEST_IP contain (<root>/proc/sys/net/ipv4/ip_forward, <root>/proc/sys/net/ipv6/conf/all/forwarding), \
+10,200, created only if missing) and enables IP forwarding for the IP families that TS_ROUTES, \
+TS_DEST_IP and TS_TAILNET_TARGET_IP contain (IPv4 for TS_TAILNET_TARGET_FQDN) (<root>/proc/sys/net/ipv4/ip_forward, <root>/proc/sys/net/ipv6/conf/all/forwarding), \
 writing 1 only where the value is not already 1. In userspace mode (the default) there is nothing \
 to do.
 
@@ -40,6 +40,7 @@ initContainer, configured by the same environment.";
 
 const ENV_HELP: &str = "\
 Environment: TS_USERSPACE, TS_ROUTES, TS_DEST_IP, TS_TEST_ONLY_ROOT (see the flags); \
+TS_TAILNET_TARGET_IP / TS_TAILNET_TARGET_FQDN (egress: the target's family); \
 KUBERNETES_SERVICE_HOST (non-empty: the advice on failure is for Kubernetes); \
 TS_LOG_FORMAT (text or json); RUST_LOG (log level).";
 

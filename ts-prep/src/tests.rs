@@ -274,6 +274,23 @@ fn dest_ip_picks_its_family() {
 }
 
 #[test]
+fn tailnet_target_picks_its_family() {
+    for (var, value, path) in [
+        ("TS_TAILNET_TARGET_IP", "100.64.0.7", V4),
+        ("TS_TAILNET_TARGET_IP", "fd7a:115c:a1e0::7", V6),
+        ("TS_TAILNET_TARGET_FQDN", "db.tail1234.ts.net", V4),
+    ] {
+        let mut host = ready_host();
+        run(
+            &settings(&[("TS_USERSPACE", "false"), (var, value)]),
+            &mut host,
+        )
+        .expect("ok");
+        assert_eq!(host.mutations(), vec![write(path)], "{var}={value}");
+    }
+}
+
+#[test]
 fn already_one_is_not_rewritten() {
     for content in ["1", "1\n", " 1 \n", "\t1"] {
         let mut host = ready_host().file(V4, content).file(V6, "0");

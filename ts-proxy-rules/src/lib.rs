@@ -1,36 +1,58 @@
-//! ts-proxy-rules: keeps exactly one DNAT rule from this node's tailnet IP to `TS_DEST_IP`
-//! (containerboot.md §11, deviation D9).
+//! ts-proxy-rules: keeps tsboot's firewall rules in line with the node's tailnet addresses
+//! (containerboot.md §11, README D9 and D22).
 //!
-//! The rule is the reference's, byte for byte:
-//! `iptables -t nat -I PREROUTING 1 -d <tailnet IP> -j DNAT --to-destination <TS_DEST_IP>`
-//! (`ip6tables` for an IPv6 destination). Where the reference inserted one more rule on every
-//! address change and never removed any, this watcher reconciles: it lists PREROUTING
-//! (`-S`), inserts the rule for the current address only if it is missing, and deletes rules of
-//! exactly that shape to the same destination whose `-d` is another address (or a duplicate).
-//! Rules of any other shape — extra matches, another destination — belong to someone else and
-//! are never touched. A restarted container in a surviving network namespace therefore finds its
-//! rule and adds nothing.
+//! * Ingress (`TS_DEST_IP`): exactly one DNAT rule from this node's tailnet IP (of the
+//!   destination's family) to the destination — with iptables the reference's rule byte for
+//!   byte, `iptables -t nat -I PREROUTING 1 -d <tailnet IP> -j DNAT --to-destination <TS_DEST_IP>`.
+//! * Egress (`TS_TAILNET_TARGET_IP` / `TS_TAILNET_TARGET_FQDN`): traffic arriving on any
+//!   interface but `tailscale0` is DNATed to the target and SNATed to the node's own tailnet
+//!   address of the target's family, with the TCP MSS clamped to the path MTU on `tailscale0`
+//!   in both directions. A name is resolved from the netmap's peers (trailing dot optional)
+//!   and followed when the peer's addresses change.
+//!
+//! Where the reference inserted more rules on every change and never removed any, every
+//! change is a reconcile through the [`firewall`] seam: the rules tsboot owns become exactly
+//! the wanted set, once each — new ones first, then stale ones (another address, another
+//! target, duplicates) go. Rules tsboot does not own are never touched, and a restarted
+//! container in a surviving network namespace finds its rules and changes nothing. The rules
+//! go into the backend tailscaled uses, iptables or nftables ([`firewall::choose`]).
 //!
 //! Addresses come from every bus era (D10): seed `NetMap.Addresses`, `NetMap.SelfNode.Addresses`
-//! (v1.50+), `SelfChange` (v1.100+), through [`Notify::self_identity`].
+//! (v1.50+), `SelfChange` (v1.100+), through [`Notify::self_identity`]; peers through
+//! [`ts_common::peers`].
 
+pub mod firewall;
+pub mod rules;
+
+use firewall::{Backend, Choice, Driver, Firewall, Runner, SystemProbe};
+use rules::{Family, Rule};
+use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use ts_common::argv::{self, Command, RuleOp};
+use std::time::Duration;
 use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
 use ts_common::notify::{single_ip, Notify};
-use ts_common::settings::{IpPrefix, Settings};
+use ts_common::peers::{PeerDelta, Peers, MASK_PEER_CHANGES};
+use ts_common::settings::{FirewallMode, IpPrefix, Settings, TailnetTarget};
+
+/// `TS_DEST_IP`, parsed and verbatim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dest {
+    pub ip: IpAddr,
+    /// What goes after `--to-destination`, as in the reference.
+    pub raw: String,
+}
 
 /// What the watcher needs, taken from [`Settings`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// `iptables` or `ip6tables`, by the destination's family.
-    pub program: &'static str,
-    pub dest: IpAddr,
-    /// `TS_DEST_IP` verbatim: what goes after `--to-destination`, as in the reference.
-    pub dest_raw: String,
+    /// Ingress: `TS_DEST_IP`.
+    pub dest: Option<Dest>,
+    /// Egress: `TS_TAILNET_TARGET_IP` / `TS_TAILNET_TARGET_FQDN`.
+    pub target: Option<TailnetTarget>,
+    /// `TS_DEBUG_FIREWALL_MODE`.
+    pub firewall_mode: Option<FirewallMode>,
     pub socket: PathBuf,
     pub ready_fd: Option<i32>,
     /// Also guard the Running state (ts-init asks one long-lived phase to): exit 1 when
@@ -40,35 +62,48 @@ pub struct Config {
 
 impl Config {
     pub fn from_settings(s: &Settings) -> Result<Config, ProxyError> {
-        let dest = s.dest_ip.ok_or(ProxyError::NoDestination)?;
+        let dest = s.dest_ip.map(|ip| Dest {
+            ip,
+            raw: s.dest_ip_raw.clone(),
+        });
+        if dest.is_none() && s.tailnet_target.is_none() {
+            return Err(ProxyError::NothingToDo);
+        }
         Ok(Config {
-            program: argv::dnat_program(&dest),
             dest,
-            dest_raw: s.dest_ip_raw.clone(),
+            target: s.tailnet_target.clone(),
+            firewall_mode: s.firewall_mode,
             socket: s.socket.clone(),
             ready_fd: s.ready_fd,
             guard: false,
         })
     }
 
-    fn family(&self) -> &'static str {
-        if self.dest.is_ipv4() {
-            "IPv4"
-        } else {
-            "IPv6"
+    /// The bus mask: peers too when a name must be resolved.
+    pub fn mask(&self) -> u64 {
+        match self.target {
+            Some(TailnetTarget::Fqdn(_)) => MASK_PEER_CHANGES,
+            _ => MASK_STEADY,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("TS_DEST_IP is not set, so there is no DNAT rule to keep: set TS_DEST_IP (or --dest-ip) to the proxy destination, with TS_USERSPACE=false")]
-    NoDestination,
+    #[error("neither TS_DEST_IP nor TS_TAILNET_TARGET_IP / TS_TAILNET_TARGET_FQDN is set, so there is no rule to keep: set TS_DEST_IP (or --dest-ip) for ingress, or a tailnet target for egress, with TS_USERSPACE=false")]
+    NothingToDo,
     #[error("no tailscale IP matching family of {dest} found in [{}]; the node has no {family} tailnet address, so {dest} cannot be proxied (check the tailnet's IP settings or use a destination of the other family)", join(.addresses))]
     NoFamilyAddress {
         dest: IpAddr,
         family: &'static str,
         addresses: Vec<IpPrefix>,
+    },
+    #[error("no forwarding rules for egress to {name} at [{}]: this node's tailnet addresses are [{}] and IPv6 NAT is {}; the target needs an address of a family this node has", join_ips(.targets), join(.addresses), if *.ipv6_nat { "available" } else { "unavailable" })]
+    NoEgressFamily {
+        name: String,
+        targets: Vec<IpAddr>,
+        addresses: Vec<IpPrefix>,
+        ipv6_nat: bool,
     },
     #[error("executing {command} failed: {status}{}; the container needs CAP_NET_ADMIN and a working {program}", stderr_suffix(.stderr))]
     Command {
@@ -84,6 +119,10 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("executing {command} did not finish within {after:?}; it was killed (is another process holding the xtables lock, or is the kernel's netfilter stuck?)")]
+    Timeout { command: String, after: Duration },
+    #[error("reading the output of {command}: {why}")]
+    Listing { command: String, why: String },
     #[error(transparent)]
     LeftRunning(#[from] ts_common::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
@@ -100,7 +139,7 @@ impl ProxyError {
     /// 2 for configuration problems (nothing was changed), 1 for everything else.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ProxyError::NoDestination => ts_common::exit::USAGE,
+            ProxyError::NothingToDo => ts_common::exit::USAGE,
             _ => ts_common::exit::FAILURE,
         }
     }
@@ -109,6 +148,13 @@ impl ProxyError {
 fn join(addresses: &[IpPrefix]) -> String {
     addresses
         .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn join_ips(ips: &[IpAddr]) -> String {
+    ips.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(" ")
@@ -123,172 +169,247 @@ fn stderr_suffix(stderr: &str) -> String {
     }
 }
 
-/// The local end of the rule: the first single-IP address of the destination's family
-/// (reference `installIPTablesRule`).
+/// The local end of a rule: the first single-IP address of `dest`'s family (reference
+/// `installIPTablesRule`, `installEgressForwardingRule`).
 pub fn pick_local(addresses: &[IpPrefix], dest: IpAddr) -> Result<IpAddr, ProxyError> {
+    find_local(addresses, Family::of(&dest)).ok_or_else(|| ProxyError::NoFamilyAddress {
+        dest,
+        family: Family::of(&dest).name(),
+        addresses: addresses.to_vec(),
+    })
+}
+
+fn find_local(addresses: &[IpPrefix], family: Family) -> Option<IpAddr> {
     addresses
         .iter()
-        .find(|p| p.addr.is_ipv4() == dest.is_ipv4() && p.len == single_ip(p.addr).len)
+        .find(|p| Family::of(&p.addr) == family && p.len == single_ip(p.addr).len)
         .map(|p| p.addr)
-        .ok_or_else(|| ProxyError::NoFamilyAddress {
-            dest,
-            family: if dest.is_ipv4() { "IPv4" } else { "IPv6" },
-            addresses: addresses.to_vec(),
-        })
 }
 
-/// A rule of our shape found in the listing: `-d <addr> -j DNAT --to-destination <dest>`.
-fn our_rule(line: &str, dest: IpAddr) -> Option<IpAddr> {
-    let rest = line.strip_prefix("-A PREROUTING ")?;
-    let words: Vec<&str> = rest.split_whitespace().collect();
-    let [d_flag, d, j_flag, target, to_flag, to] = words.as_slice() else {
-        return None;
-    };
-    if (*d_flag, *j_flag, *target, *to_flag) != ("-d", "-j", "DNAT", "--to-destination") {
-        return None;
-    }
-    if to.parse::<IpAddr>().ok()? != dest {
-        return None;
-    }
-    // iptables-save prints `-d` as a prefix; only a single address is ours.
-    let (addr, len) = match d.split_once('/') {
-        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
-        None => (d.parse::<IpAddr>().ok()?, None),
-    };
-    match len {
-        Some(l) if l != single_ip(addr).len => None,
-        _ => Some(addr),
-    }
+/// Where egress goes right now: the configured IP, or what the name resolved to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Egress {
+    None,
+    /// A name not (yet) found among the peers, and no earlier answer to fall back on.
+    Unresolved,
+    To(Vec<IpAddr>),
 }
 
-/// The commands that turn `listing` (`-S PREROUTING` output) into exactly one rule for
-/// `local`: the insert first (so the destination is never unreachable in between), then the
-/// deletions of stale addresses and duplicates.
-pub fn plan_changes(listing: &str, cfg: &Config, local: IpAddr) -> Vec<Command> {
-    let mut have_current = false;
-    let mut deletes = Vec::new();
-    for addr in listing.lines().filter_map(|l| our_rule(l.trim(), cfg.dest)) {
-        if addr == local && !have_current {
-            have_current = true;
-        } else {
-            deletes.push(argv::dnat_rule(
-                RuleOp::Delete,
-                cfg.program,
-                &addr.to_string(),
-                &cfg.dest_raw,
-            ));
-        }
-    }
-    let mut out = Vec::new();
-    if !have_current {
-        out.push(argv::dnat_rule(
-            RuleOp::Insert,
-            cfg.program,
-            &local.to_string(),
-            &cfg.dest_raw,
-        ));
-    }
-    out.extend(deletes);
-    out
-}
-
-/// Runs iptables commands. The real one uses `PATH`; tests substitute a recording fake.
-pub trait Iptables {
-    /// Runs `cmd` and returns its stdout; a non-zero exit is an error carrying stderr.
-    fn run(&mut self, cmd: &Command) -> impl Future<Output = Result<String, ProxyError>>;
-}
-
-/// Runs the programs found on `PATH`, as the reference does.
-#[derive(Debug, Default)]
-pub struct SystemIptables;
-
-impl Iptables for SystemIptables {
-    async fn run(&mut self, cmd: &Command) -> Result<String, ProxyError> {
-        let output = tokio::process::Command::new(&cmd.program)
-            .args(cmd.argv())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|source| ProxyError::Spawn {
-                command: cmd.display_redacted(),
-                program: cmd.program.clone(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(ProxyError::Command {
-                command: cmd.display_redacted(),
-                program: cmd.program.clone(),
-                status: describe_status(&output.status),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-            });
-        }
-        // The reference let iptables write to its stderr; keep such warnings visible.
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !stderr.trim().is_empty() {
-            tracing::warn!("{}: {}", cmd.display_redacted(), stderr.trim());
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-}
-
-fn describe_status(status: &std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt as _;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => status.to_string(),
-    }
-}
-
-/// Brings the rules in line with `local` once; returns the commands that changed something.
-pub async fn reconcile<R: Iptables>(
+/// The wanted rules for the node's `addresses`. `ipv6_nat` says whether IPv6 egress to a
+/// resolved name can be installed (an explicit IPv6 target is always tried).
+pub fn wanted(
     cfg: &Config,
-    runner: &mut R,
-    local: IpAddr,
-) -> Result<Vec<Command>, ProxyError> {
-    let listing = runner.run(&argv::list_prerouting(cfg.program)).await?;
-    let changes = plan_changes(&listing, cfg, local);
-    for cmd in &changes {
-        runner.run(cmd).await?;
-        tracing::info!("ran {}", cmd.display_redacted());
+    addresses: &[IpPrefix],
+    egress: &Egress,
+    ipv6_nat: bool,
+) -> Result<Vec<Rule>, ProxyError> {
+    let mut out = Vec::new();
+    if let Some(d) = &cfg.dest {
+        out.push(Rule::IngressDnat {
+            local: pick_local(addresses, d.ip)?,
+            dest: d.ip,
+            dest_raw: d.raw.clone(),
+        });
+    }
+    match (&cfg.target, egress) {
+        (Some(TailnetTarget::Ip(ip)), _) => {
+            out.extend(rules::egress(*ip, pick_local(addresses, *ip)?));
+        }
+        (Some(TailnetTarget::Fqdn(name)), Egress::To(targets)) => {
+            let mut families = BTreeSet::new();
+            for target in targets {
+                let family = Family::of(target);
+                if family == Family::V6 && !ipv6_nat {
+                    continue;
+                }
+                // One target per family: a second DNAT of the same family would never match.
+                if !families.insert(family) {
+                    continue;
+                }
+                if let Some(local) = find_local(addresses, family) {
+                    out.extend(rules::egress(*target, local));
+                } else {
+                    families.remove(&family);
+                }
+            }
+            if families.is_empty() {
+                return Err(ProxyError::NoEgressFamily {
+                    name: name.clone(),
+                    targets: targets.clone(),
+                    addresses: addresses.to_vec(),
+                    ipv6_nat,
+                });
+            }
+        }
+        _ => {}
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Brings the rules of every family in `families` in line with `want`; returns the changes.
+pub async fn apply<F: Firewall>(
+    fw: &mut F,
+    families: &BTreeSet<Family>,
+    want: &[Rule],
+) -> Result<Vec<String>, ProxyError> {
+    let mut changes = Vec::new();
+    for family in families {
+        changes.extend(
+            fw.reconcile(*family, &rules::of_family(want, *family))
+                .await?,
+        );
     }
     Ok(changes)
 }
 
-/// Follows the IPN bus and reconciles on every address change, forever. Returns only with an
-/// error: tailscaled gone, no address of the right family, an iptables failure.
-pub async fn watch<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<Infallible, ProxyError> {
-    let mut follower = Follower::new(LocalApi::new(&cfg.socket), MASK_STEADY);
-    let mut applied: Option<IpAddr> = None;
+/// What the watcher has seen and done so far.
+#[derive(Default)]
+struct Watch {
+    addresses: Option<Vec<IpPrefix>>,
+    peers: Peers,
+    /// The last answer for a name (kept while the peer is missing from a netmap).
+    resolved: Option<Vec<IpAddr>>,
+    /// The last "name not found" note, so it is logged once per change.
+    unresolved_note: Option<String>,
+    applied: Option<Vec<Rule>>,
+    families: BTreeSet<Family>,
+}
+
+impl Watch {
+    /// Folds `msg` in; `true` when something the rules depend on may have changed.
+    fn update(&mut self, cfg: &Config, msg: &Notify, line: &[u8]) -> bool {
+        let mut changed = false;
+        if let Some(me) = msg.self_identity() {
+            changed |= self.addresses.as_ref() != Some(&me.addresses);
+            self.addresses = Some(me.addresses);
+        }
+        if let Some(TailnetTarget::Fqdn(name)) = &cfg.target {
+            match PeerDelta::from_line(line) {
+                Ok(delta) => {
+                    if self.peers.apply(&delta) {
+                        changed |= self.resolve(name);
+                    }
+                }
+                Err(e) => tracing::warn!("reading the peers of an IPN bus message: {e}"),
+            }
+        }
+        changed
+    }
+
+    fn resolve(&mut self, name: &str) -> bool {
+        match self.peers.resolve(name) {
+            Some(ips) if !ips.is_empty() => {
+                self.unresolved_note = None;
+                if self.resolved.as_ref() != Some(&ips) {
+                    tracing::info!("TS_TAILNET_TARGET_FQDN={name} is [{}]", join_ips(&ips));
+                    self.resolved = Some(ips);
+                    return true;
+                }
+                false
+            }
+            _ => {
+                let note = format!(
+                    "TS_TAILNET_TARGET_FQDN={name} matches no peer with an address in the netmap ({} peers); it either does not exist or is not reachable because of ACLs; {}",
+                    self.peers.len(),
+                    match &self.resolved {
+                        Some(ips) => format!("keeping the rules for [{}]", join_ips(ips)),
+                        None => "no egress rules until it appears".into(),
+                    }
+                );
+                if self.unresolved_note.as_ref() != Some(&note) {
+                    tracing::warn!("{note}");
+                    self.unresolved_note = Some(note);
+                }
+                false
+            }
+        }
+    }
+
+    fn egress(&self, cfg: &Config) -> Egress {
+        match &cfg.target {
+            None => Egress::None,
+            Some(TailnetTarget::Ip(ip)) => Egress::To(vec![*ip]),
+            Some(TailnetTarget::Fqdn(_)) => match &self.resolved {
+                Some(ips) => Egress::To(ips.clone()),
+                None => Egress::Unresolved,
+            },
+        }
+    }
+}
+
+/// Follows the IPN bus and reconciles on every change of the node's addresses or the target,
+/// forever. Returns only with an error: tailscaled gone, no address of a needed family, a
+/// firewall command failing.
+pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, ProxyError> {
+    let mut follower = Follower::new(LocalApi::new(&cfg.socket), cfg.mask());
     let mut ready_fd = cfg.ready_fd;
+    let mut st = Watch::default();
     tracing::info!(
-        "watching tailscaled at {} to keep the DNAT rule to {} ({})",
+        "watching tailscaled at {} to keep {} in {} (inspect: {})",
         cfg.socket.display(),
-        cfg.dest_raw,
-        cfg.program
+        describe(cfg),
+        fw.backend().name(),
+        fw.inspect_hint()
     );
     loop {
-        let msg: Notify = follower.next().await.map_err(ProxyError::Bus)?;
+        let (msg, line) = follower.next_with_line().await.map_err(ProxyError::Bus)?;
         if cfg.guard {
             msg.check_still_running()?;
         }
-        let Some(me) = msg.self_identity() else {
+        if !st.update(cfg, &msg, &line) && st.applied.is_some() {
+            continue;
+        }
+        let Some(addresses) = st.addresses.clone() else {
             continue;
         };
-        let local = pick_local(&me.addresses, cfg.dest)?;
-        if applied == Some(local) {
+        let egress = st.egress(cfg);
+        let ipv6_nat = match &egress {
+            Egress::To(ips) if ips.iter().any(IpAddr::is_ipv6) => fw.ipv6_nat().await,
+            _ => false,
+        };
+        let want = wanted(cfg, &addresses, &egress, ipv6_nat)?;
+        if st.applied.as_ref() == Some(&want) {
             continue;
         }
-        let changes = reconcile(cfg, runner, local).await?;
-        if changes.is_empty() {
-            tracing::info!(
-                "DNAT rule {local} -> {} already in place, nothing to change",
-                cfg.dest_raw
-            );
+        let mut families: BTreeSet<Family> = want.iter().map(Rule::family).collect();
+        families.extend(st.families.iter().copied());
+        let changes = apply(fw, &families, &want).await?;
+        let summary = if want.is_empty() {
+            "no rules".to_string()
         } else {
-            tracing::info!("DNAT rule {local} -> {} in place", cfg.dest_raw);
+            want.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if changes.is_empty() {
+            tracing::info!("rules already in place, nothing to change: {summary}");
+        } else {
+            tracing::info!("rules in place ({} changes): {summary}", changes.len());
         }
-        applied = Some(local);
+        for rule in &want {
+            if let Rule::IngressDnat {
+                local, dest_raw, ..
+            } = rule
+            {
+                // The line operators (and tests) look for since the first version.
+                if changes.is_empty() {
+                    tracing::info!(
+                        "DNAT rule {local} -> {dest_raw} already in place, nothing to change"
+                    );
+                } else {
+                    tracing::info!("DNAT rule {local} -> {dest_raw} in place");
+                }
+            }
+        }
+        st.families = want.iter().map(Rule::family).collect();
+        st.applied = Some(want);
+        if egress == Egress::Unresolved {
+            // Not ready while egress, the thing asked for, cannot work yet.
+            continue;
+        }
         if let Some(fd) = ready_fd.take() {
             ts_common::process::notify_ready(Some(fd))
                 .map_err(|source| ProxyError::Ready { fd, source })?;
@@ -297,12 +418,38 @@ pub async fn watch<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<Infallib
     }
 }
 
+fn describe(cfg: &Config) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = &cfg.dest {
+        parts.push(format!("the DNAT rule to {}", d.raw));
+    }
+    if let Some(t) = &cfg.target {
+        parts.push(format!("egress to {}={t}", t.var()));
+    }
+    parts.join(" and ")
+}
+
+/// Picks the backend (logged once) and builds its driver.
+pub async fn driver<R: Runner>(cfg: &Config, mut runner: R) -> (Choice, Driver<R>) {
+    let choice = firewall::choose(cfg.firewall_mode, &mut SystemProbe(&mut runner)).await;
+    tracing::info!(
+        "firewall backend: {} ({})",
+        choice.backend.name(),
+        choice.why
+    );
+    let backend = choice.backend;
+    (choice, Driver::new(backend, runner))
+}
+
 /// [`watch`] until SIGTERM or SIGINT (then `Ok`). The handlers are installed before the first
 /// connection so a shutdown during startup is a clean exit too.
-pub async fn run_until_signal<R: Iptables>(cfg: &Config, runner: &mut R) -> Result<(), ProxyError> {
+pub async fn run_until_signal<R: Runner>(cfg: &Config, runner: R) -> Result<(), ProxyError> {
     let mut stop = ts_common::signals::StopSignals::install();
     tokio::select! {
-        r = watch(cfg, runner) => r.map(|never| match never {}),
+        r = async {
+            let (_, mut fw) = driver(cfg, runner).await;
+            watch(cfg, &mut fw).await
+        } => r.map(|never| match never {}),
         sig = stop.recv() => {
             tracing::info!("received {sig}, exiting");
             Ok(())
@@ -310,69 +457,127 @@ pub async fn run_until_signal<R: Iptables>(cfg: &Config, runner: &mut R) -> Resu
     }
 }
 
-/// The `--explain` plan: what would be run and kept, without running anything. When tailscaled
-/// answers, its current address is shown too (a read of the bus, nothing else).
-pub async fn explain(cfg: &Config) -> Vec<String> {
-    let program = cfg.program;
-    let on_path = ts_common::process::look_path(program).map_or_else(
-        || "not found on PATH".to_string(),
-        |p| p.display().to_string(),
-    );
+/// Example rules for `--explain`, with placeholder-like documentation addresses.
+fn example_commands(backend: Backend, rule: &Rule) -> String {
+    match backend {
+        Backend::Iptables => firewall::iptables::add(rule).display_redacted(),
+        Backend::Nftables => format!("nft '{}'", firewall::nftables::add(rule)),
+    }
+}
+
+/// The `--explain` plan: what would be run and kept, without changing anything. The backend
+/// choice may read the rule sets (`auto`); when tailscaled answers, the rules for its current
+/// addresses are shown too (a read of the bus, nothing else).
+pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
+    let choice = firewall::choose(cfg.firewall_mode, &mut SystemProbe(&mut runner)).await;
+    let backend = choice.backend;
+    let fw = Driver::new(backend, runner);
     let mut out = vec![
         "ts-proxy-rules plan (nothing is changed by --explain):".to_string(),
-        format!(
-            "  destination: {} ({}), so the program is {program} ({on_path})",
-            cfg.dest_raw,
-            cfg.family()
-        ),
-        format!(
-            "  watch: GET /localapi/v0/watch-ipn-bus?mask={MASK_STEADY} on {}, watching again whenever the stream ends, until tailscaled is gone",
-            cfg.socket.display()
-        ),
-        format!(
-            "  on every change of this node's first {} tailnet address, read the rules with: {}",
-            cfg.family(),
-            argv::list_prerouting(program).display_redacted()
-        ),
-        format!(
-            "  keep exactly one rule, inserting it if missing: {}",
-            argv::dnat_rule(RuleOp::Insert, program, "<tailnet IP>", &cfg.dest_raw).display_redacted()
-        ),
-        format!(
-            "  delete stale ones (other address, or duplicates): {}",
-            argv::dnat_rule(RuleOp::Delete, program, "<old tailnet IP>", &cfg.dest_raw).display_redacted()
-        ),
-        "  rules of any other shape are left alone".to_string(),
-        match cfg.ready_fd {
-            Some(fd) => format!("  readiness: write \"\\n\" to fd {fd} after the first reconcile, then close it"),
-            None => "  readiness: none (TS_READY_FD / --ready-fd unset)".to_string(),
-        },
-        "  exit: 0 on SIGTERM/SIGINT; 1 when tailscaled is gone, the node has no address of the destination's family, or iptables fails; 2 on invalid configuration".to_string(),
+        format!("  firewall backend: {} ({})", backend.name(), choice.why),
     ];
-    let current = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        let mut w = LocalApi::new(&cfg.socket)
-            .watch_ipn_bus(MASK_STEADY)
-            .await?;
-        w.next().await
+    for program in match backend {
+        Backend::Iptables => &["iptables", "ip6tables"][..],
+        Backend::Nftables => &["nft"][..],
+    } {
+        let on_path = ts_common::process::look_path(program).map_or_else(
+            || "not found on PATH".to_string(),
+            |p| p.display().to_string(),
+        );
+        out.push(format!("  {program}: {on_path}"));
+    }
+    if let Some(d) = &cfg.dest {
+        out.push(format!(
+            "  ingress: traffic to this node's {} tailnet address goes to TS_DEST_IP={}",
+            Family::of(&d.ip).name(),
+            d.raw
+        ));
+    }
+    match &cfg.target {
+        Some(TailnetTarget::Ip(ip)) => out.push(format!(
+            "  egress: traffic arriving on any interface but {} goes to TS_TAILNET_TARGET_IP={ip}, SNATed to this node's {} tailnet address, TCP MSS clamped on {}",
+            rules::TUN,
+            Family::of(ip).name(),
+            rules::TUN
+        )),
+        Some(TailnetTarget::Fqdn(name)) => out.push(format!(
+            "  egress: traffic arriving on any interface but {} goes to the addresses of the peer TS_TAILNET_TARGET_FQDN={name} (from the netmap's peers, followed as they change), SNATed to this node's address of each family, TCP MSS clamped on {}",
+            rules::TUN,
+            rules::TUN
+        )),
+        None => {}
+    }
+    out.push(format!(
+        "  watch: GET /localapi/v0/watch-ipn-bus?mask={} on {}, watching again whenever the stream ends, until tailscaled is gone",
+        cfg.mask(),
+        cfg.socket.display()
+    ));
+    out.push(match backend {
+        Backend::Iptables => format!(
+            "  on every change, read the rules with: {}, then insert what is missing and delete stale ones (other address, other target, duplicates); the ingress rule is the reference's ({}), egress rules carry --comment {}; rules of any other shape are left alone",
+            [("nat", "PREROUTING"), ("nat", "POSTROUTING"), ("mangle", "FORWARD")]
+                .iter()
+                .map(|(t, c)| firewall::iptables::list(Family::V4, t, c).display_redacted())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ts_common::argv::dnat_rule(ts_common::argv::RuleOp::Insert, "iptables", "<tailnet IP>", cfg.dest.as_ref().map_or("<TS_DEST_IP>", |d| d.raw.as_str())).display_redacted(),
+            firewall::iptables::EGRESS_TAG
+        ),
+        Backend::Nftables => format!(
+            "  on every change, read tsboot's own tables with: {} (and ip6), then in one nft transaction add what is missing and delete every other rule in them; tailscaled's and iptables-nft's tables are never touched",
+            firewall::nftables::list_table(Family::V4).display_redacted()
+        ),
+    });
+    out.push(format!("  inspect by hand: {}", fw.inspect_hint()));
+    out.push(match cfg.ready_fd {
+        Some(fd) => format!(
+            "  readiness: write \"\\n\" to fd {fd} after the first reconcile{}, then close it",
+            if matches!(cfg.target, Some(TailnetTarget::Fqdn(_))) {
+                " with the name resolved"
+            } else {
+                ""
+            }
+        ),
+        None => "  readiness: none (TS_READY_FD / --ready-fd unset)".to_string(),
+    });
+    out.push("  exit: 0 on SIGTERM/SIGINT; 1 when tailscaled is gone, the node has no address of a needed family, or a firewall command fails or hangs; 2 on invalid configuration".to_string());
+    let current = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut w = LocalApi::new(&cfg.socket).watch_ipn_bus(cfg.mask()).await?;
+        w.next_with_line().await
     })
     .await;
-    out.push(match current {
-        Ok(Ok(Some(msg))) => match msg
-            .self_identity()
-            .map(|me| pick_local(&me.addresses, cfg.dest))
-        {
-            Some(Ok(local)) => format!(
-                "  now: tailnet address {local}, so the rule would be: {}",
-                argv::dnat_rule(RuleOp::Insert, program, &local.to_string(), &cfg.dest_raw)
-                    .display_redacted()
-            ),
-            Some(Err(e)) => format!("  now: {e}"),
-            None => "  now: tailscaled has no netmap yet (not logged in?)".to_string(),
+    match current {
+        Ok(Ok(Some((msg, line)))) => match msg.self_identity() {
+            Some(me) => {
+                let mut st = Watch::default();
+                st.update(cfg, &msg, &line);
+                let egress = st.egress(cfg);
+                match wanted(cfg, &me.addresses, &egress, true) {
+                    Ok(want) => {
+                        out.push(format!(
+                            "  now: tailnet addresses [{}]{}, so the rules would be:",
+                            join(&me.addresses),
+                            match (&cfg.target, &egress) {
+                                (Some(TailnetTarget::Fqdn(n)), Egress::To(ips)) =>
+                                    format!(", {n} is [{}]", join_ips(ips)),
+                                (Some(TailnetTarget::Fqdn(n)), _) =>
+                                    format!(", {n} matches no peer yet"),
+                                _ => String::new(),
+                            }
+                        ));
+                        for rule in &want {
+                            out.push(format!("    {rule}: {}", example_commands(backend, rule)));
+                        }
+                    }
+                    Err(e) => out.push(format!("  now: {e}")),
+                }
+            }
+            None => out.push("  now: tailscaled has no netmap yet (not logged in?)".to_string()),
         },
-        Ok(Ok(None)) => "  now: tailscaled ended the stream at once".to_string(),
-        Ok(Err(e)) => format!("  now: {e}"),
-        Err(_) => "  now: tailscaled did not answer within 2s".to_string(),
-    });
+        Ok(Ok(None)) => out.push("  now: tailscaled ended the stream at once".to_string()),
+        Ok(Err(e)) => out.push(format!("  now: {e}")),
+        Err(_) => out.push("  now: tailscaled did not answer within 2s".to_string()),
+    }
     out
 }
 

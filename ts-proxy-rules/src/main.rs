@@ -1,35 +1,40 @@
-//! ts-proxy-rules: the DNAT watcher for `TS_DEST_IP` (containerboot.md §11, deviation D9).
+//! ts-proxy-rules: the firewall watcher for `TS_DEST_IP` (ingress) and a tailnet target
+//! (egress) (containerboot.md §11, README D9 and D22).
 //!
-//! **Duty.** Keep exactly one rule `iptables -t nat -I PREROUTING 1 -d <tailnet IP> -j DNAT
-//! --to-destination <TS_DEST_IP>` (`ip6tables` for an IPv6 destination), following the node's
-//! tailnet address on tailscaled's IPN bus: on every change the rule for the new address is
-//! inserted if missing and rules of the same shape for other addresses are deleted. Rules of any
-//! other shape are never touched, and a restart in the same network namespace adds nothing.
+//! **Duty.** Follow the node's tailnet addresses (and, for `TS_TAILNET_TARGET_FQDN`, the
+//! netmap's peers) on tailscaled's IPN bus and keep exactly the wanted rules: the ingress DNAT
+//! from the tailnet IP to `TS_DEST_IP`; for egress, DNAT of traffic arriving on a
+//! non-`tailscale0` interface to the target, SNAT to the node's tailnet address, TCP MSS
+//! clamping on `tailscale0`. Stale rules (old address, old target, duplicates) are removed;
+//! rules tsboot does not own are never touched; a restart in the same network namespace adds
+//! nothing. The rules go into the backend tailscaled uses: iptables or nftables.
 //!
-//! **Inputs.** The `TS_*` environment ts-init gets: `TS_DEST_IP` (required; needs
-//! `TS_USERSPACE=false`), `TS_SOCKET`, `TS_READY_FD`, `TS_LOG_FORMAT`; flags override them.
-//! `iptables`/`ip6tables` are found on `PATH`. ts-init starts it with no arguments once
+//! **Inputs.** The `TS_*` environment ts-init gets: `TS_DEST_IP` and/or `TS_TAILNET_TARGET_IP`
+//! or `TS_TAILNET_TARGET_FQDN` (one is required; all need `TS_USERSPACE=false`),
+//! `TS_DEBUG_FIREWALL_MODE`, `TS_SOCKET`, `TS_READY_FD`, `TS_LOG_FORMAT`; flags override them.
+//! `iptables`/`ip6tables`/`nft` are found on `PATH`. ts-init starts it with no arguments once
 //! tailscaled is Running; it also runs alone: `ts-proxy-rules --dest-ip 10.0.0.5 --socket PATH`.
 //!
-//! **Leaves behind.** The one DNAT rule in the nat table's PREROUTING chain (kept on exit, as
-//! the reference does). After the first reconcile it writes `\n` to `TS_READY_FD` and closes it.
-//! `--explain` prints the plan and changes nothing.
+//! **Leaves behind.** The rules (kept on exit, as the reference does). After the first
+//! reconcile it writes `\n` to `TS_READY_FD` and closes it. `--explain` prints the plan and
+//! changes nothing.
 //!
-//! **Exit codes.** 0 on SIGTERM/SIGINT; 1 when tailscaled is gone, the node has no address of
-//! the destination's family, or iptables fails (the log names the command and its stderr);
-//! 2 on invalid configuration (nothing was changed).
+//! **Exit codes.** 0 on SIGTERM/SIGINT; 1 when tailscaled is gone, the node has no address of a
+//! needed family, or a firewall command fails or hangs (the log names the command and its
+//! stderr); 2 on invalid configuration (nothing was changed).
 
 use clap::Parser;
 use std::process::ExitCode;
 use ts_common::{cli, exit};
-use ts_proxy_rules::{Config, ProxyError, SystemIptables};
+use ts_proxy_rules::firewall::SystemRunner;
+use ts_proxy_rules::{Config, ProxyError};
 
-const ABOUT: &str = "Keep one DNAT rule from this node's tailnet IP to TS_DEST_IP";
+const ABOUT: &str = "Keep the DNAT rule to TS_DEST_IP and the egress rules to a tailnet target";
 
 const ENV_HELP: &str = "\
-Environment: TS_DEST_IP, TS_SOCKET, TS_READY_FD (see the flags); TS_USERSPACE must be false \
-when TS_DEST_IP is set; TS_LOG_FORMAT (text or json); RUST_LOG (log level). \
-iptables and ip6tables are found on PATH.";
+Environment: TS_DEST_IP, TS_TAILNET_TARGET_IP, TS_TAILNET_TARGET_FQDN, TS_DEBUG_FIREWALL_MODE, \
+TS_SOCKET, TS_READY_FD (see the flags); TS_USERSPACE must be false; TS_LOG_FORMAT (text or \
+json); RUST_LOG (log level). iptables, ip6tables and nft are found on PATH.";
 
 #[derive(Parser, Debug)]
 #[command(name = "ts-proxy-rules", version, about = ABOUT)]
@@ -37,6 +42,20 @@ struct Args {
     /// Proxy destination: incoming tailnet traffic is DNATed to it [env: TS_DEST_IP]
     #[arg(long, value_name = "IP")]
     dest_ip: Option<String>,
+
+    /// Egress: traffic arriving on a non-tailscale0 interface goes to this tailnet IP
+    /// [env: TS_TAILNET_TARGET_IP]
+    #[arg(long, value_name = "IP")]
+    tailnet_target_ip: Option<String>,
+
+    /// Egress to the peer with this MagicDNS name, resolved from the netmap
+    /// [env: TS_TAILNET_TARGET_FQDN]
+    #[arg(long, value_name = "NAME")]
+    tailnet_target_fqdn: Option<String>,
+
+    /// iptables, nftables or auto; unset: tailscaled's own choice [env: TS_DEBUG_FIREWALL_MODE]
+    #[arg(long, value_name = "MODE")]
+    firewall_mode: Option<String>,
 
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
     #[arg(long, value_name = "PATH")]
@@ -50,7 +69,7 @@ struct Args {
     #[arg(long)]
     guard: bool,
 
-    /// Print the plan (program, the rule it keeps, socket, readiness) to stdout and change nothing
+    /// Print the plan (backend, the rules it keeps, socket, readiness) to stdout and change nothing
     #[arg(long)]
     explain: bool,
 }
@@ -59,6 +78,9 @@ fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
     let overrides = cli::overrides(&[
         ("TS_DEST_IP", args.dest_ip.as_ref()),
+        ("TS_TAILNET_TARGET_IP", args.tailnet_target_ip.as_ref()),
+        ("TS_TAILNET_TARGET_FQDN", args.tailnet_target_fqdn.as_ref()),
+        ("TS_DEBUG_FIREWALL_MODE", args.firewall_mode.as_ref()),
         ("TS_SOCKET", args.socket.as_ref()),
         ("TS_READY_FD", args.ready_fd.as_ref()),
     ]);
@@ -93,12 +115,15 @@ fn run(cfg: &Config, explain: bool) -> i32 {
         }
     };
     if explain {
-        for line in rt.block_on(ts_proxy_rules::explain(cfg)) {
+        for line in rt.block_on(ts_proxy_rules::explain(cfg, SystemRunner::default())) {
             cli::plan(line);
         }
         return exit::SUCCESS;
     }
-    exit_code(rt.block_on(ts_proxy_rules::run_until_signal(cfg, &mut SystemIptables)))
+    exit_code(rt.block_on(ts_proxy_rules::run_until_signal(
+        cfg,
+        SystemRunner::default(),
+    )))
 }
 
 /// The one place a result becomes an exit status.

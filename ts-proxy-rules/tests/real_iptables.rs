@@ -10,125 +10,10 @@
 
 mod common;
 
+use common::netns::{Netns, SYSTEM_PATH};
 use common::{Scene, BIN};
 use nix::sys::signal::Signal;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use ts_common::process::look_path;
 use tsboot_tests::fake_tailscaled_ctl::fixture;
-
-const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// A network namespace kept alive by `unshare -n sleep`.
-struct Netns {
-    holder: Child,
-    nsenter: PathBuf,
-}
-
-impl Netns {
-    /// `None` (after a loud SKIPPED line) when this machine cannot run the test.
-    fn new(test: &str) -> Option<Netns> {
-        let skip = |why: String| {
-            eprintln!("SKIPPED: {test}: {why}");
-            None
-        };
-        if !nix::unistd::geteuid().is_root() {
-            return skip(
-                "not running as root (real iptables in a private netns needs root)".into(),
-            );
-        }
-        let find = |name: &str| {
-            std::env::split_paths(SYSTEM_PATH)
-                .map(|d| d.join(name))
-                .find(|p| p.exists())
-                .or_else(|| look_path(name))
-        };
-        for tool in ["unshare", "nsenter", "iptables", "ip6tables", "sleep"] {
-            if find(tool).is_none() {
-                return skip(format!(
-                    "{tool} not installed (apt-get install -y iptables util-linux)"
-                ));
-            }
-        }
-        let unshare = find("unshare")?;
-        let nsenter = find("nsenter")?;
-        let holder = match Command::new(&unshare)
-            .args(["-n", "--", "sleep", "600"])
-            .env("PATH", SYSTEM_PATH)
-            .stdin(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => return skip(format!("unshare -n failed: {e}")),
-        };
-        let ns = Netns { holder, nsenter };
-        // The holder must be inside its namespace before anything joins it.
-        let start = std::time::Instant::now();
-        let own = std::fs::read_link("/proc/self/ns/net").ok();
-        loop {
-            let theirs = std::fs::read_link(format!("/proc/{}/ns/net", ns.holder.id())).ok();
-            if theirs.is_some() && theirs != own {
-                break;
-            }
-            if start.elapsed() > tsboot_tests::fake_tailscaled_ctl::PATIENCE {
-                return skip(
-                    "unshare -n did not create a network namespace (no CAP_SYS_ADMIN?)".into(),
-                );
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        // iptables must work in there (nf_tables or legacy modules available).
-        if let Err(e) = ns.try_run(&["iptables", "-t", "nat", "-S", "PREROUTING"]) {
-            return skip(format!("iptables does not work in a private netns: {e}"));
-        }
-        if let Err(e) = ns.try_run(&["ip6tables", "-t", "nat", "-S", "PREROUTING"]) {
-            return skip(format!("ip6tables does not work in a private netns: {e}"));
-        }
-        Some(ns)
-    }
-
-    fn enter_args(&self) -> Vec<String> {
-        vec![
-            "-t".into(),
-            self.holder.id().to_string(),
-            "-n".into(),
-            "--".into(),
-        ]
-    }
-
-    fn try_run(&self, cmd: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.nsenter)
-            .args(self.enter_args())
-            .args(cmd)
-            .env("PATH", SYSTEM_PATH)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!("{cmd:?}: {out:?}"));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn run(&self, cmd: &[&str]) -> String {
-        self.try_run(cmd).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// `-A PREROUTING` lines of the nat table, as the real tool prints them.
-    fn rules(&self, program: &str) -> Vec<String> {
-        self.run(&[program, "-t", "nat", "-S", "PREROUTING"])
-            .lines()
-            .filter(|l| l.starts_with("-A "))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = self.holder.kill();
-        let _ = self.holder.wait();
-    }
-}
 
 fn start_in(ns: &Netns, scene: &Scene, dest: &str) -> common::Proxy {
     let mut args: Vec<String> = ns.enter_args();
@@ -138,7 +23,16 @@ fn start_in(ns: &Netns, scene: &Scene, dest: &str) -> common::Proxy {
 }
 
 fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
-    let Some(ns) = Netns::new(test) else { return };
+    let Some(ns) = Netns::new(
+        test,
+        &["iptables", "ip6tables"],
+        &[
+            &["iptables", "-t", "nat", "-S", "PREROUTING"],
+            &["ip6tables", "-t", "nat", "-S", "PREROUTING"],
+        ],
+    ) else {
+        return;
+    };
     let rule =
         |addr: &str| format!("-A PREROUTING -d {addr}/{len} -j DNAT --to-destination {dest}");
     let scene = Scene::new(
@@ -213,7 +107,7 @@ fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
     let mut p = start_in(&ns, &scene, dest);
     p.wait_ready();
     assert_eq!(
-        ns.rules(program),
+        ns.rules(program, "nat", "PREROUTING"),
         [rule(a), foreign.clone()],
         "{test}: after the first reconcile\n{}",
         p.log()
@@ -228,7 +122,7 @@ fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
     for (file, now) in steps {
         scene.fake.send_fixture(file);
         p.wait_log(&format!("DNAT rule {now} -> {dest} in place"));
-        let mut got = ns.rules(program);
+        let mut got = ns.rules(program, "nat", "PREROUTING");
         got.sort();
         let mut want = vec![rule(now), foreign.clone()];
         want.sort();
@@ -241,7 +135,7 @@ fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
         // A restart in the same namespace finds its rule and changes nothing.
         p.wait_log(&format!("DNAT rule {now} -> {dest} already in place"));
     }
-    let mut got = ns.rules(program);
+    let mut got = ns.rules(program, "nat", "PREROUTING");
     got.sort();
     let mut want = vec![rule(b), foreign];
     want.sort();

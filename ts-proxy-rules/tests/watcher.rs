@@ -246,13 +246,27 @@ fn missing_iptables_exits_1() {
             "seed-era-12-initial-running-with-netmap-mask10.json",
         )),
     );
-    let mut p = scene.start_with_path(DEST, &[], "/nonexistent");
+    // Forced to iptables: the missing program is named.
+    let mut p = scene.start_with_path(
+        DEST,
+        &[("TS_DEBUG_FIREWALL_MODE", "iptables")],
+        "/nonexistent",
+    );
     assert_eq!(p.wait_code(), 1, "{}", p.log());
     assert!(
         p.log().contains("is iptables installed and on PATH?"),
         "{}",
         p.log()
     );
+    // Unset: like tailscaled, no iptables means nftables, and then nft is what is missing.
+    let mut p = scene.start_with_path(DEST, &[], "/nonexistent");
+    assert_eq!(p.wait_code(), 1, "{}", p.log());
+    for want in [
+        "firewall backend: nftables (TS_DEBUG_FIREWALL_MODE unset and iptables and ip6tables not found on PATH",
+        "is nft installed and on PATH?",
+    ] {
+        assert!(p.log().contains(want), "{want}: {}", p.log());
+    }
 }
 
 #[test]
@@ -302,7 +316,33 @@ fn invalid_configuration_exits_2_and_changes_nothing() {
             vec![("TS_DEST_IP", "not-an-ip")],
             "TS_DEST_IP=\"not-an-ip\"",
         ),
-        (vec![("TS_DEST_IP", "")], "TS_DEST_IP is not set"),
+        (
+            vec![("TS_DEST_IP", "")],
+            "neither TS_DEST_IP nor TS_TAILNET_TARGET_IP / TS_TAILNET_TARGET_FQDN is set",
+        ),
+        (
+            vec![("TS_TAILNET_TARGET_IP", "100.64.0.300")],
+            "TS_TAILNET_TARGET_IP=\"100.64.0.300\"",
+        ),
+        (
+            vec![
+                ("TS_TAILNET_TARGET_IP", "100.64.0.3"),
+                ("TS_TAILNET_TARGET_FQDN", "db.ts.net"),
+            ],
+            "set only one of TS_TAILNET_TARGET_IP and TS_TAILNET_TARGET_FQDN",
+        ),
+        (
+            vec![
+                ("TS_DEST_IP", ""),
+                ("TS_USERSPACE", "true"),
+                ("TS_TAILNET_TARGET_FQDN", "db.ts.net"),
+            ],
+            "TS_TAILNET_TARGET_FQDN is not supported with TS_USERSPACE",
+        ),
+        (
+            vec![("TS_DEBUG_FIREWALL_MODE", "nft")],
+            "TS_DEBUG_FIREWALL_MODE=\"nft\"",
+        ),
         (
             vec![("TS_USERSPACE", "true")],
             "TS_DEST_IP is not supported with TS_USERSPACE",
@@ -347,12 +387,14 @@ fn explain_prints_the_plan_and_runs_nothing() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
     for want in [
+        "firewall backend: iptables (TS_DEBUG_FIREWALL_MODE unset: iptables, tailscaled's default)",
         "iptables -t nat -I PREROUTING 1 -d <tailnet IP> -j DNAT --to-destination 10.0.0.5",
         "iptables -t nat -S PREROUTING",
         "watch-ipn-bus?mask=10",
         &scene.fake.socket.display().to_string(),
         "fd 3",
-        &format!("now: tailnet address {A4}"),
+        &format!("now: tailnet addresses [{A4}/32"),
+        &format!("ingress DNAT {A4} -> 10.0.0.5: iptables -t nat -I PREROUTING 1 -d {A4} -j DNAT --to-destination 10.0.0.5"),
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
@@ -391,6 +433,45 @@ fn sigterm_before_the_first_netmap_exits_0() {
     let scene = Scene::new("early", None);
     let mut p = scene.start(DEST, &[]);
     p.wait_log("watching tailscaled at");
+    p.signal(Signal::SIGTERM);
+    assert_eq!(p.wait_code(), 0, "{}", p.log());
+}
+
+#[test]
+fn a_name_not_in_the_netmap_is_not_ready_until_it_appears() {
+    let scene = Scene::new(
+        "fqdn-wait",
+        Some(&fixture(
+            "head-era-13-initial-running-with-netmap-mask10.json",
+        )),
+    );
+    let mut p = scene.start("", &[("TS_TAILNET_TARGET_FQDN", "web.tail1234.ts.net.")]);
+    p.wait_log("TS_TAILNET_TARGET_FQDN=web.tail1234.ts.net. matches no peer with an address in the netmap (1 peers)");
+    // The bus watch asks for peer changes.
+    assert!(
+        scene
+            .fake
+            .requests()
+            .iter()
+            .any(|r| r.contains("watch-ipn-bus?mask=4106")),
+        "{:?}",
+        scene.fake.requests()
+    );
+    assert!(scene.records().is_empty(), "{:?}", scene.records());
+    // The peer appears (letter case and the trailing dot do not matter).
+    scene.fake.control(
+        r#"notify {"PeersChanged":[{"ID":77,"Name":"WEB.tail1234.ts.net.","Addresses":["100.90.7.7/32"]}]}"#,
+    );
+    p.wait_ready();
+    assert_eq!(
+        scene.records(),
+        [
+            "/usr/bin/iptables -t nat -I PREROUTING 1 ! -i tailscale0 -m comment --comment tsboot-egress -j DNAT --to-destination 100.90.7.7".to_string(),
+            format!("/usr/bin/iptables -t nat -I POSTROUTING 1 -d 100.90.7.7/32 -m comment --comment tsboot-egress -j SNAT --to-source {A4}"),
+            "/usr/bin/iptables -t mangle -A FORWARD -o tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu".to_string(),
+            "/usr/bin/iptables -t mangle -A FORWARD -i tailscale0 -p tcp --tcp-flags SYN,RST SYN -m comment --comment tsboot-egress -j TCPMSS --clamp-mss-to-pmtu".to_string(),
+        ]
+    );
     p.signal(Signal::SIGTERM);
     assert_eq!(p.wait_code(), 0, "{}", p.log());
 }

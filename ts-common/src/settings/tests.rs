@@ -36,6 +36,9 @@ const KNOWN_VARS: &[&str] = &[
     "TS_ID_TOKEN",
     "TS_AUDIENCE",
     "TS_DEBUG_ADDR_PORT",
+    "TS_TAILNET_TARGET_IP",
+    "TS_TAILNET_TARGET_FQDN",
+    "TS_DEBUG_FIREWALL_MODE",
     "TS_SERVE_CONFIG",
     "TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT",
     "TS_TEST_ONLY_SERVE_NO_INOTIFY",
@@ -117,6 +120,8 @@ fn empty_environment_gives_reference_defaults() {
         log_format: LogFormat::Text,
         ready_fd: None,
         unsupported_vars: vec![],
+        tailnet_target: None,
+        firewall_mode: None,
         serve: ServeSettings {
             config: None,
             auto_advertise: true,
@@ -1586,5 +1591,120 @@ fn debug_addr_port_is_an_ip_and_port() {
 fn variables_tailscaled_reads_are_never_called_ignored() {
     for var in PASSTHROUGH_VARS {
         assert!(ok(&[(var, "true")]).unsupported_vars.is_empty(), "{var}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Egress and the firewall backend (D22)
+
+#[test]
+fn tailnet_target_ip_in_kernel_mode() {
+    let s = ok(&[
+        ("TS_TAILNET_TARGET_IP", "100.64.0.7"),
+        ("TS_USERSPACE", "false"),
+    ]);
+    assert_eq!(
+        s.tailnet_target,
+        Some(TailnetTarget::Ip("100.64.0.7".parse().unwrap()))
+    );
+    assert_eq!(
+        s.forwarding_families(),
+        Families {
+            ipv4: true,
+            ipv6: false
+        }
+    );
+    let s = ok(&[
+        ("TS_TAILNET_TARGET_IP", "fd7a:115c:a1e0::7"),
+        ("TS_USERSPACE", "false"),
+    ]);
+    assert_eq!(
+        s.forwarding_families(),
+        Families {
+            ipv4: false,
+            ipv6: true
+        }
+    );
+    // Empty is unset, in every mode.
+    assert_eq!(ok(&[("TS_TAILNET_TARGET_IP", "")]).tailnet_target, None);
+    assert_eq!(ok(&[("TS_TAILNET_TARGET_FQDN", "")]).tailnet_target, None);
+}
+
+#[test]
+fn tailnet_target_fqdn_with_or_without_the_dot() {
+    for name in ["db-1.tail1234.ts.net", "db-1.tail1234.ts.net.", "db-1"] {
+        let s = ok(&[("TS_TAILNET_TARGET_FQDN", name), ("TS_USERSPACE", "false")]);
+        assert_eq!(s.tailnet_target, Some(TailnetTarget::Fqdn(name.into())));
+        // As containerboot: a name switches IPv4 forwarding on.
+        assert_eq!(
+            s.forwarding_families(),
+            Families {
+                ipv4: true,
+                ipv6: false
+            }
+        );
+    }
+}
+
+#[test]
+fn tailnet_target_refusals_name_the_variables() {
+    let kernel = ("TS_USERSPACE", "false");
+    let e = err(&[("TS_TAILNET_TARGET_IP", "100.64.0.7")]);
+    assert_names(&e, "TS_TAILNET_TARGET_IP", "100.64.0.7");
+    assert!(e.to_string().contains("TS_USERSPACE"), "{e}");
+    let e = err(&[
+        ("TS_TAILNET_TARGET_FQDN", "db.ts.net"),
+        ("TS_USERSPACE", "true"),
+    ]);
+    assert_names(&e, "TS_TAILNET_TARGET_FQDN", "db.ts.net");
+    assert!(e.to_string().contains("TS_USERSPACE=false"), "{e}");
+    let e = err(&[
+        ("TS_TAILNET_TARGET_IP", "100.64.0.7"),
+        ("TS_TAILNET_TARGET_FQDN", "db.ts.net"),
+        kernel,
+    ]);
+    assert_names(&e, "TS_TAILNET_TARGET_IP", "100.64.0.7");
+    assert!(
+        e.to_string()
+            .contains("TS_TAILNET_TARGET_FQDN=\"db.ts.net\""),
+        "{e}"
+    );
+    for bad in ["100.64.0", "db.ts.net", "100.64.0.7/32", " 100.64.0.7"] {
+        let e = err(&[("TS_TAILNET_TARGET_IP", bad), kernel]);
+        assert_names(&e, "TS_TAILNET_TARGET_IP", bad);
+    }
+    let long_label = format!("{}.ts.net", "a".repeat(64));
+    let long_name = format!("{}.net", "abcdefgh.".repeat(28));
+    for bad in [
+        ".",
+        "db..ts.net",
+        "db.ts.net ",
+        "db ts.net",
+        "db.ts.net\n",
+        long_label.as_str(),
+        long_name.as_str(),
+    ] {
+        let e = err(&[("TS_TAILNET_TARGET_FQDN", bad), kernel]);
+        assert_names(&e, "TS_TAILNET_TARGET_FQDN", bad);
+    }
+}
+
+#[test]
+fn firewall_mode_values() {
+    assert_eq!(ok(&[]).firewall_mode, None);
+    assert_eq!(ok(&[("TS_DEBUG_FIREWALL_MODE", "")]).firewall_mode, None);
+    for (v, want) in [
+        ("iptables", FirewallMode::Iptables),
+        ("nftables", FirewallMode::Nftables),
+        ("auto", FirewallMode::Auto),
+    ] {
+        let s = ok(&[("TS_DEBUG_FIREWALL_MODE", v)]);
+        assert_eq!(s.firewall_mode, Some(want));
+        assert_eq!(want.to_string(), v);
+        assert!(s.unsupported_vars.is_empty(), "tailscaled reads it too");
+    }
+    for bad in ["nft", "IPTABLES", "legacy", " auto"] {
+        let e = err(&[("TS_DEBUG_FIREWALL_MODE", bad)]);
+        assert_names(&e, "TS_DEBUG_FIREWALL_MODE", bad);
     }
 }

@@ -3,6 +3,8 @@
 //! watched as events (no sleeps to "let it settle").
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::process::CommandExt as _;

@@ -1,0 +1,285 @@
+//! The netmap's peers, for resolving `TS_TAILNET_TARGET_FQDN` (README D22).
+//!
+//! Kept apart from [`crate::notify::Notify`] on purpose: only a watcher that resolves a name
+//! pays for reading peers ([`PeerDelta::from_line`] on the same line), the others keep skipping
+//! them. Every era is read:
+//! * seed..v1.98: every netmap message carries the full `NetMap.Peers`;
+//! * v1.98+ (watch mask bit 12, [`MASK_PEER_CHANGES`]): a full netmap arrives as `SelfChange`
+//!   plus `PeersChanged` listing every peer; deltas as `PeersChanged` (upserts, whole nodes) and
+//!   `PeersRemoved` (node IDs) without `SelfChange`;
+//! * v1.100+: the first message of a watch with bit 14 carries `InitialStatus.Peer`.
+//!
+//! `PeerChangedPatch` never changes a name or an address, so it is not asked for.
+
+use crate::localapi::MASK_STEADY;
+use crate::notify::{nullable, present, single_ip, Node};
+use crate::settings::IpPrefix;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// `NotifyPeerChanges`: deliver `PeersChanged` / `PeersRemoved` (v1.98+; older daemons ignore it).
+pub const NOTIFY_PEER_CHANGES: u64 = 1 << 12;
+/// The steady-state watch plus peer changes: what a watcher resolving a name asks for.
+pub const MASK_PEER_CHANGES: u64 = MASK_STEADY | NOTIFY_PEER_CHANGES;
+
+/// The peer fields of one bus message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct PeerDelta {
+    #[serde(rename = "NetMap", default)]
+    net_map: Option<NetMapPeers>,
+    /// Present (a full netmap on v1.98+) or not (a delta).
+    #[serde(rename = "SelfChange", default, deserialize_with = "present")]
+    self_change: bool,
+    #[serde(rename = "PeersChanged", default)]
+    peers_changed: Option<Vec<Node>>,
+    #[serde(rename = "PeersRemoved", default)]
+    peers_removed: Option<Vec<i64>>,
+    #[serde(rename = "InitialStatus", default)]
+    initial_status: Option<StatusPeers>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+struct NetMapPeers {
+    #[serde(rename = "Peers", default)]
+    peers: Option<Vec<Node>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+struct StatusPeers {
+    #[serde(rename = "Peer", default)]
+    peer: Option<BTreeMap<String, StatusPeer>>,
+}
+
+/// The parts of `ipnstate.PeerStatus` that name a peer and its addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+struct StatusPeer {
+    #[serde(rename = "NodeID", default, deserialize_with = "nullable")]
+    node_id: i64,
+    #[serde(rename = "DNSName", default, deserialize_with = "nullable")]
+    dns_name: String,
+    #[serde(rename = "TailscaleIPs", default, deserialize_with = "nullable")]
+    tailscale_ips: Vec<IpAddr>,
+}
+
+impl PeerDelta {
+    /// The peer fields of a line [`crate::notify::Notify::from_line`] already accepted.
+    pub fn from_line(line: &[u8]) -> Result<PeerDelta, serde_json::Error> {
+        serde_json::from_slice(line)
+    }
+}
+
+/// One peer as far as name resolution cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Peer {
+    name: String,
+    addresses: Vec<IpPrefix>,
+}
+
+/// The peers known so far, by node ID (a peer without an ID is kept by name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peers {
+    by_id: BTreeMap<i64, Peer>,
+    by_name: BTreeMap<String, Peer>,
+}
+
+impl Peers {
+    fn replace_all(&mut self, nodes: impl IntoIterator<Item = (i64, Peer)>) {
+        self.by_id.clear();
+        self.by_name.clear();
+        for (id, peer) in nodes {
+            self.upsert(id, peer);
+        }
+    }
+
+    fn upsert(&mut self, id: i64, peer: Peer) {
+        if id != 0 {
+            self.by_name.remove(&peer.name);
+            self.by_id.insert(id, peer);
+        } else if !peer.name.is_empty() {
+            self.by_name.insert(peer.name.clone(), peer);
+        }
+    }
+
+    /// Folds one message in; `true` when it said anything about peers.
+    pub fn apply(&mut self, delta: &PeerDelta) -> bool {
+        let from_node = |n: &Node| {
+            (
+                n.id,
+                Peer {
+                    name: n.name.clone(),
+                    addresses: n.addresses.clone(),
+                },
+            )
+        };
+        let mut touched = false;
+        if let Some(peers) = delta.initial_status.as_ref().and_then(|s| s.peer.as_ref()) {
+            self.replace_all(peers.values().map(|p| {
+                (
+                    p.node_id,
+                    Peer {
+                        name: p.dns_name.clone(),
+                        addresses: p.tailscale_ips.iter().map(|ip| single_ip(*ip)).collect(),
+                    },
+                )
+            }));
+            touched = true;
+        }
+        if let Some(peers) = delta.net_map.as_ref().and_then(|nm| nm.peers.as_ref()) {
+            self.replace_all(peers.iter().map(from_node));
+            touched = true;
+        }
+        if let Some(changed) = &delta.peers_changed {
+            if delta.self_change {
+                // A full netmap lists every peer: whoever is missing is gone.
+                self.replace_all(changed.iter().map(from_node));
+            } else {
+                for node in changed {
+                    let (id, peer) = from_node(node);
+                    self.upsert(id, peer);
+                }
+            }
+            touched = true;
+        }
+        if let Some(removed) = &delta.peers_removed {
+            for id in removed {
+                self.by_id.remove(id);
+            }
+            touched = true;
+        }
+        touched
+    }
+
+    /// The addresses of the peer named `fqdn` (letter case and the trailing dot do not matter),
+    /// single IPs only, in the daemon's order. `None` when no peer has that name.
+    pub fn resolve(&self, fqdn: &str) -> Option<Vec<IpAddr>> {
+        let want = fqdn.trim_end_matches('.');
+        self.by_id
+            .values()
+            .chain(self.by_name.values())
+            .find(|p| p.name.trim_end_matches('.').eq_ignore_ascii_case(want))
+            .map(|p| {
+                p.addresses
+                    .iter()
+                    .filter(|a| a.len == single_ip(a.addr).len)
+                    .map(|a| a.addr)
+                    .collect()
+            })
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len() + self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(json: &str) -> PeerDelta {
+        PeerDelta::from_line(json.as_bytes()).expect("valid")
+    }
+
+    fn ips(list: &[&str]) -> Option<Vec<IpAddr>> {
+        Some(list.iter().map(|s| s.parse().unwrap()).collect())
+    }
+
+    const SEED: &str = r#"{"NetMap":{"Peers":[{"ID":1,"Name":"db-1.tail1234.ts.net.","Addresses":["100.90.1.2/32","fd7a::102/128","10.0.0.0/24"]},{"ID":2,"Name":"web.tail1234.ts.net.","Addresses":["100.90.1.3/32"]}]}}"#;
+
+    #[test]
+    fn seed_netmap_is_the_full_list() {
+        let mut p = Peers::default();
+        assert!(p.apply(&delta(SEED)));
+        assert_eq!(p.len(), 2);
+        // Trailing dot optional, case-insensitive; subnet routes are not addresses.
+        for name in [
+            "db-1.tail1234.ts.net",
+            "db-1.tail1234.ts.net.",
+            "DB-1.Tail1234.TS.net",
+        ] {
+            assert_eq!(p.resolve(name), ips(&["100.90.1.2", "fd7a::102"]), "{name}");
+        }
+        assert_eq!(p.resolve("db-1"), None, "no search domains");
+        assert_eq!(p.resolve("nope.tail1234.ts.net"), None);
+        // The next full netmap drops web.
+        assert!(p.apply(&delta(
+            r#"{"NetMap":{"Peers":[{"ID":1,"Name":"db-1.tail1234.ts.net.","Addresses":["100.90.9.9/32"]}]}}"#
+        )));
+        assert_eq!(p.resolve("web.tail1234.ts.net"), None);
+        assert_eq!(p.resolve("db-1.tail1234.ts.net"), ips(&["100.90.9.9"]));
+        // A message without peers changes nothing.
+        assert!(!p.apply(&delta(r#"{"State":6,"NetMap":{"Addresses":[]}}"#)));
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn head_deltas_and_full_netmaps() {
+        let mut p = Peers::default();
+        assert!(p.apply(&delta(
+            r#"{"SelfChange":{"ID":9},"PeersChanged":[{"ID":1,"Name":"db.ts.net.","Addresses":["100.90.1.2/32"]},{"ID":2,"Name":"web.ts.net.","Addresses":["100.90.1.3/32"]}]}"#
+        )));
+        assert_eq!(p.len(), 2);
+        // Delta: db moves, web removed, a new peer.
+        assert!(p.apply(&delta(
+            r#"{"PeersChanged":[{"ID":1,"Name":"db.ts.net.","Addresses":["100.90.7.7/32"]},{"ID":3,"Name":"new.ts.net.","Addresses":["100.90.1.4/32"]}],"PeersRemoved":[2]}"#
+        )));
+        assert_eq!(p.resolve("db.ts.net"), ips(&["100.90.7.7"]));
+        assert_eq!(p.resolve("web.ts.net"), None);
+        assert_eq!(p.resolve("new.ts.net"), ips(&["100.90.1.4"]));
+        // A delta is not the whole list.
+        assert!(p.apply(&delta(
+            r#"{"PeersChanged":[{"ID":4,"Name":"x.ts.net.","Addresses":[]}]}"#
+        )));
+        assert_eq!(p.len(), 3);
+        // A full netmap (SelfChange + PeersChanged) is.
+        assert!(p.apply(&delta(
+            r#"{"SelfChange":{"ID":9},"PeersChanged":[{"ID":3,"Name":"new.ts.net.","Addresses":["100.90.1.4/32"]}]}"#
+        )));
+        assert_eq!(p.len(), 1);
+    }
+
+    #[test]
+    fn initial_status_peers() {
+        let mut p = Peers::default();
+        assert!(p.apply(&delta(
+            r#"{"InitialStatus":{"BackendState":"Running","Peer":{"nodekey:ab":{"NodeID":1,"DNSName":"db.ts.net.","TailscaleIPs":["100.90.1.2","fd7a::2"]}}}}"#
+        )));
+        assert_eq!(p.resolve("db.ts.net"), ips(&["100.90.1.2", "fd7a::2"]));
+        // A peer without a node ID is kept by name and replaced by its ID'd self later.
+        assert!(p.apply(&delta(
+            r#"{"PeersChanged":[{"Name":"anon.ts.net.","Addresses":["100.90.1.5/32"]}]}"#
+        )));
+        assert_eq!(p.resolve("anon.ts.net"), ips(&["100.90.1.5"]));
+        assert!(p.apply(&delta(
+            r#"{"PeersChanged":[{"ID":5,"Name":"anon.ts.net.","Addresses":["100.90.1.6/32"]}]}"#
+        )));
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.resolve("anon.ts.net"), ips(&["100.90.1.6"]));
+    }
+
+    #[test]
+    fn fixtures_of_both_eras_resolve_db_1() {
+        for file in [
+            "seed-era-12-initial-running-with-netmap-mask10.json",
+            "head-era-13-initial-running-with-netmap-mask10.json",
+            "head-era-20-initial-status-headmask28804.json",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../tests/fixtures/ipn-bus")
+                .join(file);
+            let line = std::fs::read(&path).expect("fixture");
+            let line: Vec<u8> = line.into_iter().filter(|b| *b != b'\n').collect();
+            let mut p = Peers::default();
+            assert!(p.apply(&PeerDelta::from_line(&line).expect(file)), "{file}");
+            assert_eq!(
+                p.resolve("db-1.tail1234.ts.net"),
+                ips(&["100.90.1.2", "fd7a:115c:a1e0:ab12:4843:cd96:625a:102"]),
+                "{file}"
+            );
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The firewall seam: every rule tsboot owns (ingress DNAT for `TS_DEST_IP`, egress to a
+//! tailnet target) goes through [`Firewall`], carried by the backend tailscaled uses (D22).
+//!
+//! Two drivers, both reached through one [`Runner`] (the single spawn path, with a timeout on
+//! every command):
+//! * [`iptables::IptablesDriver`]: `iptables` / `ip6tables`, the reference's commands;
+//! * [`nftables::NftDriver`]: the `nft` command line. Chosen over a netlink crate on purpose:
+//!   no new dependency, the same program an operator inspects the rules with, a whole change
+//!   applied as one `nft` transaction (atomic), and `nft -j` gives a stable JSON listing to
+//!   diff against. The cost, one process per reconcile, is paid only when an address or the
+//!   target changes.
+//!
+//! [`choose`] picks the backend the way tailscaled does (`TS_DEBUG_FIREWALL_MODE`, README D22).
+
+pub mod iptables;
+pub mod nftables;
+
+use crate::rules::{Family, Rule};
+use crate::ProxyError;
+use std::future::Future;
+use std::time::Duration;
+use ts_common::argv::Command;
+use ts_common::settings::FirewallMode;
+
+/// How long one iptables or nft command may take before it is killed and the reconcile fails.
+/// They normally take milliseconds; a stuck xtables lock must not hang the watcher forever.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs firewall commands. The real one uses `PATH`; tests substitute a recording model.
+pub trait Runner {
+    /// Runs `cmd` and returns its stdout; a non-zero exit is an error carrying stderr.
+    fn run(&mut self, cmd: &Command) -> impl Future<Output = Result<String, ProxyError>>;
+}
+
+/// Runs the programs found on `PATH`, as the reference does, each under a deadline.
+#[derive(Debug)]
+pub struct SystemRunner {
+    pub timeout: Duration,
+}
+
+impl Default for SystemRunner {
+    fn default() -> Self {
+        SystemRunner {
+            timeout: COMMAND_TIMEOUT,
+        }
+    }
+}
+
+impl Runner for SystemRunner {
+    async fn run(&mut self, cmd: &Command) -> Result<String, ProxyError> {
+        let child = tokio::process::Command::new(&cmd.program)
+            .args(cmd.argv())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = match tokio::time::timeout(self.timeout, child).await {
+            Ok(r) => r.map_err(|source| ProxyError::Spawn {
+                command: cmd.display_redacted(),
+                program: cmd.program.clone(),
+                source,
+            })?,
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    command: cmd.display_redacted(),
+                    after: self.timeout,
+                })
+            }
+        };
+        if !output.status.success() {
+            return Err(ProxyError::Command {
+                command: cmd.display_redacted(),
+                program: cmd.program.clone(),
+                status: describe_status(&output.status),
+                stderr: bounded(&String::from_utf8_lossy(&output.stderr)),
+            });
+        }
+        // The reference let iptables write to its stderr; keep such warnings visible.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !stderr.trim().is_empty() {
+            tracing::warn!("{}: {}", cmd.display_redacted(), bounded(stderr.trim()));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// At most this much of a tool's stderr goes into an error or a log line.
+const STDERR_LIMIT: usize = 2000;
+
+/// `text` cut to [`STDERR_LIMIT`] bytes (on a character boundary), control characters other
+/// than newlines escaped, so a tool's output cannot flood or forge log lines.
+pub fn bounded(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars() {
+        if out.len() >= STDERR_LIMIT {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn describe_status(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Which netfilter interface carries tsboot's rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Iptables,
+    Nftables,
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Iptables => "iptables",
+            Backend::Nftables => "nftables",
+        }
+    }
+}
+
+/// The backend and the reason, for the log and `--explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub backend: Backend,
+    pub why: String,
+}
+
+/// What the choice looks at; the real one runs the tools, tests answer from a table.
+pub trait Probe {
+    /// Is `program` on `PATH`?
+    fn on_path(&self, program: &str) -> bool;
+    /// Runs a read-only command (`iptables -S`, `nft -j list ruleset`): stdout, or why not.
+    fn read(&mut self, cmd: &Command) -> impl Future<Output = Result<String, ProxyError>>;
+}
+
+/// [`Probe`] over a [`Runner`] and the process's `PATH`.
+pub struct SystemProbe<'a, R: Runner>(pub &'a mut R);
+
+impl<R: Runner> Probe for SystemProbe<'_, R> {
+    fn on_path(&self, program: &str) -> bool {
+        ts_common::process::look_path(program).is_some()
+    }
+
+    async fn read(&mut self, cmd: &Command) -> Result<String, ProxyError> {
+        self.0.run(cmd).await
+    }
+}
+
+/// `iptables -S` and `ip6tables -S` (the filter table, as tailscaled counts): the number of
+/// `-A` lines, or an error when neither runs.
+async fn iptables_rule_count<P: Probe>(probe: &mut P) -> Result<usize, String> {
+    let mut count = 0;
+    let mut errors = Vec::new();
+    for program in ["iptables", "ip6tables"] {
+        match probe.read(&Command::new(program).arg("-S")).await {
+            Ok(out) => {
+                count += out
+                    .lines()
+                    .filter(|l| l.trim_start().starts_with("-A"))
+                    .count()
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.len() == 2 {
+        return Err(errors.join("; "));
+    }
+    Ok(count)
+}
+
+/// The rules in every nftables table (tailscaled counts them all), or why nft is unusable.
+async fn nft_rule_count<P: Probe>(probe: &mut P) -> Result<usize, String> {
+    if !probe.on_path("nft") {
+        return Err("nft not found on PATH".into());
+    }
+    let out = probe
+        .read(&nftables::list_ruleset())
+        .await
+        .map_err(|e| e.to_string())?;
+    nftables::count_rules(&out)
+}
+
+/// tailscaled's choice (its `util/linuxfw` detector), made the same way from the same
+/// environment: `TS_DEBUG_FIREWALL_MODE` first; unset means iptables unless neither `iptables`
+/// nor `ip6tables` can run for want of the program; `auto` prefers whichever already holds
+/// rules, and nftables when both or neither do and it works. (tailscaled may also get a hint
+/// from the control plane, which tsboot cannot see: set the variable to pin the choice.)
+pub async fn choose<P: Probe>(mode: Option<FirewallMode>, probe: &mut P) -> Choice {
+    let choice = |backend, why: String| Choice { backend, why };
+    match mode {
+        Some(FirewallMode::Iptables) => {
+            choice(Backend::Iptables, "TS_DEBUG_FIREWALL_MODE=iptables".into())
+        }
+        Some(FirewallMode::Nftables) => {
+            choice(Backend::Nftables, "TS_DEBUG_FIREWALL_MODE=nftables".into())
+        }
+        None => {
+            let missing: Vec<&str> = ["iptables", "ip6tables"]
+                .into_iter()
+                .filter(|p| !probe.on_path(p))
+                .collect();
+            let unusable = match missing.as_slice() {
+                [] => false,
+                // One is missing: the other decides, as tailscaled runs both.
+                [gone] => {
+                    let other = if *gone == "iptables" {
+                        "ip6tables"
+                    } else {
+                        "iptables"
+                    };
+                    probe.read(&Command::new(other).arg("-S")).await.is_err()
+                }
+                _ => true,
+            };
+            if unusable {
+                choice(
+                    Backend::Nftables,
+                    format!(
+                        "TS_DEBUG_FIREWALL_MODE unset and {} not found on PATH, so nftables (as tailscaled)",
+                        missing.join(" and ")
+                    ),
+                )
+            } else {
+                choice(
+                    Backend::Iptables,
+                    "TS_DEBUG_FIREWALL_MODE unset: iptables, tailscaled's default".into(),
+                )
+            }
+        }
+        Some(FirewallMode::Auto) => {
+            let ipt = iptables_rule_count(probe).await;
+            let nft = nft_rule_count(probe).await;
+            let shown = |r: &Result<usize, String>| match r {
+                Ok(n) => n.to_string(),
+                Err(e) => format!("unavailable ({e})"),
+            };
+            let counts = format!(
+                "TS_DEBUG_FIREWALL_MODE=auto: nftables rules {}, iptables rules {}",
+                shown(&nft),
+                shown(&ipt)
+            );
+            match (&ipt, &nft) {
+                (Ok(0) | Err(_), Ok(n)) if *n > 0 => {
+                    choice(Backend::Nftables, format!("{counts}: nftables in use"))
+                }
+                (Ok(n), Ok(0) | Err(_)) if *n > 0 => {
+                    choice(Backend::Iptables, format!("{counts}: iptables in use"))
+                }
+                (_, Ok(_)) => choice(Backend::Nftables, format!("{counts}: nftables available")),
+                (Ok(_), Err(_)) => {
+                    choice(Backend::Iptables, format!("{counts}: iptables available"))
+                }
+                (Err(_), Err(_)) => choice(
+                    Backend::Iptables,
+                    format!("{counts}: neither works, iptables as tailscaled falls back to"),
+                ),
+            }
+        }
+    }
+}
+
+/// Holds tsboot's rules in the kernel.
+pub trait Firewall {
+    fn backend(&self) -> Backend;
+
+    /// Makes the rules tsboot owns for `family` exactly `want` (all of that family, each once),
+    /// new ones before old ones go so traffic never meets a gap. Returns what was changed.
+    fn reconcile(
+        &mut self,
+        family: Family,
+        want: &[Rule],
+    ) -> impl Future<Output = Result<Vec<String>, ProxyError>>;
+
+    /// Can this backend NAT IPv6 here? Asked before installing IPv6 egress for a name.
+    fn ipv6_nat(&mut self) -> impl Future<Output = bool>;
+
+    /// How to look at the rules by hand, for the log and `--explain`.
+    fn inspect_hint(&self) -> String;
+}
+
+/// Either driver, chosen at run time.
+pub enum Driver<R: Runner> {
+    Iptables(iptables::IptablesDriver<R>),
+    Nftables(nftables::NftDriver<R>),
+}
+
+impl<R: Runner> Driver<R> {
+    pub fn new(backend: Backend, runner: R) -> Self {
+        match backend {
+            Backend::Iptables => Driver::Iptables(iptables::IptablesDriver::new(runner)),
+            Backend::Nftables => Driver::Nftables(nftables::NftDriver::new(runner)),
+        }
+    }
+
+    pub fn runner(&mut self) -> &mut R {
+        match self {
+            Driver::Iptables(d) => &mut d.runner,
+            Driver::Nftables(d) => &mut d.runner,
+        }
+    }
+}
+
+impl<R: Runner> Firewall for Driver<R> {
+    fn backend(&self) -> Backend {
+        match self {
+            Driver::Iptables(_) => Backend::Iptables,
+            Driver::Nftables(_) => Backend::Nftables,
+        }
+    }
+
+    async fn reconcile(
+        &mut self,
+        family: Family,
+        want: &[Rule],
+    ) -> Result<Vec<String>, ProxyError> {
+        match self {
+            Driver::Iptables(d) => d.reconcile(family, want).await,
+            Driver::Nftables(d) => d.reconcile(family, want).await,
+        }
+    }
+
+    async fn ipv6_nat(&mut self) -> bool {
+        match self {
+            Driver::Iptables(d) => d.ipv6_nat().await,
+            Driver::Nftables(d) => d.ipv6_nat().await,
+        }
+    }
+
+    fn inspect_hint(&self) -> String {
+        match self {
+            Driver::Iptables(d) => d.inspect_hint(),
+            Driver::Nftables(d) => d.inspect_hint(),
+        }
+    }
+}
