@@ -71,6 +71,10 @@ fn refused_combinations_exit_2_before_anything_starts() {
             &[("TS_DEBUG_ADDR_PORT", "localhost:9001")],
             "TS_DEBUG_ADDR_PORT=\"localhost:9001\"",
         ),
+        (
+            &[("TS_HOSTNAME", "a"), ("TS_EXTRA_ARGS", "--hostname=b")],
+            "TS_HOSTNAME is set and TS_EXTRA_ARGS has --hostname too",
+        ),
     ];
     for (i, (vars, want)) in table.iter().enumerate() {
         let root = Root::new(&format!("refused-{i}"));

@@ -42,13 +42,13 @@ fn explain_shows_the_reference_argv_with_the_key_redacted() {
         ])
         .env("TS_AUTHKEY", "tskey-secret-value")
         .env("TS_HOSTNAME", "box")
-        .env("TS_EXTRA_ARGS", "--ssh --authkey=tskey-extra-value")
+        .env("TS_EXTRA_ARGS", "--ssh --id-token=tskey-extra-value")
         .output()
         .expect("run");
     assert!(out.status.success(), "{out:?}");
     let plan = String::from_utf8_lossy(&out.stdout);
     assert!(
-        plan.contains("tailscale --socket=/tmp/tailscaled.sock up --accept-dns=true --authkey=<redacted> --advertise-routes=10.0.0.0/24 --hostname=box --reset --ssh --authkey=<redacted>"),
+        plan.contains("tailscale --socket=/tmp/tailscaled.sock up --accept-dns=true --authkey=<redacted> --advertise-routes=10.0.0.0/24 --hostname=box --reset --ssh --id-token=<redacted>"),
         "{plan}"
     );
     assert!(!plan.contains("tskey-secret-value"));

@@ -158,8 +158,9 @@ pub fn tailscaled(s: &Settings) -> Command {
 ///
 /// `--reset` comes before the user's words: the environment describes the whole node, so a
 /// preference an earlier boot (or a hand-run `tailscale set`) left behind is reset instead of
-/// failing `up`'s check that every non-default preference is mentioned. `--reset=false` in
-/// `TS_EXTRA_ARGS` turns that off (the last flag wins). README: "Restarts and preferences".
+/// failing `up`'s check that every non-default preference is mentioned. A `--reset[=BOOL]` in
+/// `TS_EXTRA_ARGS` replaces it (`up` refuses a flag given twice): `--reset=false` turns the
+/// policy off. README: "Restarts and preferences".
 pub fn tailscale_up(s: &Settings, auth_key: Option<&AuthKey>) -> Command {
     let cmd = Command::new("tailscale")
         .arg(format!("--socket={}", s.socket.display()))
@@ -170,7 +171,13 @@ pub fn tailscale_up(s: &Settings, auth_key: Option<&AuthKey>) -> Command {
         .secret("--client-secret=", s.client_secret.as_ref())
         .secret("--id-token=", s.id_token.as_ref())
         .arg_if("--audience", &s.audience);
-    owned_prefs(cmd, s).arg("--reset").user_words(&s.extra_args)
+    let cmd = owned_prefs(cmd, s);
+    let cmd = if s.extra_args.mentions("reset") {
+        cmd
+    } else {
+        cmd.arg("--reset")
+    };
+    cmd.user_words(&s.extra_args)
 }
 
 /// `tailscale set` with the preferences the environment owns (D19), run once Running with
@@ -390,6 +397,22 @@ mod tests {
             tailscale_up(&s, None).argv()[3..5],
             ["--client-id=cid", "--audience=aud"]
         );
+    }
+
+    #[test]
+    fn reset_of_the_user_replaces_tsboots() {
+        for words in ["--reset=false", "-reset", "--reset", "--ssh -reset=true"] {
+            let s = settings(&[("TS_EXTRA_ARGS", words)]);
+            let argv = tailscale_up(&s, None).argv();
+            let resets = argv.iter().filter(|w| w.contains("reset")).count();
+            assert_eq!(resets, 1, "{words}: {argv:?}");
+            assert!(!argv.contains(&"--reset".to_string()) || words.contains("--reset"));
+        }
+        // Words that merely contain the name do not count.
+        let s = settings(&[("TS_EXTRA_ARGS", "--resetx --hostname=reset")]);
+        assert!(tailscale_up(&s, None)
+            .argv()
+            .contains(&"--reset".to_string()));
     }
 
     #[test]

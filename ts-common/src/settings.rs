@@ -230,6 +230,12 @@ pub enum SettingsError {
     },
     #[error("{var} is not valid UTF-8; set it to a UTF-8 value")]
     NotUnicode { var: String },
+    /// A variable and the same flag in `TS_EXTRA_ARGS`.
+    #[error("{var} is set and TS_EXTRA_ARGS has --{flag} too: tailscale up refuses a flag given twice; keep one of them")]
+    Twice {
+        var: &'static str,
+        flag: &'static str,
+    },
     /// Two variables that today's containerboot refuses together (its `validate()`).
     #[error("{0}")]
     Conflict(&'static str),
@@ -527,6 +533,23 @@ impl Settings {
         let (extra_args, accept_dns) =
             fold_accept_dns(fields(&env.string("TS_EXTRA_ARGS", "")), accept_dns)?;
         let login = Login::from_env(&env, auth_key.is_some())?;
+        let hostname = env.string("TS_HOSTNAME", "");
+        refuse_twice(
+            &extra_args,
+            &[
+                ("TS_HOSTNAME", &["hostname"], !hostname.is_empty()),
+                ("TS_ROUTES", &["advertise-routes"], routes.is_some()),
+                ("TS_AUTHKEY", &["authkey", "auth-key"], auth_key.is_some()),
+                ("TS_CLIENT_ID", &["client-id"], !login.client_id.is_empty()),
+                (
+                    "TS_CLIENT_SECRET",
+                    &["client-secret"],
+                    login.client_secret.is_some(),
+                ),
+                ("TS_ID_TOKEN", &["id-token"], login.id_token.is_some()),
+                ("TS_AUDIENCE", &["audience"], !login.audience.is_empty()),
+            ],
+        )?;
         let debug_addr_port = env.string("TS_DEBUG_ADDR_PORT", "");
         if !debug_addr_port.is_empty() && debug_addr_port.parse::<std::net::SocketAddr>().is_err() {
             return Err(SettingsError::Invalid {
@@ -616,7 +639,7 @@ impl Settings {
             userspace,
             state_dir: env.string("TS_STATE_DIR", ""),
             accept_dns,
-            hostname: env.string("TS_HOSTNAME", ""),
+            hostname,
             client_id: login.client_id,
             client_secret: login.client_secret,
             id_token: login.id_token,
@@ -756,6 +779,21 @@ impl std::ops::Deref for ExtraArgs {
     }
 }
 
+impl ExtraArgs {
+    /// Whether a word sets the flag `name` (`-name`, `--name`, `-name=V`, `--name=V`, as Go's
+    /// flag package reads them). `tailscale up` refuses a flag given twice, so tsboot leaves out
+    /// its own flag when the user's words already set it.
+    pub fn mentions(&self, name: &str) -> bool {
+        self.0.iter().any(|word| {
+            let body = word
+                .strip_prefix("--")
+                .or_else(|| word.strip_prefix('-'))
+                .unwrap_or("");
+            body.split_once('=').map_or(body, |(n, _)| n) == name
+        })
+    }
+}
+
 impl fmt::Debug for ExtraArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown: Vec<String> = classify_words(&self.0)
@@ -845,6 +883,21 @@ fn fold_accept_dns(
         })?;
     }
     Ok((ExtraArgs(kept), accept_dns))
+}
+
+/// `tailscale up` refuses a flag given twice: a variable tsboot turns into a flag and the same
+/// flag in `TS_EXTRA_ARGS` would fail every boot (as in today's image), so it is refused here,
+/// before anything starts. Each entry: the variable, its flag names, whether it is in use.
+fn refuse_twice(
+    extra: &ExtraArgs,
+    vars: &[(&'static str, &[&'static str], bool)],
+) -> Result<(), SettingsError> {
+    for (var, flags, in_use) in vars {
+        if let Some(flag) = flags.iter().find(|f| *in_use && extra.mentions(f)) {
+            return Err(SettingsError::Twice { var, flag });
+        }
+    }
+    Ok(())
 }
 
 /// The OAuth / workload identity variables, validated together.

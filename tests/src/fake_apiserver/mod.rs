@@ -693,6 +693,7 @@ impl Answer {
 fn injected(code: u16, method: &str, target: &Target) -> Answer {
     let (name, kind) = match target {
         Target::Secret { name, .. } => (name.as_str(), "secrets"),
+        Target::Secrets { .. } => ("", "secrets"),
         Target::Ssar => ("", "selfsubjectaccessreviews"),
         Target::Other => ("", ""),
     };
@@ -738,7 +739,15 @@ fn verb_of(method: &str) -> &'static str {
 }
 
 enum Target {
-    Secret { ns: String, name: String },
+    Secret {
+        ns: String,
+        name: String,
+    },
+    /// The namespace's secrets collection: `POST` creates one (tailscaled's `kube:` store does
+    /// when its state secret is missing).
+    Secrets {
+        ns: String,
+    },
     Ssar,
     Other,
 }
@@ -755,6 +764,9 @@ fn target_of(path: &str) -> Target {
                 ns: ns.to_string(),
                 name: name.to_string(),
             }
+        }
+        ["api", "v1", "namespaces", ns, "secrets"] if !ns.is_empty() => {
+            Target::Secrets { ns: ns.to_string() }
         }
         _ => Target::Other,
     }
@@ -961,11 +973,76 @@ fn serve(shared: &Shared, req: &RecordedRequest, target: &Target, body: &[u8]) -
                 ),
             }
         }
+        Target::Secrets { ns } => create_secret(&mut st, req, ns),
         Target::Other => Answer::fail(
             404,
             "the server could not find the requested resource",
             None,
         ),
+    }
+}
+
+/// `POST /api/v1/namespaces/NS/secrets`: a new secret from the body's `metadata.name` and
+/// `data` (base64) / `stringData`; 409 when it exists, 403 when create is denied.
+fn create_secret(st: &mut State, req: &RecordedRequest, ns: &str) -> Answer {
+    if req.method != "POST" {
+        return Answer::fail(
+            405,
+            "the server does not allow this method on the requested resource",
+            None,
+        );
+    }
+    let Some(body) = req.json() else {
+        return Answer::fail(400, "error decoding Secret: not JSON", None);
+    };
+    let name = body
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if st.denied("create", "secrets") {
+        let msg = forbidden_message("create", "secrets", "", ns);
+        return Answer::fail(403, &msg, Some(("", "secrets")));
+    }
+    if name.is_empty() {
+        return Answer::fail(
+            422,
+            "Secret \"\" is invalid: metadata.name: Required value",
+            None,
+        );
+    }
+    let key = (ns.to_string(), name.clone());
+    if st.secrets.contains_key(&key) {
+        let msg = format!("secrets {name:?} already exists");
+        return Answer::fail(409, &msg, Some((&name, "secrets")));
+    }
+    let mut data = BTreeMap::new();
+    for (field, decode) in [("data", true), ("stringData", false)] {
+        for (k, v) in body
+            .get(field)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let text = v.as_str().unwrap_or("");
+            let bytes = if decode {
+                match patch::unb64(text) {
+                    Some(b) => b,
+                    None => {
+                        let msg = format!("Secret {name:?} is invalid: data[{k}]: illegal base64");
+                        return Answer::fail(422, &msg, Some((&name, "secrets")));
+                    }
+                }
+            } else {
+                text.as_bytes().to_vec()
+            };
+            data.insert(k.clone(), bytes);
+        }
+    }
+    st.put_secret(ns, &name, data);
+    match st.secrets.get(&key) {
+        Some(created) => Answer::ok(201, secret_json(ns, &name, created)),
+        None => Answer::fail(500, "Internal error occurred: secret vanished", None),
     }
 }
 

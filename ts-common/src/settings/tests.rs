@@ -1599,6 +1599,72 @@ fn variables_tailscaled_reads_are_never_called_ignored() {
     }
 }
 
+#[test]
+fn a_variable_and_its_flag_in_extra_args_are_refused_together() {
+    let table: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("TS_HOSTNAME", "a"), ("TS_EXTRA_ARGS", "--hostname=b")],
+            "TS_HOSTNAME",
+        ),
+        (
+            &[
+                ("TS_ROUTES", ""),
+                ("TS_EXTRA_ARGS", "-advertise-routes=10.0.0.0/8"),
+            ],
+            "TS_ROUTES",
+        ),
+        (
+            &[("TS_AUTHKEY", "k"), ("TS_EXTRA_ARGS", "--auth-key=k2")],
+            "TS_AUTHKEY",
+        ),
+        (
+            &[("TS_AUTH_KEY", "k"), ("TS_EXTRA_ARGS", "--authkey k2")],
+            "TS_AUTHKEY",
+        ),
+        (
+            &[("TS_CLIENT_ID", "c"), ("TS_EXTRA_ARGS", "--client-id=d")],
+            "TS_CLIENT_ID",
+        ),
+        (
+            &[
+                ("TS_CLIENT_SECRET", "s"),
+                ("TS_EXTRA_ARGS", "--client-secret=t"),
+            ],
+            "TS_CLIENT_SECRET",
+        ),
+        (
+            &[
+                ("TS_CLIENT_ID", "c"),
+                ("TS_ID_TOKEN", "t"),
+                ("TS_EXTRA_ARGS", "--id-token=u"),
+            ],
+            "TS_ID_TOKEN",
+        ),
+        (
+            &[
+                ("TS_CLIENT_ID", "c"),
+                ("TS_AUDIENCE", "a"),
+                ("TS_EXTRA_ARGS", "--audience=b"),
+            ],
+            "TS_AUDIENCE",
+        ),
+    ];
+    for (vars, var) in table {
+        let e = err(vars);
+        assert!(matches!(e, SettingsError::Twice { .. }), "{vars:?}: {e:?}");
+        assert!(e.to_string().starts_with(var), "{e}");
+        assert!(!e.to_string().contains("k2"), "{e}");
+    }
+    // Unused variables leave the flag to TS_EXTRA_ARGS, as before.
+    ok(&[
+        ("TS_HOSTNAME", ""),
+        (
+            "TS_EXTRA_ARGS",
+            "--hostname=b --advertise-routes=10.0.0.0/8",
+        ),
+    ]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Egress and the firewall backend (D22)
 
