@@ -1,4 +1,4 @@
-//! Every scenario of the reference's `main_test.go` (contract §4) run through the real ts-init
+//! Every scenario of the reference's `main_test.go` (the README's boot order) run through the real ts-init
 //! binary against the fakes, for each message era (the reference harness's own notifies, a
 //! seed-era daemon, a HEAD-era daemon): recorded argv byte for byte, sysctl files, the log line.
 

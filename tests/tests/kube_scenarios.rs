@@ -1,4 +1,4 @@
-//! The Kubernetes scenarios of the reference's `main_test.go` (contract §4), through the real
+//! The Kubernetes scenarios of the reference's `main_test.go` (the README's boot order), through the real
 //! ts-init, ts-kubestate and the fake apiserver over TLS, for each message era.
 
 use std::time::Duration;

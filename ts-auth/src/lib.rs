@@ -1,5 +1,5 @@
 //! ts-auth: `tailscale up` with the reference's argv and the login watch over the IPN bus until
-//! tailscaled is Running (contract §5 steps 9-11, §6). In guard mode (what ts-init asks for) it
+//! tailscaled is Running (the README's boot order). In guard mode (what ts-init asks for) it
 //! then stays resident and ends the container when tailscaled leaves Running (§7 step 1).
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Every command line tsboot runs, built in exactly one place each (contract §2, §3, §11).
+//! Every command line tsboot runs, built in exactly one place each (the README's boot order).
 //!
 //! The builders return the arguments without the program name; the program is found through
 //! `PATH` as the reference does. [`Command::display_redacted`] is what logs and `--explain` show.
@@ -120,7 +120,7 @@ impl fmt::Display for Command {
 /// Where tailscaled keeps its state when it is not the Kubernetes secret nor `TS_STATE_DIR`.
 const DEFAULT_STATEDIR: &str = "/tmp";
 
-/// `tailscaled` (contract §2; `--statedir` with the kube store and `--debug` as today's image).
+/// `tailscaled` (the README's boot order; `--statedir` with the kube store and `--debug` as today's image).
 pub fn tailscaled(s: &Settings) -> Command {
     let mut cmd = Command::new("tailscaled").arg(format!("--socket={}", s.socket.display()));
     let statedir = if s.state_dir.is_empty() {
@@ -153,7 +153,7 @@ pub fn tailscaled(s: &Settings) -> Command {
     cmd.args(&s.tailscaled_extra_args)
 }
 
-/// `tailscale up` (contract §3, in today's image's order). `auth_key` is the resolved key (from
+/// `tailscale up` (the README's boot order, in today's image's order). `auth_key` is the resolved key (from
 /// the environment or the Kubernetes secret); `None` means OAuth, or interactive login if needed.
 ///
 /// `--reset` comes before the user's words: the environment describes the whole node, so a
@@ -210,7 +210,7 @@ pub enum RuleOp {
     Delete,
 }
 
-/// `iptables` / `ip6tables` by the destination's family (contract §11).
+/// `iptables` / `ip6tables` by the destination's family (the README's boot order).
 pub fn dnat_program(dest: &std::net::IpAddr) -> &'static str {
     if dest.is_ipv4() {
         "iptables"

@@ -5,14 +5,14 @@
 //! `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT_HTTPS` (IPv6 hosts bracketed, D14).
 //! The server is verified against `ca.crt` only; verification is never skipped.
 //!
-//! Departures from the reference (deviations.md D12, D13):
+//! Departures from the reference (README D12, D13):
 //! * every request has a timeout, and transient faults (409, 429, 5xx, timeouts, connection
 //!   errors) get one shared, bounded retry ([`RetryPolicy`]) used by every call;
 //! * the token file is re-read for every request, so a rotated (projected) token is picked up,
 //!   and a 401 is retried once with a freshly read token.
 //!
 //! Each call returns a typed [`KubeError`] carrying the call, the status and the secret, so the
-//! callers (ts-kubestate) apply the per-call status table of deviations.md. Writes are patches of
+//! callers (ts-kubestate) apply the per-call status table of the README ("Kubernetes status handling"). Writes are patches of
 //! the keys tsboot owns, never a read-modify-write of the Secret.
 
 use crate::settings::{Settings, SettingsError};
@@ -384,7 +384,7 @@ pub fn secret_path(namespace: &str, name: &str) -> String {
 }
 
 impl KubeRequest {
-    /// SSAR for `verb` on the secret; the body is byte-for-byte the reference's (kube-api.md §2,
+    /// SSAR for `verb` on the secret; the body is byte-for-byte the reference's (docs/kubernetes.md §2,
     /// keys sorted as Go marshals a map).
     pub fn access_review(namespace: &str, verb: &str, secret: &str) -> Self {
         let body = serde_json::json!({

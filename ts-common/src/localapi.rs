@@ -1,4 +1,4 @@
-//! tailscaled's LocalAPI over its unix socket (localapi.md §1-2): the IPN bus watch.
+//! tailscaled's LocalAPI over its unix socket (docs/localapi.md §1-2): the IPN bus watch.
 //!
 //! One HTTP/1.1 connection per watch, made by hyperlocal's unix-socket connector and hyper's
 //! client, driven by a task on the caller's runtime (works on a `current_thread` runtime) and

@@ -1,13 +1,13 @@
 //! ts-kubestate: every Kubernetes call tsboot makes, in two modes.
 //!
-//! * [`preflight`]: before tailscaled starts (contract §5 step 6): RBAC checks through
+//! * [`preflight`]: before tailscaled starts (the README's boot order): RBAC checks through
 //!   SelfSubjectAccessReviews and the `authkey` lookup in the state secret; the result (patch
 //!   permission, the key) goes to ts-init through a pipe, never through argv or a log (D15).
-//! * [`watch`]: the long-lived watcher after tailscaled reached Running (contract §5 step 12,
+//! * [`watch`]: the long-lived watcher after tailscaled reached Running (the README's boot order,
 //!   §7): removes `authkey` with `TS_AUTH_ONCE`, and stores `device_id` / `device_fqdn` on
 //!   every identity change.
 //!
-//! Every call follows the status table of deviations.md; the calls themselves (and the shared
+//! Every call follows the status table of the README's deviation table; the calls themselves (and the shared
 //! bounded retry) live in [`ts_common::kube`]. Both modes are written against [`KubeOps`], so
 //! `--explain` runs the same code with [`explain::Explainer`], which performs the reads and
 //! only prints the writes.

@@ -1,4 +1,4 @@
-//! The Kubernetes preflight (contract §5 step 6, kube-api.md §2 calls 1-4), run by ts-init
+//! The Kubernetes preflight (the README's boot order, docs/kubernetes.md §2-§3), run by ts-init
 //! before tailscaled starts.
 //!
 //! 1. SSAR `get` and `update` on the secret (required);
@@ -7,7 +7,7 @@
 //!    it, or the boot stops here with a clear error (as today's image);
 //! 4. without `TS_AUTHKEY` and without an OAuth client, take the secret's `authkey`.
 //!
-//! Status handling per deviations.md: an SSAR that fails (401 after a token re-read, 403, 404,
+//! Status handling per the README's deviation table: an SSAR that fails (401 after a token re-read, 403, 404,
 //! 422, transient faults after the bounded retry) is logged and counts as allowed for
 //! get/update and as not allowed for patch, as the reference does; a TLS or service-account
 //! problem is fatal (no answer can be trusted). The authkey GET: 404 = no key, anything else

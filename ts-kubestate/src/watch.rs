@@ -1,4 +1,4 @@
-//! The device-info watcher (contract §5 step 12, §7; kube-api.md §2 calls 5-7), started by
+//! The device-info watcher (the README's boot order; docs/kubernetes.md §3), started by
 //! ts-init once tailscaled is Running.
 //!
 //! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone).
@@ -9,7 +9,7 @@
 //! are untouched. The change detector is updated before the write, as the reference does, so a
 //! skipped write waits for the next change.
 //!
-//! Status handling per deviations.md: the GET skips the write on 4xx (logged); the PATCH skips
+//! Status handling per the README's deviation table: the GET skips the write on 4xx (logged); the PATCH skips
 //! on 404 and is fatal on 401/403/422. Transient faults get the shared bounded retry; a failure
 //! before the first successful write is fatal, after it (after startup) the write is retried
 //! indefinitely with capped exponential backoff and jitter, one log line per retry.

@@ -1,6 +1,6 @@
 //! The ts-prep phase: prepare the host (or pod) for kernel-mode tailscaled.
 //!
-//! Contract §5 step 3, §9 and §10: in kernel mode make sure `<root>/dev/net/tun` exists and turn
+//! Boot step one (README "Phases"): in kernel mode make sure `<root>/dev/net/tun` exists and turn
 //! on IP forwarding for the families `TS_ROUTES` / `TS_DEST_IP` / the tailnet target need; in userspace mode do
 //! nothing. The work is split in two so `--explain` cannot drift from a real run:
 //!

@@ -1,4 +1,4 @@
-//! ts-prep: prepare the host for kernel-mode tailscaled (contract §5 step 3, §9, §10).
+//! ts-prep: prepare the host for kernel-mode tailscaled (the README's boot order).
 //!
 //! **Duty.** In kernel mode (`TS_USERSPACE=false`): make sure `<root>/dev/net/tun` exists
 //! (creating `dev/net` 0755 and the char device 10,200 0600 only if missing), and enable IP

@@ -1,4 +1,4 @@
-//! The real ts-prep binary against a temporary root: the contract's §4 `routes*` and proxy
+//! The real ts-prep binary against a temporary root: the reference's `routes*` and proxy
 //! scenarios, the reference's failure messages, invalid input, `--explain`, `--help` and flags.
 //! These need no privileges: `dev/net/tun` is a placeholder file (it "exists").
 

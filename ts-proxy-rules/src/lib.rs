@@ -1,5 +1,5 @@
 //! ts-proxy-rules: keeps tsboot's firewall rules in line with the node's tailnet addresses
-//! (containerboot.md §11, README D9 and D22).
+//! (the README's Configuration table1, README D9 and D22).
 //!
 //! * Ingress (`TS_DEST_IP`): exactly one DNAT rule from this node's tailnet IP (of the
 //!   destination's family) to the destination — with iptables the reference's rule byte for

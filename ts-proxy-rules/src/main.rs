@@ -1,5 +1,5 @@
 //! ts-proxy-rules: the firewall watcher for `TS_DEST_IP` (ingress) and a tailnet target
-//! (egress) (containerboot.md §11, README D9 and D22).
+//! (egress) (the README's Configuration table1, README D9 and D22).
 //!
 //! **Duty.** Follow the node's tailnet addresses (and, for `TS_TAILNET_TARGET_FQDN`, the
 //! netmap's peers) on tailscaled's IPN bus and keep exactly the wanted rules: the ingress DNAT

@@ -1,5 +1,5 @@
-//! Unit tests of the environment reader: one test (or table row) per row of containerboot.md §1
-//! and per new variable of deviations.md, each bad input with its error message checked, plus
+//! Unit tests of the environment reader: one test (or table row) per row of the README's Configuration table
+//! and per new variable of the README (D-rows and the variables table), each bad input with its error message checked, plus
 //! property tests that arbitrary environments never panic.
 
 use super::*;
@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::ffi::OsStringExt as _;
 
-/// Every variable Settings reads (the contract's §1 plus the deviations' new variables).
+/// Every variable Settings reads (the README's variables table plus the variables of its D-rows).
 const KNOWN_VARS: &[&str] = &[
     "TS_AUTHKEY",
     "TS_AUTH_KEY",
@@ -419,7 +419,7 @@ fn bool_of(s: &Settings, var: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Durations (deviations.md "Durations")
+// Durations (README "Configuration": durations)
 
 #[test]
 fn parse_duration_accepts_go_durations_and_plain_seconds() {
