@@ -842,26 +842,11 @@ impl Lab {
 impl Daemon {
     /// Runs the real CLI against this daemon (inside its namespace).
     pub fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns_name])
             .arg(&self.tailscale)
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "tailscale {args:?}: {}\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+            .arg(format!("--socket={}", self.socket.display()));
+        run_cli(cmd, &self.env, args)
     }
 
     /// `tailscale up` with the lab's login server and a fresh key.
@@ -892,6 +877,28 @@ impl Daemon {
             || self_ipv4(&self.status()?),
             || self.proc.log(),
         )
+    }
+}
+
+/// Runs a prepared `tailscale` command with `args` and exactly `env`; stdout, or an error
+/// with the status and both outputs.
+fn run_cli(mut cmd: Command, env: &[(String, String)], args: &[&str]) -> Result<String, String> {
+    let out = cmd
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "tailscale {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -1027,23 +1034,7 @@ impl Boot {
         if let Some(s) = socket {
             cmd.arg(format!("--socket={}", s.display()));
         }
-        let out = cmd
-            .args(args)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "tailscale {args:?}: {}\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        run_cli(cmd, &self.env, args)
     }
 
     pub fn status(&self) -> Option<serde_json::Value> {
