@@ -13,11 +13,15 @@ pub mod status;
 #[cfg(feature = "localapi")]
 pub mod localapi;
 #[cfg(feature = "localapi")]
+pub mod node;
+#[cfg(feature = "localapi")]
 pub mod notify;
 #[cfg(feature = "localapi")]
 pub mod peers;
 #[cfg(feature = "localapi")]
 pub mod signals;
+#[cfg(feature = "localapi")]
+pub mod stream;
 
 #[cfg(feature = "kube")]
 pub mod kube;

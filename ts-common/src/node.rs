@@ -198,7 +198,7 @@ pub async fn first_state(api: LocalApi, opts: &Options) -> Result<NodeState, Loc
         api: LocalApi,
         opts: &Options,
     ) -> Result<NodeState, LocalApiError> {
-        let msg = Follower::<Notify<M>>::new(api, opts.mask)
+        let msg = Follower::<Notify<M>>::of(api, opts.mask)
             .with_self_status()
             .next()
             .await?;
@@ -236,7 +236,7 @@ async fn read<M: PeerFold>(
     tx: watch::Sender<NodeState>,
     resolve: Option<String>,
 ) -> WatchEnd {
-    let mut follower = Follower::<Notify<M>>::new(api, opts.mask).with_self_status();
+    let mut follower = Follower::<Notify<M>>::of(api, opts.mask).with_self_status();
     let mut peers = Peers::default();
     loop {
         let msg = match follower.next().await {

@@ -261,7 +261,7 @@ async fn follow_node(shared: Arc<Shared>) {
     let mut first = true;
     loop {
         let mut follower =
-            Follower::<ts_common::notify::Notify>::new(shared.api.clone(), MASK_LEAN)
+            Follower::new(shared.api.clone(), MASK_LEAN)
                 .with_self_status();
         let why = loop {
             match follower.next().await {
@@ -471,7 +471,7 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
     });
     let reports = status::read_all(&cfg.status_dir);
     let node = tokio::time::timeout(Duration::from_secs(2), async {
-        Follower::<ts_common::notify::Notify>::new(LocalApi::new(&cfg.socket), MASK_LEAN)
+        Follower::new(LocalApi::new(&cfg.socket), MASK_LEAN)
             .with_self_status()
             .next()
             .await
