@@ -214,16 +214,21 @@ impl BusState {
             st.insert("BackendState".into(), json!(name));
         }
         if let Some(node) = &self.self_node {
-            let ips: Vec<Value> = node
-                .get("Addresses")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|p| json!(p.split('/').next().unwrap_or(p)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let bare = |list: Option<&Value>| -> Vec<Value> {
+                list.and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|p| json!(p.split('/').next().unwrap_or(p)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            // Seed daemons (before v1.50) keep the addresses in the netmap's top level only.
+            let mut ips = bare(node.get("Addresses"));
+            if ips.is_empty() {
+                ips = bare(self.netmap.as_ref().and_then(|nm| nm.get("Addresses")));
+            }
             let mut me = match st.get("Self") {
                 Some(Value::Object(m)) => m.clone(),
                 _ => Map::new(),
@@ -663,7 +668,7 @@ async fn handle(
         return Ok(text(
             StatusCode::NOT_FOUND,
             &format!(
-                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus and {USERMETRICS_PATH}, not {}",
+                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus, {STATUS_PATH}, {USERMETRICS_PATH}, serve-config, prefs and dns-config, not {}",
                 req.uri().path()
             ),
         ));
@@ -1094,6 +1099,12 @@ async fn run(shared: Arc<Shared>) -> i32 {
             {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
+            // The control socket first: once the LocalAPI socket exists (what ts-init waits
+            // for) a fake `tailscale up` may ask for a replay at once.
+            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
+                Some(p) => Some(bind(&p)?),
+                None => None,
+            };
             let api = bind(&shared.socket)?;
             if let Some(link) = &shared.test_link {
                 if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -1106,10 +1117,6 @@ async fn run(shared: Arc<Shared>) -> i32 {
                     );
                 }
             }
-            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
-                Some(p) => Some(bind(&p)?),
-                None => None,
-            };
             tokio::spawn(serve_localapi(api, shared.clone()));
             if let Some(c) = control {
                 tokio::spawn(serve_control(c, shared.clone()));
