@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use ts_common::kube::SERVICEACCOUNT_DIR;
+use ts_kube::SERVICEACCOUNT_DIR;
 use tsboot_tests::fake_apiserver::runner::{wait_until, Proc, Spawn};
 use tsboot_tests::fake_apiserver::{temp_root, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
 use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
