@@ -8,12 +8,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use ts_common::localapi::LocalApi;
-use ts_common::notify::BackendState;
-use tsboot_tests::fake_apiserver::runner::{wait_until, Proc, Spawn};
-use tsboot_tests::fake_apiserver::{temp_root, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, temp_dir, FakeTailscaled};
-use tsboot_tests::harness::{Root, HEAD};
+use ts_localapi::localapi::LocalApi;
+use ts_localapi::notify::BackendState;
+use tsboot_tests::fake_apiserver::{FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::{temp_dir, wait_until, Proc, Root, Spawn, HEAD};
 
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 const LEFT_RUNNING: &str = "tailscaled left running state (now in state \"NeedsLogin\"), exiting";
@@ -110,11 +109,12 @@ async fn a_netmap_larger_than_64_mib_is_read_and_the_stream_goes_on() {
     let listener = tokio::net::UnixListener::bind(&sock).expect("bind");
     // ~100k peers: about 80 MiB in one line, more than the old 64 MiB cap.
     let server = tokio::spawn(huge_netmap_server(listener, 110_000));
-    let mut w = LocalApi::new(&sock)
-        .watch_ipn_bus(10)
+    let mut w = LocalApi::new(&sock).watch_ipn_bus(10).await.expect("watch");
+    let first = w
+        .next()
         .await
-        .expect("watch");
-    let first = w.next().await.expect("the huge message is read").expect("one");
+        .expect("the huge message is read")
+        .expect("one");
     let me = first.self_identity().expect("the self node");
     assert_eq!(me.stable_id, "nBigCNTRL");
     assert_eq!(me.name, "big.tail1234.ts.net.");
@@ -142,7 +142,7 @@ impl Kube {
             .await
             .expect("fake apiserver");
         api.set_secret(NS, SECRET, &[("_machinekey", "m")]);
-        let root = temp_root(tag);
+        let root = temp_dir(tag);
         api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
         let tsd = FakeTailscaled::start(tag, Some(&fixture(initial)), &[]);
         Kube { api, root, tsd }
@@ -186,7 +186,7 @@ impl Kube {
 async fn kubestate_skips_malformed_lines_and_keeps_watching() {
     let k = Kube::new("bh-kube-bad", RUNNING).await;
     let mut w = k.watch(&["--guard"]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     for line in MALFORMED {
         k.tsd.control(&format!("raw {line}"));
     }
@@ -194,9 +194,12 @@ async fn kubestate_skips_malformed_lines_and_keeps_watching() {
     wait_until("the change after the malformed lines", || {
         k.device_is("newID")
     });
-    assert!(w.running(), "{}", w.stderr());
-    let err = w.stderr();
-    assert!(err.contains("skipping a malformed IPN bus message"), "{err}");
+    assert!(w.running(), "{}", w.log());
+    let err = w.log();
+    assert!(
+        err.contains("skipping a malformed IPN bus message"),
+        "{err}"
+    );
     assert!(
         !err.contains("this is not json"),
         "the line itself is not logged: {err}"
@@ -261,7 +264,10 @@ fn ts_auth_guard_skips_malformed_lines_and_still_guards() {
     assert_eq!(init.wait_code(Duration::from_secs(30)), 1, "{}", init.log());
     let log = init.log();
     assert!(log.contains(LEFT_RUNNING), "the guard saw the state: {log}");
-    assert!(log.contains("skipping a malformed IPN bus message"), "{log}");
+    assert!(
+        log.contains("skipping a malformed IPN bus message"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -284,7 +290,8 @@ fn serve_skips_malformed_lines_and_keeps_watching() {
     root.control("cert-domains other.tail1234.ts.net");
     root.notify_file("head-era-15-selfchange-address-change.json");
     wait_until("the config re-applied for the new domain", || {
-        root.control("serve-config").contains("other.tail1234.ts.net:443")
+        root.control("serve-config")
+            .contains("other.tail1234.ts.net:443")
     });
     assert!(init.try_status().is_none(), "{}", init.log());
     assert!(
@@ -377,15 +384,15 @@ fn leaving_running_ends_the_container_while_iptables_hangs() {
 async fn leaving_running_ends_the_watcher_while_a_patch_keeps_failing() {
     let k = Kube::new("bh-guard-kube", RUNNING).await;
     let mut w = k.watch(&["--guard"]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     // Every write fails from now on: after startup ts-kubestate retries without end.
     k.api.fail_next(Match::secret_patch(), 503, 100_000);
     let before = k.patches();
     k.tsd.send_fixture(RUNNING_NEWID);
     wait_until("the write being retried", || k.patches() >= before + 5);
     k.tsd.control("state 2");
-    assert_eq!(w.wait_exit(), 1, "{}", w.stderr());
-    let err = w.stderr();
+    assert_eq!(w.wait_exit(), 1, "{}", w.log());
+    let err = w.log();
     assert!(err.contains(LEFT_RUNNING), "{err}");
     assert!(!k.device_is("newID"), "the write never succeeded");
 }
@@ -418,7 +425,7 @@ fn flap_file(dir: &Path, first: &str, second: &str, last: &[(&str, &str)]) -> Pa
 async fn an_identity_flapping_makes_few_apiserver_requests_and_ends_exact() {
     let k = Kube::new("bh-flap-kube", RUNNING).await;
     let mut w = k.watch(&[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     let before = k.patches();
     let dir = temp_dir("flap");
     let file = flap_file(
@@ -438,7 +445,7 @@ async fn an_identity_flapping_makes_few_apiserver_requests_and_ends_exact() {
         k.data().get("device_fqdn").map(String::as_str),
         Some("last-name.test.ts.net")
     );
-    assert!(w.running(), "{}", w.stderr());
+    assert!(w.running(), "{}", w.log());
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -8,7 +8,8 @@ use std::os::unix::process::CommandExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::Duration;
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, temp_dir, FakeTailscaled, PATIENCE};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::{temp_dir, PATIENCE};
 
 /// Sends `request` and returns (status code, response head, body bytes read so far). Reads
 /// until the head is complete and, for a fixed-length body, the body.
@@ -376,7 +377,10 @@ fn status_without_peers_is_the_daemons_status_minus_the_peer_map() {
     let host = "Host: local-tailscaled.sock\r\n";
     let (code, _, body) = raw(&fake.socket, &get("/localapi/v0/status?peers=false", host));
     assert_eq!(code, 200, "{body}");
-    assert!(body.contains("\n\t\"BackendState\""), "tab-indented like the daemon's: {body}");
+    assert!(
+        body.contains("\n\t\"BackendState\""),
+        "tab-indented like the daemon's: {body}"
+    );
     let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert!(v["Peer"].is_null(), "{body}");
     assert_eq!(v["BackendState"], "Running");

@@ -1,11 +1,12 @@
-//! `ts_common::localapi` against the fake tailscaled binary over a real unix socket (whole
+//! `ts_localapi::localapi` against the fake tailscaled binary over a real unix socket (whole
 //! fixture streams in order, both eras; masks; Follower re-watching and giving up), and against
 //! a raw in-test server (exact request bytes; frames split at arbitrary points).
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, temp_dir, FakeTailscaled, PATIENCE};
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
+use ts_localapi::notify::{BackendState, Notify};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, FakeTailscaled};
+use tsboot_tests::harness::{temp_dir, PATIENCE};
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, f)
@@ -396,13 +397,13 @@ async fn a_garbage_line_is_skipped_and_the_stream_goes_on() {
     let mut w = within("watch", LocalApi::new(&sock).watch_ipn_bus(0))
         .await
         .expect("watch");
-    let before = ts_common::localapi::malformed_lines();
+    let before = ts_localapi::localapi::malformed_lines();
     let ok = within("next", w.next())
         .await
         .expect("read")
         .expect("message");
     assert_eq!(ok.state, Some(BackendState::Running));
-    assert_eq!(ts_common::localapi::malformed_lines() - before, 2);
+    assert_eq!(ts_localapi::localapi::malformed_lines() - before, 2);
     assert!(within("end", w.next()).await.expect("end").is_none());
     within("server", server).await.expect("server");
     let _ = std::fs::remove_dir_all(dir);

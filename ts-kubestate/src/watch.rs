@@ -2,7 +2,7 @@
 //! ts-init once tailscaled is Running.
 //!
 //! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone) in a
-//! reader task of its own ([`ts_common::node`]): the writes take the latest state when they are
+//! reader task of its own ([`ts_localapi::node`]): the writes take the latest state when they are
 //! ready for it, so a flapping identity is coalesced and the guard of the Running state never
 //! waits for a write that keeps failing. On the first Running state, with `TS_AUTH_ONCE` it removes `authkey` (JSON patch; 404 and
 //! 422 mean "already gone"). On every change of the node's (StableID, Name) it checks the
@@ -20,11 +20,11 @@ use crate::KubeOps;
 use std::future::Future;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::time::Duration;
-use ts_common::kube::KubeError;
-use ts_common::localapi::{LocalApi, LocalApiError, MASK_LEAN};
-use ts_common::node::{NodeState, NodeWatch, Options, WatchEnd};
-use ts_common::notify::BackendState;
 use ts_common::Settings;
+use ts_kube::KubeError;
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN};
+use ts_localapi::node::{NodeState, NodeWatch, Options, WatchEnd};
+use ts_localapi::notify::BackendState;
 
 /// First wait of the after-startup retry.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -55,7 +55,7 @@ pub enum WatchError {
     #[error("watching tailscaled's IPN bus: {0}")]
     Bus(#[source] LocalApiError),
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
 }
 
 impl From<WatchEnd> for WatchError {

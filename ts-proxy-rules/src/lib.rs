@@ -19,7 +19,7 @@
 //!
 //! Addresses come from every bus era (D10): seed `NetMap.Addresses`, `NetMap.SelfNode.Addresses`
 //! (v1.50+), `SelfChange` (v1.100+), through [`Notify::self_identity`]; peers through
-//! [`ts_common::peers`].
+//! [`ts_localapi::peers`].
 
 pub mod firewall;
 pub mod rules;
@@ -31,11 +31,11 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use ts_common::localapi::{LocalApi, LocalApiError, MASK_LEAN};
-use ts_common::node::{NodeState, NodeWatch, Options, Resolution, WatchEnd};
-use ts_common::notify::single_ip;
-use ts_common::peers::MASK_PEER_CHANGES;
 use ts_common::settings::{FirewallMode, IpPrefix, Settings, TailnetTarget};
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN};
+use ts_localapi::node::{NodeState, NodeWatch, Options, Resolution, WatchEnd};
+use ts_localapi::notify::single_ip;
+use ts_localapi::peers::MASK_PEER_CHANGES;
 
 /// `TS_DEST_IP`, parsed and verbatim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,7 @@ pub enum ProxyError {
     #[error("reading the output of {command}: {why}")]
     Listing { command: String, why: String },
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("reporting readiness on TS_READY_FD={fd}: {source} (was the fd really passed to this process?)")]
@@ -469,7 +469,7 @@ pub async fn driver<R: Runner>(cfg: &Config, mut runner: R) -> (Choice, Driver<R
 /// [`watch`] until SIGTERM or SIGINT (then `Ok`). The handlers are installed before the first
 /// connection so a shutdown during startup is a clean exit too.
 pub async fn run_until_signal<R: Runner>(cfg: &Config, runner: R) -> Result<(), ProxyError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     tokio::select! {
         r = async {
             let (_, mut fw) = driver(cfg, runner).await;
@@ -570,7 +570,7 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
     let opts = cfg.watch_options();
     let current = tokio::time::timeout(
         Duration::from_secs(2),
-        ts_common::node::first_state(LocalApi::new(&cfg.socket), &opts),
+        ts_localapi::node::first_state(LocalApi::new(&cfg.socket), &opts),
     )
     .await;
     match current {

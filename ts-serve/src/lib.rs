@@ -27,10 +27,10 @@ use serve_config::{Desired, ServeConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use ts_common::localapi::{LocalApi, LocalApiError, MASK_LEAN, STATUS_SELF_PATH};
-use ts_common::node::{NodeState, NodeWatch, Options, WatchEnd};
-use ts_common::notify::BackendState;
 use ts_common::settings::{ServeSettings, Settings};
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN, STATUS_SELF_PATH};
+use ts_localapi::node::{NodeState, NodeWatch, Options, WatchEnd};
+use ts_localapi::notify::BackendState;
 
 /// After tailscaled refused a config (or could not be asked), try again this much later.
 pub const RETRY: Duration = Duration::from_secs(5);
@@ -70,7 +70,7 @@ pub enum ServeError {
     #[error("TS_SERVE_CONFIG is not set, so there is no serve config to apply: set TS_SERVE_CONFIG (or --config) to the path of an ipn.ServeConfig JSON file")]
     NoConfig,
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("serve proxy: failed to unset the previous serve config: {0}")]
@@ -388,7 +388,7 @@ fn spawn_files(cfg: &Config) -> mpsc::Receiver<()> {
 
 /// Runs until SIGTERM/SIGINT (then withdraws services and returns `Ok`) or a fatal error.
 pub async fn run_until_signal(cfg: &Config) -> Result<(), ServeError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     // The bus is read by a task of its own: the guard never waits for a reconcile, and changes
     // that arrive during one are coalesced into the next.
     let mut node = NodeWatch::spawn(

@@ -31,7 +31,10 @@ const LINE_BUFFER: usize = 8 << 10;
 pub enum Parsed<T> {
     Message(T),
     /// Not a message of the bus: why, and how long the line was.
-    Malformed { len: u64, error: serde_json::Error },
+    Malformed {
+        len: u64,
+        error: serde_json::Error,
+    },
 }
 
 /// A JSON object, and only an object: serde would also read a JSON array into a struct, Go's
@@ -215,7 +218,10 @@ mod tests {
         assert_eq!(got.len(), 6, "{got:?}");
         assert_eq!(got[0].as_ref().unwrap().state, Some(BackendState::Running));
         assert_eq!(got[1].as_ref().unwrap_err(), &13);
-        assert!(got[2].is_err() && got[3].is_err() && got[4].is_err(), "{got:?}");
+        assert!(
+            got[2].is_err() && got[3].is_err() && got[4].is_err(),
+            "{got:?}"
+        );
         assert_eq!(
             got[5].as_ref().unwrap().state,
             Some(BackendState::NeedsLogin),
@@ -236,10 +242,7 @@ mod tests {
         for size in [1, 2, 3, 7, 100] {
             let (tx, mut rx) = spawn_parser::<Notify>().expect("thread");
             let feed = tokio::spawn({
-                let chunks: Vec<Bytes> = text
-                    .chunks(size)
-                    .map(Bytes::copy_from_slice)
-                    .collect();
+                let chunks: Vec<Bytes> = text.chunks(size).map(Bytes::copy_from_slice).collect();
                 async move {
                     for c in chunks {
                         tx.send(c).await.expect("parser alive");

@@ -13,9 +13,9 @@
 
 use crate::localapi::{NOTIFY_INITIAL_NETMAP, NOTIFY_INITIAL_STATE, NOTIFY_NO_NETMAP};
 use crate::notify::{single_ip, Keep, Node, Notify};
-use crate::settings::IpPrefix;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use ts_common::settings::IpPrefix;
 
 /// `NotifyPeerChanges`: deliver `PeersChanged` / `PeersRemoved` (v1.98+; older daemons ignore it).
 pub const NOTIFY_PEER_CHANGES: u64 = 1 << 12;
@@ -89,7 +89,11 @@ impl Peers {
             }));
             touched = true;
         }
-        if let Some(peers) = delta.net_map.as_ref().and_then(|nm| nm.peers.value.as_ref()) {
+        if let Some(peers) = delta
+            .net_map
+            .as_ref()
+            .and_then(|nm| nm.peers.value.as_ref())
+        {
             self.replace_all(peers.iter().map(from_node));
             touched = true;
         }
@@ -154,7 +158,10 @@ mod tests {
         let skipped = Notify::<crate::notify::Skip>::from_line(line).expect("valid");
         assert!(skipped.net_map.expect("netmap").peers.value.is_none());
         let kept = PeerDelta::parse_line(line).expect("valid");
-        assert_eq!(kept.net_map.expect("netmap").peers.value.map(|p| p.len()), Some(2));
+        assert_eq!(
+            kept.net_map.expect("netmap").peers.value.map(|p| p.len()),
+            Some(2)
+        );
     }
 
     fn ips(list: &[&str]) -> Option<Vec<IpAddr>> {
@@ -247,7 +254,10 @@ mod tests {
             let line = std::fs::read(&path).expect("fixture");
             let line: Vec<u8> = line.into_iter().filter(|b| *b != b'\n').collect();
             let mut p = Peers::default();
-            assert!(p.apply(&PeerDelta::parse_line(&line).expect(file)), "{file}");
+            assert!(
+                p.apply(&PeerDelta::parse_line(&line).expect(file)),
+                "{file}"
+            );
             assert_eq!(
                 p.resolve("db-1.tail1234.ts.net"),
                 ips(&["100.90.1.2", "fd7a:115c:a1e0:ab12:4843:cd96:625a:102"]),

@@ -12,13 +12,13 @@
 
 use crate::notify::{Notify, PeerMode, Status};
 use crate::stream::{self, Parsed};
-use serde::de::DeserializeOwned;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use hyperlocal::{UnixConnector, Uri as UnixUri};
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -295,7 +295,7 @@ async fn pump(
 /// anything, of any size): each of the first few, then every thousandth.
 fn skip_malformed(socket: &Path, len: u64, error: &serde_json::Error) {
     let n = MALFORMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    if n <= MALFORMED_LOG_FIRST || n % MALFORMED_LOG_EVERY == 0 {
+    if n <= MALFORMED_LOG_FIRST || n.is_multiple_of(MALFORMED_LOG_EVERY) {
         tracing::warn!(
             "skipping a malformed IPN bus message from {} ({len} bytes: {}); {n} skipped so far",
             socket.display(),
@@ -513,7 +513,7 @@ impl<T: BusMessage> Follower<T> {
         }
         self.empty_rewatches += 1;
         self.rewatches += 1;
-        crate::status::note_rewatch();
+        ts_common::status::note_rewatch();
         tracing::info!(
             "IPN bus watch ended ({why}); watching again with mask={}",
             self.mask
@@ -531,7 +531,10 @@ impl<T: BusMessage> Follower<T> {
         {
             Ok(reply) if reply.is_success() => match msg.add_status(&reply.body) {
                 Ok(()) => return,
-                Err(e) => format!("not a status: {}", bounded_text(e.to_string().as_bytes(), 200)),
+                Err(e) => format!(
+                    "not a status: {}",
+                    bounded_text(e.to_string().as_bytes(), 200)
+                ),
             },
             Ok(reply) => format!("{} {}", reply.status, reply.body_excerpt(200)),
             Err(e) => e.to_string(),

@@ -194,10 +194,7 @@ impl PeerFold for Keep {
 /// The node as the first message of a watch (with this device's status) tells it, for a plan
 /// printed by `--explain`.
 pub async fn first_state(api: LocalApi, opts: &Options) -> Result<NodeState, LocalApiError> {
-    async fn one<M: PeerFold>(
-        api: LocalApi,
-        opts: &Options,
-    ) -> Result<NodeState, LocalApiError> {
+    async fn one<M: PeerFold>(api: LocalApi, opts: &Options) -> Result<NodeState, LocalApiError> {
         let msg = Follower::<Notify<M>>::of(api, opts.mask)
             .with_self_status()
             .next()
