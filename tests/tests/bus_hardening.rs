@@ -3,21 +3,19 @@
 //! thousands of times. Every assertion is about what happened and in which order, never
 //! about how long it took.
 
-use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use ts_localapi::localapi::LocalApi;
 use ts_localapi::notify::BackendState;
-use tsboot_tests::fake_apiserver::{FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
-use tsboot_tests::harness::{temp_dir, wait_until, Proc, Root, Spawn, HEAD};
+use tsboot_tests::fake_apiserver::Match;
+use tsboot_tests::fake_tailscaled_ctl::{accept_chunked, fixture};
+use tsboot_tests::harness::{temp_dir, wait_until, Root, HEAD};
+use tsboot_tests::kube_watch::KubeWatch;
 
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 const LEFT_RUNNING: &str = "tailscaled left running state (now in state \"NeedsLogin\"), exiting";
-const NS: &str = "default";
-const SECRET: &str = "tailscale";
 const RUNNING: &str = "seed-era-testharness-running.json";
 const RUNNING_NEWID: &str = "seed-era-testharness-running-newid.json";
 
@@ -58,20 +56,7 @@ fn peer_json(n: u32) -> String {
 /// Serves one watch whose first message is a seed-era netmap of `peers` peers (generated while
 /// it is written, never held whole), then `{"State":2}`, then the end of the stream.
 async fn huge_netmap_server(listener: tokio::net::UnixListener, peers: u32) -> u64 {
-    let (mut s, _) = listener.accept().await.expect("accept");
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if s.read(&mut b).await.expect("read") == 0 {
-            break;
-        }
-        head.push(b[0]);
-    }
-    s.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )
-    .await
-    .expect("write");
+    let (mut s, _) = accept_chunked(&listener).await;
     let mut sent = 0u64;
     let mut chunk = String::from(
         r#"{"Version":"1.36.0-t","State":6,"NetMap":{"SelfNode":{"ID":7,"StableID":"nBigCNTRL","Name":"big.tail1234.ts.net.","Addresses":["100.64.9.9/32"]},"Peers":["#,
@@ -130,62 +115,10 @@ async fn a_netmap_larger_than_64_mib_is_read_and_the_stream_goes_on() {
 // ---------------------------------------------------------------------------------------------
 // 10b: one rule for a malformed line in every watcher: skipped, counted, logged (bounded).
 
-struct Kube {
-    api: FakeApiServer,
-    root: PathBuf,
-    tsd: FakeTailscaled,
-}
-
-impl Kube {
-    async fn new(tag: &str, initial: &str) -> Kube {
-        let api = FakeApiServer::start(FakeConfig::default())
-            .await
-            .expect("fake apiserver");
-        api.set_secret(NS, SECRET, &[("_machinekey", "m")]);
-        let root = temp_dir(tag);
-        api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
-        let tsd = FakeTailscaled::start(tag, Some(&fixture(initial)), &[]);
-        Kube { api, root, tsd }
-    }
-
-    fn watch(&self, args: &[&str]) -> Proc {
-        let mut env = self.api.kube_env();
-        env.push(("TS_TEST_ONLY_ROOT".into(), self.root.display().to_string()));
-        env.push(("TS_SOCKET".into(), self.tsd.socket.display().to_string()));
-        let mut all = vec!["watch", "--can-patch", "true"];
-        all.extend_from_slice(args);
-        Proc::spawn(
-            &require_bin("ts-kubestate"),
-            &all,
-            Spawn {
-                env,
-                ready: true,
-                ..Spawn::default()
-            },
-        )
-    }
-
-    fn data(&self) -> BTreeMap<String, String> {
-        self.api.secret(NS, SECRET).unwrap_or_default()
-    }
-
-    fn device_is(&self, id: &str) -> bool {
-        self.data().get("device_id").map(String::as_str) == Some(id)
-    }
-
-    fn patches(&self) -> usize {
-        self.api
-            .requests()
-            .iter()
-            .filter(|r| r.is_secret_patch())
-            .count()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubestate_skips_malformed_lines_and_keeps_watching() {
-    let k = Kube::new("bh-kube-bad", RUNNING).await;
-    let mut w = k.watch(&["--guard"]);
+    let k = KubeWatch::new("bh-kube-bad", RUNNING).await;
+    let mut w = k.watch(&["--can-patch", "true", "--guard"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
     for line in MALFORMED {
         k.tsd.control(&format!("raw {line}"));
@@ -382,14 +315,16 @@ fn leaving_running_ends_the_container_while_iptables_hangs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_running_ends_the_watcher_while_a_patch_keeps_failing() {
-    let k = Kube::new("bh-guard-kube", RUNNING).await;
-    let mut w = k.watch(&["--guard"]);
+    let k = KubeWatch::new("bh-guard-kube", RUNNING).await;
+    let mut w = k.watch(&["--can-patch", "true", "--guard"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
     // Every write fails from now on: after startup ts-kubestate retries without end.
     k.api.fail_next(Match::secret_patch(), 503, 100_000);
-    let before = k.patches();
+    let before = k.patches().len();
     k.tsd.send_fixture(RUNNING_NEWID);
-    wait_until("the write being retried", || k.patches() >= before + 5);
+    wait_until("the write being retried", || {
+        k.patches().len() >= before + 5
+    });
     k.tsd.control("state 2");
     assert_eq!(w.wait_exit(), 1, "{}", w.log());
     let err = w.log();
@@ -423,10 +358,10 @@ fn flap_file(dir: &Path, first: &str, second: &str, last: &[(&str, &str)]) -> Pa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_flapping_makes_few_apiserver_requests_and_ends_exact() {
-    let k = Kube::new("bh-flap-kube", RUNNING).await;
-    let mut w = k.watch(&[]);
+    let k = KubeWatch::new("bh-flap-kube", RUNNING).await;
+    let mut w = k.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
-    let before = k.patches();
+    let before = k.patches().len();
     let dir = temp_dir("flap");
     let file = flap_file(
         &dir,
@@ -436,7 +371,7 @@ async fn an_identity_flapping_makes_few_apiserver_requests_and_ends_exact() {
     );
     k.tsd.control(&format!("replay {}", file.display()));
     wait_until("the last identity in the secret", || k.device_is("lastID"));
-    let writes = k.patches() - before;
+    let writes = k.patches().len() - before;
     assert!(
         writes <= FLAPS / 100,
         "{FLAPS} flaps made {writes} PATCHes; coalescing bounds the work"
