@@ -490,7 +490,10 @@ fn real_lean_watch_gets_no_peers_and_the_status_names_the_node() {
     lean.wait_line("the first lean message", |_| true);
     let first = lean.lines()[0].clone();
     assert!(first.contains(r#""State":6"#), "{first}");
-    assert!(!first.contains("Peers") && first.contains(r#""NetMap":null"#), "{first}");
+    assert!(
+        !first.contains("Peers") && first.contains(r#""NetMap":null"#),
+        "{first}"
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -504,7 +507,10 @@ fn real_lean_watch_gets_no_peers_and_the_status_names_the_node() {
         .block_on(Follower::new(api, MASK_LEAN).with_self_status().next())
         .expect("first message");
     let me = msg.self_identity().expect("the status names this node");
-    assert!(me.addresses.iter().any(|p| p.addr.to_string() == ip), "{me:?}");
+    assert!(
+        me.addresses.iter().any(|p| p.addr.to_string() == ip),
+        "{me:?}"
+    );
     let node = lab.node_named("a").expect("node a in headscale");
     let id = node["id"].to_string().trim_matches('"').to_string();
     lab.headscale_try(&["nodes", "rename", "--identifier", &id, "renamed-a"])
@@ -513,7 +519,9 @@ fn real_lean_watch_gets_no_peers_and_the_status_names_the_node() {
     full.wait_line("the renamed self node", |l| l.contains("renamed-a."));
     let lean_lines = lean.lines();
     assert!(
-        lean_lines.iter().all(|l| !l.contains("\"Peers\"") && !l.contains("PeersChanged")),
+        lean_lines
+            .iter()
+            .all(|l| !l.contains("\"Peers\"") && !l.contains("PeersChanged")),
         "{lean_lines:#?}"
     );
     let bytes = |lines: &[String]| lines.iter().map(|l| l.len() + 1).sum::<usize>();

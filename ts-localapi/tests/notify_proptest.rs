@@ -254,10 +254,15 @@ async fn deep_nesting_on_the_parser_thread_is_an_error_not_a_crash() {
     line.push_str(&"]".repeat(depth));
     line.push_str("}\n{\"State\":6}\n");
     let (tx, mut rx) = ts_localapi::stream::spawn_parser::<Notify>().expect("thread");
-    tx.send(bytes::Bytes::from(line)).await.expect("parser alive");
+    tx.send(bytes::Bytes::from(line))
+        .await
+        .expect("parser alive");
     drop(tx);
     assert!(matches!(rx.recv().await, Some(Parsed::Malformed { .. })));
-    assert!(matches!(rx.recv().await, Some(Parsed::Message(_))), "a skipped field nests freely");
+    assert!(
+        matches!(rx.recv().await, Some(Parsed::Message(_))),
+        "a skipped field nests freely"
+    );
     match rx.recv().await {
         Some(Parsed::Message(m)) => assert_eq!(m.state.map(|s| s.code()), Some(6)),
         other => panic!("the stream goes on: {other:?}"),
