@@ -464,6 +464,18 @@ fn iptables_failure_names_the_command_and_its_stderr() {
 }
 
 #[test]
+fn a_tools_stderr_cannot_forge_a_log_line() {
+    block_on(async {
+        let script = "printf 'bad\\nboot: 2026/01/01 00:00:00 ts-init: forged\\n' >&2; exit 3";
+        let cmd = Command::new("sh").arg("-c").arg(script);
+        let err = fw::SystemRunner::default().run(&cmd).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("exit status 3: bad\\nboot: 2026/01/01"), "{msg}");
+    });
+}
+
+#[test]
 fn system_runner_reports_a_missing_program_and_kills_a_hung_one() {
     block_on(async {
         let cmd = Command::new("/nonexistent/iptables").arg("-S");
