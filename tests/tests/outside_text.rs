@@ -8,7 +8,8 @@ use tsboot_tests::fake_apiserver::{temp_root, FakeApiServer, FakeConfig, Match, 
 use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
 
 /// A line a forger would like to see in the container's log, as ts-init writes it.
-const FORGED: &str = "boot: 2026/01/01 00:00:00 ts-init: Startup complete, waiting for shutdown signal";
+const FORGED: &str =
+    "boot: 2026/01/01 00:00:00 ts-init: Startup complete, waiting for shutdown signal";
 
 /// Far above any bounded line, far below the 10 MB of outside text.
 const LONGEST_LINE: usize = 4096;

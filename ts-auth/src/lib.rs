@@ -8,6 +8,7 @@ use ts_common::argv;
 use ts_common::localapi::{
     BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY,
 };
+use ts_common::logging::outside;
 use ts_common::notify::{BackendState, Notify};
 use ts_common::settings::Settings;
 use ts_common::signals::StopSignals;
@@ -113,7 +114,7 @@ impl Login<'_> {
                 Ok(Err(e)) => return Err(AuthError::Read(e.to_string())),
             };
             if let Some(msg) = &notify.err_message {
-                tracing::warn!("tailscaled reported an error: {msg}");
+                tracing::warn!("tailscaled reported an error: {}", outside(msg));
             }
             match notify.backend_state() {
                 // After our own login the re-watch may still say NeedsLogin: nothing to do.

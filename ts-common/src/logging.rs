@@ -214,13 +214,22 @@ mod tests {
     fn outside_text_is_one_bounded_line() {
         assert_eq!(outside("  etag mismatch\n"), "etag mismatch");
         assert_eq!(outside("a\u{1b}[31mb"), "a\\u{1b}[31mb");
-        assert_eq!(outside("bad\nboot: forged\r\tx"), "bad\\nboot: forged\\r\\tx");
+        assert_eq!(
+            outside("bad\nboot: forged\r\tx"),
+            "bad\\nboot: forged\\r\\tx"
+        );
         assert_eq!(outside("a\u{2028}b"), "a\\u{2028}b");
         let long = format!("é{}", "x".repeat(10 << 20));
         let cut = outside(&long);
         assert!(cut.starts_with("éxx"), "{cut}");
-        assert!(cut.ends_with(&format!("… ({} more bytes)", long.len() - 2 - 299)), "{cut}");
-        assert_eq!(cut.chars().count(), OUTSIDE_MAX + "… (10485461 more bytes)".chars().count());
+        assert!(
+            cut.ends_with(&format!("… ({} more bytes)", long.len() - 2 - 299)),
+            "{cut}"
+        );
+        assert_eq!(
+            cut.chars().count(),
+            OUTSIDE_MAX + "… (10485461 more bytes)".chars().count()
+        );
         assert!(!outside(&format!("{long}\n")).contains('\n'));
     }
 }
