@@ -95,7 +95,7 @@ pub enum PreflightError {
 impl PreflightError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            PreflightError::Kube(e) => crate::kube_exit_code(e),
+            PreflightError::Kube(e) => e.exit_code(),
             _ => ts_common::exit::FAILURE,
         }
     }
