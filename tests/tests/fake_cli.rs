@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, temp_dir, FakeTailscaled};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::temp_dir;
 
 struct Bin {
     dir: PathBuf,
@@ -173,7 +174,7 @@ fn tailscale_up_replays_into_the_fake_daemon() {
         .enable_all()
         .build()
         .unwrap();
-    let api = ts_common::localapi::LocalApi::new(&fake.socket);
+    let api = ts_localapi::localapi::LocalApi::new(&fake.socket);
     let mut watch = rt.block_on(api.watch_ipn_bus(0)).unwrap();
     let replay = fixture("seed-era-stream-authkey-login-mask14.ndjson");
     let ctl = fake.control.to_str().unwrap().to_string();

@@ -3,9 +3,9 @@
 //! so a hostile or broken peer can neither flood the log with one huge line nor forge a line.
 
 use std::path::PathBuf;
-use tsboot_tests::fake_apiserver::runner::{Proc, Spawn};
-use tsboot_tests::fake_apiserver::{temp_root, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
+use tsboot_tests::fake_apiserver::{FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
 use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::{temp_dir, Proc, Spawn};
 
 /// A line a forger would like to see in the container's log, as ts-init writes it.
 const FORGED: &str =
@@ -35,7 +35,7 @@ async fn a_10_mb_apiserver_message_with_newlines_is_one_bounded_line() {
         .await
         .expect("fake apiserver");
     api.set_secret("default", "tailscale", &[("authkey", "tskey-k")]);
-    let root: PathBuf = temp_root("outside-kube");
+    let root: PathBuf = temp_dir("outside-kube");
     api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
     let message = format!("denied\n{FORGED}\n{}", "x".repeat(10 << 20));
     api.fail_next_with(Match::secret_get(), 403, &message, 1);
@@ -51,7 +51,7 @@ async fn a_10_mb_apiserver_message_with_newlines_is_one_bounded_line() {
         },
     );
     let code = p.wait_exit();
-    let stderr = p.stderr();
+    let stderr = p.log();
     assert_eq!(code, 1, "a 403 on the authkey GET stays fatal");
     assert_bounded_and_unforged(&stderr);
     // The status handling and the message's advice are unchanged; the outside text is there,
@@ -93,7 +93,7 @@ fn an_errmessage_with_a_newline_cannot_forge_a_log_line() {
     p.wait_log("tailscaled reported an error");
     p.signal(nix::sys::signal::Signal::SIGTERM);
     p.wait_exit();
-    let stderr = p.stderr();
+    let stderr = p.log();
     assert_bounded_and_unforged(&stderr);
     assert!(stderr.contains("bad key\\nboot: 2026/01/01"), "{stderr}");
 }

@@ -11,7 +11,7 @@
 use crate::KubeOps;
 use std::time::Duration;
 use tokio::time::Instant;
-use ts_common::kube::Backoff;
+use ts_kube::Backoff;
 
 /// Keys tailscaled's profile store writes together (its `ipn` state keys).
 const CURRENT_PROFILE: &str = "_current-profile";

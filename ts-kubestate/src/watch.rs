@@ -17,10 +17,10 @@
 use crate::KubeOps;
 use std::future::Future;
 use std::time::Duration;
-use ts_common::kube::{Backoff, KubeError};
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
 use ts_common::Settings;
+use ts_kube::{Backoff, KubeError};
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
+use ts_localapi::notify::{BackendState, Notify};
 
 /// The after-startup retry of a write: 100 ms doubling up to 30 s, jittered.
 pub const RETRY: Backoff = Backoff {
@@ -52,7 +52,7 @@ pub enum WatchError {
     #[error("watching tailscaled's IPN bus: {0}")]
     Bus(#[source] LocalApiError),
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
 }
 
 impl WatchError {

@@ -25,8 +25,6 @@
 //! callers (ts-kubestate) apply the per-call status table of the README ("Kubernetes status
 //! handling"). Writes are patches of the keys tsboot owns, never a read-modify-write.
 
-use crate::logging::outside;
-use crate::settings::{Settings, SettingsError};
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::StatusCode;
 use http_body_util::BodyExt as _;
@@ -42,6 +40,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
+use ts_common::logging::outside;
+use ts_common::settings::{Settings, SettingsError};
 
 /// Directory of the service-account files, relative to `TS_TEST_ONLY_ROOT`.
 pub const SERVICEACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
@@ -317,9 +317,9 @@ impl KubeError {
     /// The exit status of a phase that ends on this error: 2 for invalid configuration, else 1.
     pub fn exit_code(&self) -> i32 {
         if self.is_usage() {
-            crate::exit::USAGE
+            ts_common::exit::USAGE
         } else {
-            crate::exit::FAILURE
+            ts_common::exit::FAILURE
         }
     }
 
@@ -818,7 +818,7 @@ impl KubeClient {
             Ok::<_, kube::Error>((status, body, cut))
         };
         let result = tokio::time::timeout(wait, exchange).await;
-        crate::status::count_kube_request(&match &result {
+        ts_common::status::count_kube_request(&match &result {
             Err(_) => "timeout".to_string(),
             Ok(Err(_)) => "error".to_string(),
             Ok(Ok((status, ..))) => status.as_u16().to_string(),
