@@ -127,10 +127,17 @@ pub const OUTSIDE_MAX: usize = 300;
 /// (newlines included) escaped so the text can neither end the line nor forge the next one,
 /// and cut after [`OUTSIDE_MAX`] characters, saying how much was left out.
 pub fn outside(text: &str) -> String {
+    outside_max(text, OUTSIDE_MAX)
+}
+
+/// [`outside`] with another bound, for a shorter excerpt.
+pub fn outside_max(text: &str, max: usize) -> String {
     let text = text.trim();
     let mut out = String::new();
-    let mut rest = text.char_indices().skip(OUTSIDE_MAX);
-    let end = rest.next().map_or(text.len(), |(at, _)| at);
+    let end = text
+        .char_indices()
+        .nth(max)
+        .map_or(text.len(), |(at, _)| at);
     for c in text[..end].chars() {
         // U+2028/U+2029 end a line for some log viewers although they are not controls.
         if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
@@ -231,5 +238,7 @@ mod tests {
             OUTSIDE_MAX + "… (10485461 more bytes)".chars().count()
         );
         assert!(!outside(&format!("{long}\n")).contains('\n'));
+        assert_eq!(outside_max("abcdef", 3), "abc… (3 more bytes)");
+        assert_eq!(outside_max("\u{fffd}x", 10), "\u{fffd}x");
     }
 }

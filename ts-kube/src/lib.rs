@@ -1,29 +1,17 @@
-//! The Kubernetes client of tsboot: every call tsboot makes to the API server.
+//! The Kubernetes client of tsboot: every call tsboot makes to the API server
+//! (docs/kubernetes.md).
 //!
 //! Configuration is the pod's in-cluster service account, read under `TS_TEST_ONLY_ROOT`
 //! (`var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}`) plus
-//! `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT_HTTPS` (IPv6 hosts bracketed, D14).
-//! The server is verified against `ca.crt` only; verification is never skipped.
+//! `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT_HTTPS` (IPv6 hosts bracketed, D14); the
+//! server is verified against `ca.crt` only.
 //!
-//! kube-rs does the Kubernetes work: `kube::api::Request` builds every request from the
-//! k8s-openapi types (paths, `fieldManager`, `Patch::Strategic` / `Patch::Json` and their
-//! content types), a `kube::Client` sends it, answers decode into k8s-openapi types and failures
-//! into the Kubernetes `Status` (`kube::core::Status`). What tsboot does itself, and why
-//! (README D12, D13):
-//! * the token file is re-read for every request, and a 401 is retried once with a fresh read
-//!   (kube-rs's `token_file` is re-read once a minute at most, so a rotated token would fail);
-//!   a token missing for a moment is a transient fault;
-//! * every request has a deadline for the whole exchange, and transient faults (409, 429, 5xx,
-//!   timeouts, connection errors) get one shared, bounded retry ([`RetryPolicy`]) used by every
-//!   call (kube-rs's timeouts bound each socket read or write, and its retry covers
-//!   429/503/504 only);
-//! * answers are read up to [`MAX_ANSWER`] bytes and decoded here: kube-rs reads a body whole
-//!   and logs one it cannot decode in full, which for a secret would put its `authkey` in the
-//!   log. Text from the API server is bounded and escaped before it reaches a message.
-//!
-//! Each call returns a typed [`KubeError`] carrying the call, the status and the secret, so the
-//! callers (ts-kubestate) apply the per-call status table of the README ("Kubernetes status
-//! handling"). Writes are patches of the keys tsboot owns, never a read-modify-write.
+//! kube-rs builds the requests from k8s-openapi types and sends them. tsboot keeps the token
+//! re-read for every request (D13), the deadline of a request and the one bounded retry (D12),
+//! and reads and decodes answers itself within a size limit (docs/kubernetes.md §4 says why).
+//! Each call returns a typed [`KubeError`] carrying the call, the status and the secret, so
+//! ts-kubestate applies the README's "Kubernetes status handling" table. Writes are patches of
+//! the keys tsboot owns, never a read-modify-write.
 
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::StatusCode;
@@ -35,6 +23,7 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{GetParams, Patch, PatchParams};
 use kube::client::{Body, ClientBuilder, ConfigExt as _};
+use kube::core::request::Error as RequestError;
 use kube::Resource as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -476,17 +465,14 @@ impl KubeRequest {
     fn new(
         call: Call,
         secret: &str,
-        built: Result<http::Request<Vec<u8>>, impl fmt::Display>,
+        built: Result<http::Request<Vec<u8>>, RequestError>,
     ) -> Result<Self, KubeError> {
+        let secret = secret.to_string();
         match built {
-            Ok(http) => Ok(KubeRequest {
-                call,
-                secret: secret.to_string(),
-                http,
-            }),
+            Ok(http) => Ok(KubeRequest { call, secret, http }),
             Err(e) => Err(KubeError::Request {
                 call,
-                secret: secret.to_string(),
+                secret,
                 why: e.to_string(),
             }),
         }
@@ -509,21 +495,18 @@ impl KubeRequest {
             ..SelfSubjectAccessReview::default()
         };
         let built = serde_json::to_value(&review)
-            .map(|mut v| {
+            .map_err(RequestError::SerializeBody)
+            .and_then(|mut v| {
+                // The reference sends no empty `metadata`, and no empty query (`?`) as kube's
+                // `create` would. The seed sent no Content-Type; newer containerboot sends this
+                // whenever there is a body, which every API server accepts.
                 if let Some(fields) = v.as_object_mut() {
                     fields.remove("metadata");
                 }
-                v.to_string().into_bytes()
-            })
-            .map_err(|e| e.to_string())
-            .and_then(|body| {
-                // kube's `create` would end the path with an empty query (`?`); the reference's
-                // has none. The seed sent no Content-Type; newer containerboot sends this
-                // whenever there is a body, which every API server accepts.
                 http::Request::post(SelfSubjectAccessReview::url_path(&(), None))
                     .header(CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .map_err(|e| e.to_string())
+                    .body(v.to_string().into_bytes())
+                    .map_err(RequestError::BuildRequest)
             });
         let call = Call::AccessReview {
             verb: verb.to_string(),

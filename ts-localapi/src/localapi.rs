@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use hyperlocal::{UnixConnector, Uri as UnixUri};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use ts_common::logging::{outside, outside_max};
 
 /// Seed containerboot's first watch: InitialNetMap | InitialPrefs | InitialState.
 pub const MASK_FIRST_WATCH: u64 = 14;
@@ -65,13 +66,20 @@ pub enum LocalApiError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("tailscaled answered GET {path} with {code}: {body:?}{hint}")]
+    #[error("tailscaled answered GET {path} with {code}: \"{body}\"{hint}")]
     Status {
         path: String,
         code: u16,
         body: String,
         /// What to check for well-known codes.
         hint: &'static str,
+    },
+    /// The request could not be built (a header value the http crate refuses).
+    #[error("building the LocalAPI request for {path}: {source}")]
+    Build {
+        path: String,
+        #[source]
+        source: http::Error,
     },
     #[error("reading the IPN bus from {socket}: {source}")]
     Read {
@@ -183,13 +191,10 @@ impl LocalApi {
     }
 }
 
-/// A request that could not even be built (a header value the http crate refuses).
-fn build_error(path: &str, e: http::Error) -> LocalApiError {
-    LocalApiError::Status {
+fn build_error(path: &str, source: http::Error) -> LocalApiError {
+    LocalApiError::Build {
         path: path.to_string(),
-        code: 0,
-        body: e.to_string(),
-        hint: "",
+        source,
     }
 }
 
@@ -225,7 +230,7 @@ async fn read_error_body(body: &mut Incoming) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).trim_end().to_string()
+    outside(&String::from_utf8_lossy(&out))
 }
 
 /// An open IPN bus stream. Dropping it closes the connection.
@@ -468,28 +473,8 @@ impl Reply {
     /// The body as text for an error message: lossy UTF-8, at most `max` characters, control
     /// characters escaped, so a daemon's answer can go into one log line safely.
     pub fn body_excerpt(&self, max: usize) -> String {
-        bounded_text(&self.body, max)
+        outside_max(&String::from_utf8_lossy(&self.body), max)
     }
-}
-
-/// `bytes` as one printable line: lossy UTF-8, trimmed, control characters escaped, cut at
-/// `max` characters (with an ellipsis).
-pub fn bounded_text(bytes: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl LocalApi {
@@ -582,14 +567,6 @@ impl LocalApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bounded_text_escapes_and_cuts() {
-        assert_eq!(bounded_text(b"  etag mismatch\n", 100), "etag mismatch");
-        assert_eq!(bounded_text(b"a\x1b[31mb", 100), "a\\u{1b}[31mb");
-        assert_eq!(bounded_text(b"abcdef", 3), "abc…");
-        assert_eq!(bounded_text(&[0xff, b'x'], 10), "\u{fffd}x");
-    }
 
     #[test]
     fn masks_are_the_references() {
