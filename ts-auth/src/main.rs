@@ -103,7 +103,7 @@ fn main() {
         Ok(()) => exit::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            exit::FAILURE
+            e.exit_code()
         }
     };
     std::process::exit(code);
