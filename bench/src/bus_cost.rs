@@ -20,6 +20,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tsboot_tests::fake_tailscaled::synthetic_peer;
 use tsboot_tests::harness::{self, ApiServer};
 
 const SELF_A: (&str, &str, &str) = ("nSelfACNTRL", "node-a.tail1234.ts.net.", "100.64.0.1");
@@ -29,25 +30,6 @@ fn self_node(me: (&str, &str, &str)) -> String {
     format!(
         r#"{{"ID":1,"StableID":"{}","Name":"{}","Addresses":["{}/32"],"MachineAuthorized":true,"Hostinfo":{{"OS":"linux","Hostname":"node"}}}}"#,
         me.0, me.1, me.2
-    )
-}
-
-fn peer(n: u32) -> String {
-    format!(
-        concat!(
-            r#"{{"ID":{n},"StableID":"nPeer{n}CNTRL","Name":"peer-{n}.tail1234.ts.net.","#,
-            r#""User":{u},"Key":"nodekey:{k:064x}","KeyExpiry":"2027-01-01T00:00:00Z","#,
-            r#""Machine":"mkey:{k:064x}","DiscoKey":"discokey:{k:064x}","#,
-            r#""Addresses":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
-            r#""AllowedIPs":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
-            r#""Endpoints":["198.51.100.{b}:41641","[2001:db8::{n:x}]:41641"],"HomeDERP":1,"#,
-            r#""Hostinfo":{{"OS":"linux","Hostname":"peer-{n}"}},"Online":true,"MachineAuthorized":true}}"#
-        ),
-        n = n,
-        u = n % 97,
-        k = u64::from(n) * 0x9e37_79b9,
-        a = (n >> 8) & 0xff,
-        b = n & 0xff,
     )
 }
 
@@ -64,7 +46,7 @@ fn write_netmap(out: &mut impl std::io::Write, me: (&str, &str, &str), peers: u3
         if n > 1 {
             let _ = out.write_all(b",");
         }
-        let _ = out.write_all(peer(n + 1).as_bytes());
+        let _ = out.write_all(synthetic_peer(n + 1).as_bytes());
     }
     let _ = out.write_all(b"]}");
 }
@@ -212,7 +194,7 @@ fn run_one(
             },
         )
     };
-    let mut procs = vec![
+    let mut procs = [
         (
             "ts-kubestate watch",
             spawn("ts-kubestate", &["watch", "--can-patch", "true"], kube_env),
@@ -226,13 +208,21 @@ fn run_one(
             let _ = fake.kill();
             return Err(format!("{name} never became ready:\n{}", p.log()));
         }
-        boot.push((received(&root, p.pid()), schedstat(p.pid()).map_or(0, |s| s.0)));
+        boot.push((
+            received(&root, p.pid()),
+            schedstat(p.pid()).map_or(0, |s| s.0),
+        ));
     }
     // What arrived after readiness settles before the changes are counted.
     std::thread::sleep(Duration::from_millis(700));
     let before: Vec<(u64, u64)> = procs
         .iter()
-        .map(|(_, p)| (received(&root, p.pid()), schedstat(p.pid()).map_or(0, |s| s.0)))
+        .map(|(_, p)| {
+            (
+                received(&root, p.pid()),
+                schedstat(p.pid()).map_or(0, |s| s.0),
+            )
+        })
         .collect();
     for i in 0..changes {
         let me = if i % 2 == 0 { SELF_B } else { SELF_A };
@@ -242,7 +232,10 @@ fn run_one(
     }
     let mut rows = Vec::new();
     for (i, (name, p)) in procs.iter().enumerate() {
-        let (r, c) = (received(&root, p.pid()), schedstat(p.pid()).map_or(0, |s| s.0));
+        let (r, c) = (
+            received(&root, p.pid()),
+            schedstat(p.pid()).map_or(0, |s| s.0),
+        );
         rows.push(Row {
             daemon,
             peers,

@@ -61,6 +61,28 @@ use tokio::sync::mpsc;
 
 pub mod serve;
 
+/// One peer as a netmap lists it (`tailcfg.Node`, about 700 bytes; a real one is 1–2 KiB), the
+/// `n`th of a synthetic tailnet: for large netmaps in tests and benchmarks.
+pub fn synthetic_peer(n: u32) -> String {
+    format!(
+        concat!(
+            r#"{{"ID":{n},"StableID":"nPeer{n}CNTRL","Name":"peer-{n}.tail1234.ts.net.","#,
+            r#""User":{u},"Key":"nodekey:{k:064x}","KeyExpiry":"2027-01-01T00:00:00Z","#,
+            r#""Machine":"mkey:{k:064x}","DiscoKey":"discokey:{k:064x}","#,
+            r#""Addresses":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
+            r#""AllowedIPs":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
+            r#""Endpoints":["198.51.100.{b}:41641","[2001:db8::{n:x}]:41641"],"HomeDERP":1,"#,
+            r#""Hostinfo":{{"OS":"linux","Hostname":"peer-{n}","Services":[{{"Proto":"tcp","Port":22}}]}},"#,
+            r#""Created":"2026-01-01T00:00:00Z","Online":true,"MachineAuthorized":true}}"#
+        ),
+        n = n,
+        u = n % 97,
+        k = u64::from(n) * 0x9e37_79b9,
+        a = (n >> 8) & 0xff,
+        b = n & 0xff,
+    )
+}
+
 /// The seed test harness's NeedsLogin notify (fixture `seed-era-testharness-needslogin.json`).
 pub const DEFAULT_INITIAL: &str =
     include_str!("../fixtures/ipn-bus/seed-era-testharness-needslogin.json");
@@ -828,10 +850,7 @@ impl tokio::io::AsyncWrite for Counted {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
