@@ -10,9 +10,10 @@
 #
 # * Root is needed for the reaping comparison (a PID namespace via `unshare`); without it that
 #   part is skipped. As root, tini and dumb-init are installed from apt if missing.
-# * Builds: `cargo build --release --workspace` (the dynamically linked binaries and the test
-#   doubles, release), `docker/build-static.sh` (the static binaries the image ships), and the
-#   bench driver (bench/, a std-only crate outside the workspace). TSBOOT_BENCH_NO_STATIC=1
+# * Builds: `cargo build --release --workspace` (the dynamically linked binaries, the test
+#   doubles and the bench driver `tsboot-bench`, a workspace member built on the test harness
+#   with no test target), and `docker/build-static.sh` (the static binaries the image ships).
+#   TSBOOT_BENCH_NO_STATIC=1
 #   skips the static build. When the musl target and musl-gcc are installed
 #   (`rustup target add x86_64-unknown-linux-musl`, `apt-get install musl-tools`), a static musl
 #   build is measured too, as the candidate for the image (TSBOOT_BENCH_MUSL=0 skips it,
@@ -79,9 +80,6 @@ if [[ "$musl" != 0 ]]; then
         echo "bench/run.sh: no musl target or musl-gcc: the musl build is not measured" >&2
     fi
 fi
-echo "bench/run.sh: building the bench driver" >&2
-cargo build --release --manifest-path bench/Cargo.toml >&2
-
 after="$(source_state)"
 if [[ "$before" != "$after" ]]; then
     echo "bench/run.sh: warning: the source changed during the builds ($before -> $after); the builds may differ" >&2
@@ -92,7 +90,5 @@ export TSBOOT_BENCH_SOURCE="$after"
 out="${BENCH_OUT:-$CARGO_TARGET_DIR/bench-report.md}"
 exec "$CARGO_TARGET_DIR/release/tsboot-bench" \
     "${variants[@]}" \
-    --fakes "$CARGO_TARGET_DIR/release" \
-    --fixtures "$repo/tests/fixtures/ipn-bus" \
     --out "$out" \
     "$@"

@@ -3,18 +3,19 @@
 //! for the method and the figures.
 //!
 //! ```text
-//! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...] --fakes DIR --fixtures DIR
+//! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...]
 //!              [--boot-runs N] [--reaction-runs N] [--reap-runs N] [--orphans N]
 //!              [--settle-ms N] [--only sizes,boot,reaction,reap] [--out FILE]
 //! ```
 //! * `--variant`: a directory holding the five tsboot binaries (the first is the one the
 //!   reaction and reaping runs use); sizes, boot latency and memory are measured for each.
-//! * `--fakes`: fake-tailscaled, fake-tailscale, fake-iptables, fake-apiserver.
-//! * `--fixtures`: tests/fixtures/ipn-bus.
+//! * The doubles (fake-tailscaled, fake-tailscale, fake-iptables, fake-apiserver) are the
+//!   workspace's own, from the directory this binary was built into; the roots, fixtures and
+//!   fake apiserver are the test harness's (`tsboot_tests::harness`).
 //!
 //! Reaping needs root (a PID namespace); without it that part is skipped and says so.
 //! The report (Markdown) goes to stdout and, with `--out`, to FILE; progress goes to stderr.
-//! Environment: `TSBOOT_BENCH_KEEP=1` keeps the temporary roots under /tmp (tsb-bench-*),
+//! Environment: `TSBOOT_BENCH_KEEP=1` keeps the temporary roots (`$TMPDIR/tsb-bench-*`),
 //! `TSBOOT_BENCH_DEBUG=1` prints each boot's processes and log, `TSBOOT_BENCH_SOURCE` is shown
 //! as the measured source (bench/run.sh sets it to the commit and a digest of local changes).
 //!
@@ -28,14 +29,13 @@ mod stats;
 mod sys;
 
 use scenarios::Wrapper;
-use setup::{Paths, Variant};
+use setup::Variant;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 struct Args {
     variants: Vec<Variant>,
-    paths: Paths,
     boot_runs: usize,
     reaction_runs: usize,
     reap_runs: usize,
@@ -48,7 +48,7 @@ struct Args {
 fn usage(msg: &str) -> ! {
     eprintln!("tsboot-bench: {msg}");
     eprintln!(
-        "usage: tsboot-bench --variant NAME=DIR [...] --fakes DIR --fixtures DIR [--boot-runs N] \
+        "usage: tsboot-bench --variant NAME=DIR [...] [--boot-runs N] \
          [--reaction-runs N] [--reap-runs N] [--orphans N] [--settle-ms N] [--only LIST] [--out FILE]"
     );
     std::process::exit(2);
@@ -57,10 +57,6 @@ fn usage(msg: &str) -> ! {
 fn parse() -> Args {
     let mut a = Args {
         variants: vec![],
-        paths: Paths {
-            fakes: PathBuf::new(),
-            fixtures: PathBuf::new(),
-        },
         boot_runs: 25,
         reaction_runs: 25,
         reap_runs: 16,
@@ -90,8 +86,6 @@ fn parse() -> Args {
                     dir: dir.into(),
                 });
             }
-            "--fakes" => a.paths.fakes = val().into(),
-            "--fixtures" => a.paths.fixtures = val().into(),
             "--boot-runs" => a.boot_runs = num(val()),
             "--reaction-runs" => a.reaction_runs = num(val()),
             "--reap-runs" => a.reap_runs = num(val()),
@@ -122,12 +116,13 @@ fn parse() -> Args {
         "fake-iptables",
         "fake-apiserver",
     ] {
-        if !std::path::Path::exists(&a.paths.fakes.join(f)) {
-            usage(&format!("{} is missing", a.paths.fakes.join(f).display()));
+        let p = tsboot_tests::bin_path(f);
+        if !p.exists() {
+            usage(&format!(
+                "{} is missing (cargo build --release --workspace)",
+                p.display()
+            ));
         }
-    }
-    if !std::path::Path::exists(&a.paths.fixtures.join(setup::INITIAL)) {
-        usage("--fixtures must be tests/fixtures/ipn-bus");
     }
     a
 }
@@ -219,13 +214,13 @@ fn main() {
         report.push_str(&format!("- source: {src}\n"));
     }
     report.push_str(&format!(
-        "- builds: {}; fakes: {}\n\n",
+        "- builds: {}; doubles: {}\n\n",
         a.variants
             .iter()
             .map(|v| format!("{} = `{}`", v.name, v.dir.display()))
             .collect::<Vec<_>>()
             .join(", "),
-        a.paths.fakes.display()
+        tsboot_tests::bin_path("").display()
     ));
     let primary = a.variants[0].clone();
 
@@ -238,14 +233,14 @@ fn main() {
     }
     let mut failures = Vec::new();
     if want("boot") {
-        let data = scenarios::run_boots(&a.variants, &wrappers, &a.paths, a.boot_runs, a.settle);
+        let data = scenarios::run_boots(&a.variants, &wrappers, a.boot_runs, a.settle);
         report.push_str(&scenarios::rss_report(&data, &a.variants, a.settle));
         report.push_str(&scenarios::boot_report(&data, &a.variants));
         failures.extend(data.failures);
     }
     if want("reaction") {
         eprintln!("bench: reaction ({} changes)", a.reaction_runs);
-        match scenarios::run_reaction(&primary, &a.paths, a.reaction_runs) {
+        match scenarios::run_reaction(&primary, a.reaction_runs) {
             Ok(d) => report.push_str(&scenarios::reaction_report(&d, &primary)),
             Err(e) => {
                 eprintln!("bench: reaction: {e}");
@@ -259,7 +254,7 @@ fn main() {
                 .into_iter()
                 .filter(|w| w.name != "tini-static")
                 .collect();
-            let d = scenarios::run_reap(&primary, &pid1, &a.paths, a.reap_runs, a.orphans);
+            let d = scenarios::run_reap(&primary, &pid1, a.reap_runs, a.orphans);
             report.push_str(&scenarios::reap_report(&d, &primary, a.orphans));
         } else {
             report.push_str("### Reaping\n\nSKIPPED: needs root and util-linux `unshare` for a PID namespace.\n\n");

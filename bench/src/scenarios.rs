@@ -1,7 +1,7 @@
 //! The measurements: binary sizes, boot latency with its phases and the resident set of every
 //! process after startup, reaction latency to a netmap change, and reaping as PID 1.
 
-use crate::setup::{self, Boot, Config, Paths, Root, Variant, Wrapped, ADDR0, DEST_IP};
+use crate::setup::{self, Boot, Config, Root, Variant, Wrapped, ADDR0, DEST_IP};
 use crate::stats::{fmt, median, summary, Table};
 use crate::sys::{self, FileCounter, Mem};
 use std::collections::BTreeMap;
@@ -267,11 +267,10 @@ pub struct Wrapper {
 fn one_boot(
     data: &mut BootData,
     variant: &Variant,
-    paths: &Paths,
     config: Config,
     settle: Duration,
 ) -> Result<(), String> {
-    let mut boot = Boot::start("boot", variant, paths, config, false)?;
+    let mut boot = Boot::start("boot", variant, config, false)?;
     let done = boot.wait_startup();
     let done = match done {
         Ok(t) => t,
@@ -363,14 +362,9 @@ fn one_boot(
     boot.stop()
 }
 
-fn one_wrapper(
-    data: &mut BootData,
-    w: &Wrapper,
-    paths: &Paths,
-    settle: Duration,
-) -> Result<(), String> {
+fn one_wrapper(data: &mut BootData, w: &Wrapper, settle: Duration) -> Result<(), String> {
     let argv: Vec<&str> = w.argv.iter().map(String::as_str).collect();
-    let run = Wrapped::start("wrap", &argv, paths, false)?;
+    let run = Wrapped::start("wrap", &argv, false)?;
     std::thread::sleep(settle);
     if let Some(m) = Mem::of(run.init_pid) {
         data.wrappers.entry(w.name.clone()).or_default().push(m);
@@ -382,7 +376,6 @@ fn one_wrapper(
 pub fn run_boots(
     variants: &[Variant],
     wrappers: &[Wrapper],
-    paths: &Paths,
     runs: usize,
     settle: Duration,
 ) -> BootData {
@@ -391,7 +384,7 @@ pub fn run_boots(
         eprintln!("bench: boot round {}/{runs}", i + 1);
         for v in variants {
             for config in [Config::Full, Config::Minimal] {
-                if let Err(e) = one_boot(&mut data, v, paths, config, settle) {
+                if let Err(e) = one_boot(&mut data, v, config, settle) {
                     eprintln!("bench: boot {} {}: {e}", v.name, config.name());
                     data.failures.push(format!(
                         "boot {} {}: {}",
@@ -403,7 +396,7 @@ pub fn run_boots(
             }
         }
         for w in wrappers {
-            if let Err(e) = one_wrapper(&mut data, w, paths, settle) {
+            if let Err(e) = one_wrapper(&mut data, w, settle) {
                 eprintln!("bench: {}: {e}", w.name);
                 data.failures
                     .push(format!("{}: {}", w.name, first_line(&e)));
@@ -626,9 +619,10 @@ fn count_lines(p: &Path) -> usize {
 
 /// The HEAD-era `SelfChange` notifies the reaction toggles between: each changes the node's
 /// StableID and name (→ a secret PATCH) and its IPv4 address (→ the DNAT rule is replaced).
-fn variants_json(fixtures: &Path) -> Result<[(String, &'static str, &'static str); 2], String> {
+fn variants_json() -> Result<[(String, &'static str, &'static str); 2], String> {
     let read = |n: &str| {
-        std::fs::read_to_string(fixtures.join(n)).map_err(|e| format!("fixture {n}: {e}"))
+        std::fs::read_to_string(tsboot_tests::harness::fixture(n))
+            .map_err(|e| format!("fixture {n}: {e}"))
     };
     let newid = read("head-era-14-selfchange-new-stableid-and-name.json")?;
     let oldid_newaddr = read("head-era-15-selfchange-address-change.json")?;
@@ -659,9 +653,9 @@ pub struct ReactionData {
     pub failures: Vec<String>,
 }
 
-pub fn run_reaction(variant: &Variant, paths: &Paths, runs: usize) -> Result<ReactionData, String> {
-    let toggles = variants_json(&paths.fixtures)?;
-    let boot = Boot::start("react", variant, paths, Config::Full, false)?;
+pub fn run_reaction(variant: &Variant, runs: usize) -> Result<ReactionData, String> {
+    let toggles = variants_json()?;
+    let boot = Boot::start("react", variant, Config::Full, false)?;
     let result = (|| -> Result<ReactionData, String> {
         boot.wait_startup()?;
         let api = boot.api.as_ref().unwrap();
@@ -746,7 +740,7 @@ pub fn run_reaction(variant: &Variant, paths: &Paths, runs: usize) -> Result<Rea
         }
         // The same three iptables executions ts-proxy-rules makes (-S, -I new, -D old), timed
         // back to back by the bench: the cost of the execs themselves.
-        let scratch = Root::new("exec", paths);
+        let scratch = Root::new("exec");
         let ipt = scratch.dir.join("usr/bin/iptables");
         let mut cur = ADDR0.to_string();
         let run = |args: &[&str]| {
@@ -1007,13 +1001,7 @@ fn flood(p: &Pid1, orphans: usize) -> Result<Flood, String> {
     })
 }
 
-pub fn run_reap(
-    variant: &Variant,
-    wrappers: &[Wrapper],
-    paths: &Paths,
-    runs: usize,
-    orphans: usize,
-) -> ReapData {
+pub fn run_reap(variant: &Variant, wrappers: &[Wrapper], runs: usize, orphans: usize) -> ReapData {
     let mut d = ReapData {
         reap: BTreeMap::new(),
         total: BTreeMap::new(),
@@ -1030,7 +1018,7 @@ pub fn run_reap(
         let mut inits: Vec<(String, Starter)> = vec![(
             "ts-init".to_string(),
             Box::new(|| {
-                let b = Boot::start("reap", variant, paths, Config::Minimal, true)?;
+                let b = Boot::start("reap", variant, Config::Minimal, true)?;
                 if let Err(e) = b.wait_startup() {
                     let _ = b.stop();
                     return Err(e);
@@ -1044,7 +1032,7 @@ pub fn run_reap(
                 w.name.clone(),
                 Box::new(move || {
                     let a: Vec<&str> = argv.iter().map(String::as_str).collect();
-                    Wrapped::start("reap", &a, paths, true).map(Pid1::Other)
+                    Wrapped::start("reap", &a, true).map(Pid1::Other)
                 }),
             ));
         }

@@ -1,23 +1,18 @@
-//! Test roots laid out like `tests/src/harness.rs` (fake `tailscaled`, `tailscale`, `iptables`,
-//! `ip6tables` first on PATH, proc/sys files, the record file), the fake apiserver, and the
-//! boots the scenarios measure.
+//! The boots the scenarios measure, in the test harness's roots (`tsboot_tests::harness::Root`:
+//! fake `tailscaled`, `tailscale`, `iptables`, `ip6tables` first on PATH, proc/sys files, the
+//! record file) against its fake apiserver (`harness::ApiServer`). The doubles are the ones
+//! built next to this binary (`tsboot_tests::bin_path`); ts-init's stderr is read through a
+//! pipe here, not the harness's file, because each line is stamped as it arrives.
 
 use crate::sys::{self, FileCounter, Lines};
+use nix::sys::signal::Signal;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use tsboot_tests::harness::{self, ApiServer, HEAD};
 
-/// Where the binaries and fixtures are.
-#[derive(Clone, Debug)]
-pub struct Paths {
-    /// Directory holding fake-tailscaled, fake-tailscale, fake-iptables, fake-apiserver.
-    pub fakes: PathBuf,
-    /// tests/fixtures/ipn-bus.
-    pub fixtures: PathBuf,
-}
-
-/// One build of tsboot's five binaries (e.g. the static image build, the plain release build).
+/// One build of tsboot's binaries (e.g. the static image build, the plain release build).
 #[derive(Clone, Debug)]
 pub struct Variant {
     pub name: String,
@@ -30,167 +25,59 @@ impl Variant {
     }
 }
 
-/// Fixtures of a HEAD-era daemon (the harness's `HEAD` era): initial NeedsLogin, and the login
-/// `tailscale up` makes it replay, ending in Running with identity n5Ez6W7CNTRL /
-/// test-node.tail1234.ts.net. / 100.101.102.103.
-pub const INITIAL: &str = "head-era-01-initial-needslogin-mask14.json";
-pub const LOGIN: &str = "head-era-stream-authkey-login-mask14.ndjson";
-pub const ADDR0: &str = "100.101.102.103";
+/// The harness's HEAD era: initial NeedsLogin, and the login `tailscale up` makes it replay,
+/// ending in Running with identity n5Ez6W7CNTRL / test-node.tail1234.ts.net. / 100.101.102.103.
+pub const ADDR0: &str = HEAD.ipv4;
 pub const DEST_IP: &str = "10.0.0.5";
 /// The fake tailscaled's request log (one line per LocalAPI request), under the root.
 pub const REQUEST_LOG: &str = "tailscaled-requests.log";
 pub const STARTUP: &str = "Startup complete, waiting for shutdown signal";
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
+/// A harness root with the HEAD era's fixtures and the fake tailscaled's request log in its
+/// environment; kept on disk with `TSBOOT_BENCH_KEEP=1`.
 pub struct Root {
-    pub dir: PathBuf,
-    pub control: PathBuf,
-    pub socket: PathBuf,
-    pub record: PathBuf,
+    root: Option<harness::Root>,
     pub env: Vec<(String, String)>,
 }
 
 impl Root {
-    pub fn new(tag: &str, paths: &Paths) -> Root {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        // Short: unix socket paths must stay under 108 bytes.
-        let dir = PathBuf::from(format!("/tmp/tsb-bench-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        for sub in [
-            "usr/bin",
-            "tmp",
-            "dev/net",
-            "proc/sys/net/ipv4",
-            "proc/sys/net/ipv6/conf/all",
-        ] {
-            std::fs::create_dir_all(dir.join(sub)).expect("create root dirs");
-        }
-        std::fs::write(dir.join("dev/net/tun"), "").expect("tun");
-        std::fs::write(dir.join("proc/sys/net/ipv4/ip_forward"), "0").expect("sysctl");
-        std::fs::write(dir.join("proc/sys/net/ipv6/conf/all/forwarding"), "0").expect("sysctl");
-        for (name, fake) in [
-            ("tailscaled", "fake-tailscaled"),
-            ("tailscale", "fake-tailscale"),
-            ("iptables", "fake-iptables"),
-            ("ip6tables", "fake-iptables"),
-        ] {
-            std::os::unix::fs::symlink(paths.fakes.join(fake), dir.join("usr/bin").join(name))
-                .expect("symlink fake");
-        }
-        let record = dir.join("args");
-        let control = dir.join("tailscaled-control.sock");
-        let socket = dir.join("tmp/tailscaled.sock");
-        let env = vec![
-            (
-                "PATH".to_string(),
-                format!(
-                    "{}:/usr/sbin:/usr/bin:/sbin:/bin",
-                    dir.join("usr/bin").display()
-                ),
-            ),
-            (
-                "TS_TEST_RECORD_ARGS".to_string(),
-                record.display().to_string(),
-            ),
-            (
-                "TS_TEST_SOCKET".to_string(),
-                dir.join("test.sock").display().to_string(),
-            ),
-            ("TS_SOCKET".to_string(), socket.display().to_string()),
-            ("TS_TEST_ONLY_ROOT".to_string(), dir.display().to_string()),
-            (
-                "FAKE_TAILSCALED_CONTROL".to_string(),
-                control.display().to_string(),
-            ),
-            (
-                "FAKE_TAILSCALED_REQUEST_LOG".to_string(),
-                dir.join(REQUEST_LOG).display().to_string(),
-            ),
-            (
-                "FAKE_TAILSCALED_INITIAL".to_string(),
-                paths.fixtures.join(INITIAL).display().to_string(),
-            ),
-            (
-                "FAKE_TAILSCALE_UP_REPLAY".to_string(),
-                paths.fixtures.join(LOGIN).display().to_string(),
-            ),
-        ];
+    pub fn new(tag: &str) -> Root {
+        let root = harness::Root::new(&format!("bench-{tag}"));
+        let mut env = root.era_env(&HEAD);
+        env.push((
+            "FAKE_TAILSCALED_REQUEST_LOG".into(),
+            root.dir.join(REQUEST_LOG).display().to_string(),
+        ));
         Root {
-            dir,
-            control,
-            socket,
-            record,
+            root: Some(root),
             env,
         }
     }
 }
 
+impl Deref for Root {
+    type Target = harness::Root;
+    fn deref(&self) -> &harness::Root {
+        self.root.as_ref().expect("root until dropped")
+    }
+}
+
 impl Drop for Root {
     fn drop(&mut self) {
-        if std::env::var_os("TSBOOT_BENCH_KEEP").is_none() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// The fake kube-apiserver as a process (`fake-apiserver`), serving a `tailscale` secret that
-/// holds an auth key, with its service account written under the root.
-pub struct ApiServer {
-    child: Child,
-    pub state: PathBuf,
-    pub env: Vec<(String, String)>,
-}
-
-impl ApiServer {
-    pub fn start(root: &Root, paths: &Paths) -> Result<ApiServer, String> {
-        let state = root.dir.join("apiserver");
-        std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
-        let config = state.join("config.json");
-        std::fs::write(
-            &config,
-            r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-bench"}}]}"#,
-        )
-        .map_err(|e| e.to_string())?;
-        let mut child = Command::new(paths.fakes.join("fake-apiserver"))
-            .arg("--root")
-            .arg(&root.dir)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting fake-apiserver: {e}"))?;
-        let start = Instant::now();
-        while !state.join("port").exists() {
-            if start.elapsed() > Duration::from_secs(10)
-                || child.try_wait().ok().flatten().is_some()
-            {
-                sys::signal(child.id() as i32, sys::SIGKILL);
-                let _ = child.wait();
-                return Err("fake-apiserver did not start".into());
+        if let Some(root) = self.root.take() {
+            if std::env::var_os("TSBOOT_BENCH_KEEP").is_some() {
+                root.keep();
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
-        let env = std::fs::read_to_string(state.join("env"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        Ok(ApiServer { child, state, env })
     }
 }
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        sys::signal(self.child.id() as i32, sys::SIGTERM);
-        sys::reap(&mut self.child, Duration::from_secs(5));
-    }
+/// The harness's fake apiserver with a `tailscale` secret holding an auth key.
+pub fn apiserver(root: &Root) -> ApiServer {
+    ApiServer::start(
+        root,
+        r#"{"secrets":[{"name":"tailscale","data":{"authkey":"tskey-bench"}}]}"#,
+    )
 }
 
 /// Which configuration a boot uses.
@@ -252,16 +139,15 @@ impl Boot {
     pub fn start(
         tag: &str,
         variant: &Variant,
-        paths: &Paths,
         config: Config,
         pid_ns: bool,
     ) -> Result<Boot, String> {
-        let root = Root::new(tag, paths);
+        let root = Root::new(tag);
         let mut env = root.env.clone();
         let api = match config {
             Config::Minimal => None,
             Config::Full => {
-                let api = ApiServer::start(&root, paths)?;
+                let api = apiserver(&root);
                 env.extend(api.env.iter().cloned());
                 env.push(("TS_USERSPACE".into(), "false".into()));
                 env.push(("TS_DEST_IP".into(), DEST_IP.into()));
@@ -304,7 +190,7 @@ impl Boot {
                     break *p;
                 }
                 if start.elapsed() > Duration::from_secs(10) {
-                    sys::signal(outer, sys::SIGKILL);
+                    sys::signal(outer, Signal::SIGKILL);
                     let _ = child.wait();
                     return Err("ts-init did not appear inside the namespace".into());
                 }
@@ -351,7 +237,7 @@ impl Boot {
     /// SIGTERM, then waits for the exit; returns the status code.
     pub fn stop(mut self) -> Result<(), String> {
         self.unwatch();
-        sys::signal(self.init_pid, sys::SIGTERM);
+        sys::signal(self.init_pid, Signal::SIGTERM);
         let code = sys::reap(&mut self.child, Duration::from_secs(30));
         if code != Some(0) {
             return Err(format!(
@@ -372,14 +258,18 @@ pub struct Wrapped {
 }
 
 impl Wrapped {
-    pub fn start(tag: &str, init: &[&str], paths: &Paths, pid_ns: bool) -> Result<Wrapped, String> {
-        let root = Root::new(tag, paths);
+    pub fn start(tag: &str, init: &[&str], pid_ns: bool) -> Result<Wrapped, String> {
+        let root = Root::new(tag);
         let mut argv: Vec<String> = Vec::new();
         if pid_ns {
             argv.extend(["unshare", "--pid", "--fork", "--mount-proc"].map(String::from));
         }
         argv.extend(init.iter().map(|s| s.to_string()));
-        argv.push(paths.fakes.join("fake-tailscaled").display().to_string());
+        argv.push(
+            tsboot_tests::bin_path("fake-tailscaled")
+                .display()
+                .to_string(),
+        );
         argv.push(format!("--socket={}", root.socket.display()));
         argv.push("--state=mem:".into());
         let mut child = Command::new(&argv[0])
@@ -394,7 +284,7 @@ impl Wrapped {
             .map_err(|e| format!("starting {}: {e}", argv[0]))?;
         let out = Lines::spawn(child.stdout.take().expect("stdout"));
         if let Err(e) = out.wait(0, "ready", Duration::from_secs(10)) {
-            sys::signal(child.id() as i32, sys::SIGKILL);
+            sys::signal(child.id() as i32, Signal::SIGKILL);
             let _ = child.wait();
             return Err(format!(
                 "{}: fake tailscaled not ready: {e}",
@@ -416,7 +306,7 @@ impl Wrapped {
     }
 
     pub fn stop(mut self) {
-        sys::signal(self.init_pid, sys::SIGTERM);
+        sys::signal(self.init_pid, Signal::SIGTERM);
         sys::reap(&mut self.child, Duration::from_secs(10));
     }
 }

@@ -1,61 +1,27 @@
-//! The little of Linux the bench needs beyond std (inotify, poll, kill), `/proc` readers, and
-//! the timestamping of a child's stderr lines as they arrive.
+//! The little of Linux the bench needs beyond std and the harness (inotify, through nix),
+//! `/proc` readers, and the timestamping of a child's stderr lines as they arrive.
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{BufRead as _, BufReader, Read};
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::os::raw::{c_char, c_int, c_short};
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-#[repr(C)]
-struct PollFd {
-    fd: c_int,
-    events: c_short,
-    revents: c_short,
-}
+pub use nix::sys::inotify::AddWatchFlags as Mask;
+pub const IN_MODIFY: Mask = AddWatchFlags::IN_MODIFY;
+pub const IN_CLOSE_WRITE: Mask = AddWatchFlags::IN_CLOSE_WRITE;
+pub const IN_MOVED_TO: Mask = AddWatchFlags::IN_MOVED_TO;
+pub const IN_CREATE: Mask = AddWatchFlags::IN_CREATE;
 
-extern "C" {
-    fn inotify_init1(flags: c_int) -> c_int;
-    fn inotify_add_watch(fd: c_int, path: *const c_char, mask: u32) -> c_int;
-    fn poll(fds: *mut PollFd, nfds: u64, timeout: c_int) -> c_int;
-    fn kill(pid: c_int, sig: c_int) -> c_int;
-}
-
-pub const SIGKILL: i32 = 9;
-pub const SIGTERM: i32 = 15;
-
-const IN_CLOEXEC: c_int = 0o2000000;
-const IN_NONBLOCK: c_int = 0o4000;
-pub const IN_MODIFY: u32 = 0x2;
-pub const IN_CLOSE_WRITE: u32 = 0x8;
-pub const IN_MOVED_TO: u32 = 0x80;
-pub const IN_CREATE: u32 = 0x100;
-const POLLIN: c_short = 1;
-
-pub fn signal(pid: i32, sig: i32) {
+pub fn signal(pid: i32, sig: Signal) {
     if pid > 0 {
-        // SAFETY: kill(2) has no memory-safety preconditions; pid > 0 names one process.
-        unsafe {
-            kill(pid, sig);
-        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
     }
-}
-
-/// Waits up to `timeout` for `fd` to become readable.
-fn wait_readable(fd: c_int, timeout: Duration) -> bool {
-    let mut p = PollFd {
-        fd,
-        events: POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as c_int;
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { poll(&mut p, 1, ms) > 0 }
 }
 
 /// Stamped values with a condition variable to wait on.
@@ -74,30 +40,16 @@ impl FileCounter {
     pub fn start(
         dir: &Path,
         file: &str,
-        mask: u32,
+        mask: Mask,
         measure: fn(&Path) -> usize,
     ) -> Result<FileCounter, String> {
-        // SAFETY: plain syscall; the result is checked and owned below.
-        let fd = unsafe { inotify_init1(IN_CLOEXEC | IN_NONBLOCK) };
-        if fd < 0 {
-            return Err(format!(
-                "inotify_init1: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let cdir = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
-        // SAFETY: cdir is NUL-terminated and outlives the call.
-        if unsafe { inotify_add_watch(fd.as_raw_fd(), cdir.as_ptr(), mask) } < 0 {
-            return Err(format!(
-                "inotify_add_watch {}: {}",
-                dir.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| format!("inotify_init1: {e}"))?;
+        inotify
+            .add_watch(dir, mask)
+            .map_err(|e| format!("inotify_add_watch {}: {e}", dir.display()))?;
         let path = dir.join(file);
-        let name = file.as_bytes().to_vec();
+        let name = std::ffi::OsString::from(file);
         let shared = Arc::new((
             Mutex::new(vec![(Instant::now(), measure(&path))]),
             Condvar::new(),
@@ -105,31 +57,17 @@ impl FileCounter {
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, stop2) = (shared.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let mut f = File::from(fd);
-            let mut buf = vec![0u8; 64 * 1024];
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
             while !stop2.load(Ordering::Relaxed) {
-                if !wait_readable(f.as_raw_fd(), Duration::from_millis(100)) {
+                let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) <= 0 {
                     continue;
                 }
-                let n = match f.read(&mut buf) {
-                    Ok(n) => n,
-                    Err(_) => continue,
+                let Ok(events) = inotify.read_events() else {
+                    continue;
                 };
                 let at = Instant::now();
-                // struct inotify_event { int wd; u32 mask; u32 cookie; u32 len; char name[len]; }
-                let mut off = 0;
-                let mut hit = false;
-                while off + 16 <= n {
-                    let len =
-                        u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
-                    let raw = &buf[off + 16..(off + 16 + len).min(n)];
-                    let ev_name = raw.split(|b| *b == 0).next().unwrap_or(&[]);
-                    if ev_name == name.as_slice() {
-                        hit = true;
-                    }
-                    off += 16 + len;
-                }
-                if hit {
+                if events.iter().any(|e| e.name.as_ref() == Some(&name)) {
                     let value = measure(&path);
                     let (lock, cv) = &*s2;
                     let mut v = lock.lock().unwrap();
@@ -348,23 +286,13 @@ pub fn comm(pid: i32) -> String {
 
 /// Sends one line command to the fake tailscaled's control socket; returns its answer.
 pub fn control(socket: &Path, command: &str) -> Result<String, String> {
-    use std::io::Write as _;
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).ok();
-    s.write_all(format!("{command}\n").as_bytes())
-        .map_err(|e| format!("control write: {e}"))?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| format!("control answer: {e}"))?;
-    if line.starts_with("ok") {
-        Ok(line.trim_end().to_string())
-    } else {
-        Err(format!(
+    match tsboot_tests::fake_cli::control_command(socket, command) {
+        Ok(line) if line.starts_with("ok") => Ok(line),
+        Ok(line) => Err(format!(
             "control {:?} answered {line:?}",
             command.split(' ').next().unwrap_or("")
-        ))
+        )),
+        Err(e) => Err(format!("control socket {}: {e}", socket.display())),
     }
 }
 
@@ -376,7 +304,7 @@ pub fn reap(child: &mut std::process::Child, grace: Duration) -> Option<i32> {
             return st.code();
         }
         if Instant::now() >= end {
-            signal(child.id() as i32, SIGKILL);
+            signal(child.id() as i32, Signal::SIGKILL);
             return child.wait().ok().and_then(|s| s.code());
         }
         std::thread::sleep(Duration::from_millis(2));

@@ -5,13 +5,9 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Deadline for any single wait (against hangs; not a performance assertion).
-pub const PATIENCE: Duration = Duration::from_secs(10);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
+use crate::harness::{temp_dir, PATIENCE};
 
 /// [`crate::bin_path`], failing with what to do when the binary was not built.
 pub fn require_bin(name: &str) -> PathBuf {
@@ -22,15 +18,6 @@ pub fn require_bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A fresh, short temporary directory (unix socket paths must stay under 108 bytes).
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("tsb-{tag}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 /// The ipn-bus fixtures of this crate.

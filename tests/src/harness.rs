@@ -1,19 +1,46 @@
 //! End-to-end harness: a temporary root laid out like the reference's `main_test.go` harness
 //! (fake `tailscaled`, `tailscale`, `iptables`, `ip6tables` first on PATH, proc/sys files, the
-//! record file), and a running ts-init whose stderr is kept for assertions.
+//! record file), and [`Proc`], the one way tests (and the bench) run a binary under test: a
+//! clean environment, stderr kept in a file for assertions, an optional readiness pipe (fd 3, as
+//! ts-init gives it) and an optional result pipe (the preflight's `--result-fd`).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// How long any single expectation may take before the test fails (a deadline against hangs,
-/// not a performance assertion).
-pub const PATIENCE: Duration = Duration::from_secs(10);
+/// not a performance assertion). The one deadline of every helper in this crate.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The fd a child finds its readiness pipe at (ts-init's convention).
+pub const READY_FD: RawFd = 3;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A fresh, empty, short temporary directory, unique per process, tag and call (unix socket
+/// paths under it must stay below 108 bytes). The one temp-root helper of the tests.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("tsb-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Polls `cond` until it holds, failing with `what` after [`PATIENCE`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
 
 pub use crate::fake_tailscaled_ctl::fixture;
 
@@ -101,9 +128,7 @@ pub struct Root {
 
 impl Root {
     pub fn new(test: &str) -> Root {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!("tsboot-{test}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp_dir(test);
         for sub in [
             "usr/bin",
             "tmp",
@@ -181,26 +206,20 @@ impl Root {
     }
 
     /// Starts ts-init with exactly `env` (nothing inherited, as the reference harness does).
-    pub fn start_init(&self, env: &[(String, String)], args: &[&str]) -> Init {
+    pub fn start_init(&self, env: &[(String, String)], args: &[&str]) -> Proc {
         self.start_program(&crate::bin_path("ts-init"), env, args)
     }
 
-    pub fn start_program(&self, program: &Path, env: &[(String, String)], args: &[&str]) -> Init {
-        let stderr = std::fs::File::create(&self.stderr).expect("stderr file");
-        let child = Command::new(program)
-            .args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("start ts-init");
-        Init {
-            child: Some(child),
-            stderr: self.stderr.clone(),
-            status: None,
-        }
+    pub fn start_program(&self, program: &Path, env: &[(String, String)], args: &[&str]) -> Proc {
+        Proc::spawn(
+            program,
+            args,
+            Spawn {
+                env: env.to_vec(),
+                stderr: Some(self.stderr.clone()),
+                ..Spawn::default()
+            },
+        )
     }
 
     /// Recorded command lines with the root stripped, as the reference harness compares them.
@@ -304,20 +323,130 @@ impl Drop for Root {
     }
 }
 
-/// A running ts-init (or another program started by the harness).
-pub struct Init {
-    child: Option<Child>,
-    stderr: PathBuf,
-    status: Option<std::process::ExitStatus>,
+/// What to give a child besides its program and arguments.
+#[derive(Default)]
+pub struct Spawn {
+    /// The whole environment (nothing is inherited).
+    pub env: Vec<(String, String)>,
+    /// Give the child a readiness pipe at fd 3 and `TS_READY_FD=3` (unless `env` sets it).
+    pub ready: bool,
+    /// Give the child a result pipe at this fd.
+    pub result_fd: Option<RawFd>,
+    /// Where its stderr goes (created afresh); default: a file in a temporary directory of its
+    /// own. A file, not a pipe: the log is complete the moment the child has exited, however
+    /// many grandchildren still hold it open.
+    pub stderr: Option<PathBuf>,
 }
 
-impl Init {
-    /// Wraps a child started elsewhere (the real-peer lab) whose output goes to `stderr`.
-    pub fn from_child(child: Child, stderr: PathBuf) -> Init {
-        Init {
+/// A running binary under test (ts-init, a phase, a watcher), stopped when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    stderr: PathBuf,
+    /// The temporary directory holding `stderr` when the spawner chose none.
+    own_dir: Option<PathBuf>,
+    status: Option<ExitStatus>,
+    ready: Option<Receiver<Vec<u8>>>,
+    ready_seen: Option<Vec<u8>>,
+    result: Option<Receiver<Vec<u8>>>,
+}
+
+fn cloexec_pipe() -> (OwnedFd, OwnedFd) {
+    // Close-on-exec, so children of other tests running in parallel do not inherit it (which
+    // would hold the pipe open); the one child that should have it gets a dup2'ed copy.
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
+}
+
+fn reader_thread(fd: OwnedFd) -> Receiver<Vec<u8>> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = std::fs::File::from(fd).read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+impl Proc {
+    /// Starts `program` with `args`.
+    pub fn spawn(program: &Path, args: &[&str], spec: Spawn) -> Proc {
+        let (stderr, own_dir) = match spec.stderr {
+            Some(p) => (p, None),
+            None => {
+                let dir = temp_dir("proc");
+                (dir.join("stderr.log"), Some(dir))
+            }
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"));
+        let mut moves: Vec<(RawFd, RawFd)> = Vec::new();
+        let mut keep = Vec::new();
+        let ready = spec.ready.then(|| {
+            let (r, w) = cloexec_pipe();
+            moves.push((w.as_raw_fd(), READY_FD));
+            cmd.env("TS_READY_FD", READY_FD.to_string());
+            keep.push(w);
+            r
+        });
+        // After TS_READY_FD, so a test can give the child a different (e.g. bad) value.
+        cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let result = spec.result_fd.map(|fd| {
+            let (r, w) = cloexec_pipe();
+            moves.push((w.as_raw_fd(), fd));
+            keep.push(w);
+            r
+        });
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Duplicate every source above the targets first, so sources and targets may
+                // overlap; dup2 leaves the target without close-on-exec.
+                // No allocation here: after fork only async-signal-safe calls are allowed.
+                let mut temps = [0 as RawFd; 2];
+                for (i, (from, _)) in moves.iter().enumerate() {
+                    let tmp = nix::libc::fcntl(*from, nix::libc::F_DUPFD_CLOEXEC, 20);
+                    if tmp < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    temps[i] = tmp;
+                }
+                for (tmp, (_, to)) in temps.iter().zip(&moves) {
+                    if nix::libc::dup2(*tmp, *to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        // The child has its copies; ours must go so EOF arrives when the child is done.
+        drop(keep);
+        Proc {
             child: Some(child),
             stderr,
+            own_dir,
             status: None,
+            ready: ready.map(reader_thread),
+            ready_seen: None,
+            result: result.map(reader_thread),
+        }
+    }
+
+    /// Wraps a child started elsewhere (the real-peer lab) whose output goes to `stderr`.
+    pub fn from_child(child: Child, stderr: PathBuf) -> Proc {
+        Proc {
+            child: Some(child),
+            stderr,
+            own_dir: None,
+            status: None,
+            ready: None,
+            ready_seen: None,
+            result: None,
         }
     }
 
@@ -325,6 +454,7 @@ impl Init {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
     }
 
+    /// Everything written to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -335,27 +465,79 @@ impl Init {
     }
 
     pub fn expect_log_within(&mut self, suffix: &str, patience: Duration) {
+        self.wait_line(&format!("a log line ending in {suffix:?}"), patience, |l| {
+            l.ends_with(suffix)
+        })
+    }
+
+    /// Waits until a stderr line contains `needle`.
+    pub fn wait_log(&mut self, needle: &str) {
+        self.wait_line(
+            &format!("a log line containing {needle:?}"),
+            PATIENCE,
+            |l| l.contains(needle),
+        )
+    }
+
+    fn wait_line(&mut self, what: &str, patience: Duration, hit: impl Fn(&str) -> bool) {
         let start = Instant::now();
         loop {
             let log = self.log();
-            if log.lines().any(|l| l.ends_with(suffix)) {
+            if log.lines().any(&hit) {
                 return;
             }
             if let Some(status) = self.try_status() {
-                panic!("exited ({status:?}) before logging {suffix:?}\nstderr:\n{log}");
+                panic!("exited ({status:?}) without {what}\nstderr:\n{log}");
             }
             if start.elapsed() > patience {
-                panic!("no log line ending in {suffix:?}\nstderr:\n{log}");
+                panic!("no {what}\nstderr:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn ready_bytes(&mut self) -> Vec<u8> {
+        if self.ready_seen.is_none() {
+            let rx = self.ready.take().expect("spawned with ready: true");
+            let got = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
+                panic!(
+                    "readiness fd neither written nor closed\nstderr:\n{}",
+                    self.log()
+                )
+            });
+            self.ready_seen = Some(got);
+        }
+        self.ready_seen.clone().unwrap_or_default()
+    }
+
+    /// Waits for the readiness pipe: `true` when a newline came, `false` on EOF without one.
+    pub fn wait_ready(&mut self) -> bool {
+        self.ready_bytes() == b"\n"
+    }
+
+    /// Waits until the child wrote its readiness line and closed the fd.
+    pub fn expect_ready(&mut self) {
+        let got = self.ready_bytes();
+        assert_eq!(
+            got,
+            b"\n",
+            "readiness fd carried {got:?}\nstderr:\n{}",
+            self.log()
+        );
+    }
+
+    /// What came through the result pipe (after the child closed it).
+    pub fn result(&mut self) -> String {
+        let rx = self.result.take().expect("spawned with a result fd");
+        let data = rx.recv_timeout(PATIENCE).expect("result pipe never closed");
+        String::from_utf8(data).expect("UTF-8 result")
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
     }
 
-    pub fn try_status(&mut self) -> Option<std::process::ExitStatus> {
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             if let Some(child) = self.child.as_mut() {
                 self.status = child.try_wait().ok().flatten();
@@ -364,15 +546,23 @@ impl Init {
         self.status
     }
 
+    /// The shell-style exit code (128+N for signal N) once it has exited.
+    pub fn try_code(&mut self) -> Option<i32> {
+        self.try_status()
+            .map(|s| s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)))
+    }
+
+    /// True while the child runs.
+    pub fn running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
     /// Waits for the exit and returns the exit code (128+N for a signal death).
     pub fn wait_code(&mut self, within: Duration) -> i32 {
         let start = Instant::now();
         loop {
-            if let Some(status) = self.try_status() {
-                use std::os::unix::process::ExitStatusExt;
-                return status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            if let Some(code) = self.try_code() {
+                return code;
             }
             if start.elapsed() > within {
                 panic!("still running after {within:?}\nstderr:\n{}", self.log());
@@ -380,27 +570,42 @@ impl Init {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// [`Proc::wait_code`] within [`PATIENCE`].
+    pub fn wait_exit(&mut self) -> i32 {
+        self.wait_code(PATIENCE)
+    }
 }
 
-impl Drop for Init {
-    /// A test that fails midway still stops the whole tree: SIGTERM lets ts-init stop its
-    /// children; SIGKILL (which would orphan them) only if it does not exit in time.
+impl Proc {
+    /// SIGTERM (ts-init stops its children), then SIGKILL (which would orphan them) only if
+    /// it does not exit within [`PATIENCE`].
+    pub fn stop(&mut self) {
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
+        if self.status.is_some() || child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE && child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        self.status = child.wait().ok();
+    }
+}
+
+impl Drop for Proc {
+    /// A test that fails midway still stops the whole tree.
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if self.status.is_some() || child.try_wait().ok().flatten().is_some() {
-                return;
+        self.stop();
+        if let Some(dir) = self.own_dir.take() {
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_dir_all(dir);
             }
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let start = Instant::now();
-            while start.elapsed() < PATIENCE {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait();
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::harness::Init;
+use crate::harness::Proc;
 
 /// Real boots are slow next to the doubles (key generation, a control round trip, netcheck).
 pub const REAL_PATIENCE: Duration = Duration::from_secs(60);
@@ -252,42 +252,6 @@ impl Drop for Netns {
     }
 }
 
-/// A child process that is SIGTERMed, then SIGKILLed, when dropped.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.pid());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
 fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     let err = out.try_clone().expect("dup log file");
@@ -347,9 +311,7 @@ impl Lab {
         let (bins, serial) = require(test)?;
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{n}", std::process::id() % 100_000);
-        let dir = std::env::temp_dir().join(format!("tsboot-real-{test}-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("lab dir");
+        let dir = crate::harness::temp_dir(&format!("real-{test}"));
         let hub = Netns::new(format!("tsr{tag}hub"));
         hub.ip(&["addr", "add", &format!("{HUB_IP}/32"), "dev", "lo"]);
         run_ok(hub.command("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
@@ -398,10 +360,7 @@ impl Lab {
             },
             &dir.join("derper.log"),
         );
-        let derper = Proc {
-            child: derper,
-            log: dir.join("derper.log"),
-        };
+        let derper = Proc::from_child(derper, dir.join("derper.log"));
         write_headscale_config(&dir);
         let mut lab = Lab {
             bins,
@@ -474,7 +433,7 @@ impl Lab {
                 .spawn()
                 .expect("start headscale")
         };
-        self.headscale = Some(Proc { child, log });
+        self.headscale = Some(Proc::from_child(child, log));
         self.wait_tcp(HEADSCALE_PORT, "headscale");
         // The CLI's socket comes up with the HTTP listener, but give it its own check.
         wait_for(
@@ -823,7 +782,7 @@ impl Lab {
         let log = state.join("tailscaled.log");
         let child = spawn_logged(cmd, &log);
         let daemon = Daemon {
-            proc: Proc { child, log },
+            proc: Proc::from_child(child, log),
             socket,
             ns_name: ns.name.clone(),
             tailscale: self.bins.path("tailscale"),
@@ -927,7 +886,7 @@ pub struct BootSpec<'a> {
 
 /// A ts-init (or containerboot) under test, with what the test needs to look at it.
 pub struct Boot {
-    pub init: Init,
+    pub init: Proc,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     tailscale: PathBuf,
@@ -1003,7 +962,7 @@ impl Lab {
             .spawn()
             .expect("start the boot");
         Boot {
-            init: Init::from_child(child, log),
+            init: Proc::from_child(child, log),
             socket,
             state_dir: self.state_dir(spec.node),
             tailscale: self.bins.path("tailscale"),
@@ -1126,7 +1085,7 @@ impl Lab {
             .arg(&config_file);
         let log = root.join("fake-apiserver.log");
         let child = spawn_logged(cmd, &log);
-        let proc = Proc { child, log };
+        let proc = Proc::from_child(child, log);
         wait_for(
             REAL_PATIENCE,
             "the fake apiserver's port file",

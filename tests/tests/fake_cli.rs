@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, temp_dir, FakeTailscaled};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::temp_dir;
 
 struct Bin {
     dir: PathBuf,

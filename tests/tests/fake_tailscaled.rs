@@ -8,7 +8,8 @@ use std::os::unix::process::CommandExt as _;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::time::Duration;
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, temp_dir, FakeTailscaled, PATIENCE};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::{temp_dir, PATIENCE};
 
 /// Sends `request` and returns (status code, response head, body bytes read so far). Reads
 /// until the head is complete and, for a fixed-length body, the body.

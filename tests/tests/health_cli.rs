@@ -3,8 +3,8 @@
 
 use std::process::Command;
 use std::time::Duration;
-use tsboot_tests::fake_apiserver::runner::{Proc, Spawn};
 use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::{Proc, Spawn};
 use tsboot_tests::probe::{endpoint_from_log, get, wait_for};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -102,8 +102,8 @@ fn standalone_against_a_running_node_and_a_watchers_report() {
             ..Spawn::default()
         },
     );
-    assert!(p.wait_ready(), "no readiness:\n{}", p.stderr());
-    let addr = endpoint_from_log(&p.stderr(), "/healthz").expect("endpoint line");
+    assert!(p.wait_ready(), "no readiness:\n{}", p.log());
+    let addr = endpoint_from_log(&p.log(), "/healthz").expect("endpoint line");
     // No ts-init: the node alone decides.
     wait_for(addr, "/healthz", Duration::from_secs(10), "ok", |a| {
         a.code == 200 && a.body == "ok"
@@ -136,5 +136,5 @@ fn standalone_against_a_running_node_and_a_watchers_report() {
         "no ts-init, no phases"
     );
     p.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(p.wait_exit(), 0, "{}", p.stderr());
+    assert_eq!(p.wait_exit(), 0, "{}", p.log());
 }

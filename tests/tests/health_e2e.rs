@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tsboot_tests::fake_apiserver::{
     FakeApiServer, FakeConfig, Fault, FaultAction, Match, DEFAULT_NAMESPACE, DEFAULT_TOKEN,
 };
-use tsboot_tests::harness::{Init, Root, HEAD, PATIENCE};
+use tsboot_tests::harness::{Proc, Root, HEAD, PATIENCE};
 use tsboot_tests::probe::{
     endpoint_from_log, get, parse_exposition, prometheus_parser, request, wait_for, Family,
 };
@@ -29,7 +29,7 @@ fn health_env(env: &mut Vec<(String, String)>) {
 }
 
 /// The address ts-health logged it listens on (port 0 picks a free one).
-fn endpoint(init: &mut Init, path: &str) -> SocketAddr {
+fn endpoint(init: &mut Proc, path: &str) -> SocketAddr {
     init.expect_log(path);
     let start = Instant::now();
     loop {

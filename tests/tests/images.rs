@@ -13,8 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, temp_dir, FakeTailscaled};
-use tsboot_tests::harness::{children_of, processes, HARNESS};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, FakeTailscaled};
+use tsboot_tests::harness::{children_of, processes, temp_dir, HARNESS};
 use tsboot_tests::real::{self_ipv4, wait_for, which, Lab, Netns, REAL_PATIENCE};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -5,9 +5,8 @@ use std::path::Path;
 use std::time::Duration;
 use ts_common::kube::{secret_value, KubeClient, KubeError, RetryPolicy, SERVICEACCOUNT_DIR};
 use ts_common::Settings;
-use tsboot_tests::fake_apiserver::{
-    temp_root, tls, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN,
-};
+use tsboot_tests::fake_apiserver::{tls, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
+use tsboot_tests::harness::temp_dir;
 
 const NS: &str = "default";
 const SECRET: &str = "tailscale";
@@ -28,7 +27,7 @@ async fn setup(tag: &str) -> (FakeApiServer, KubeClient, std::path::PathBuf) {
         SECRET,
         &[("authkey", "tskey-key"), ("_machinekey", "m")],
     );
-    let root = temp_root(tag);
+    let root = temp_dir(tag);
     api.write_serviceaccount(&root, DEFAULT_TOKEN)
         .expect("service account");
     let client = KubeClient::from_settings(&settings(&root, &api)).expect("client");
@@ -128,7 +127,7 @@ async fn a_server_outside_the_ca_is_refused_with_a_clear_error() {
     let api = FakeApiServer::start(FakeConfig::default())
         .await
         .expect("start");
-    let root = temp_root("kube-otherca");
+    let root = temp_dir("kube-otherca");
     tsboot_tests::fake_apiserver::write_serviceaccount(
         &root,
         DEFAULT_TOKEN,
@@ -167,7 +166,7 @@ async fn ipv6_service_host_is_bracketed_and_verified() {
         }
     };
     api.set_secret(NS, SECRET, &[]);
-    let root = temp_root("kube-v6");
+    let root = temp_dir("kube-v6");
     api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
     let client = KubeClient::from_settings(&settings(&root, &api)).expect("client");
     assert_eq!(client.server(), format!("https://[::1]:{}", api.port()));

@@ -4,9 +4,10 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use tsboot_tests::fake_apiserver::runner::{wait_until, Proc, Spawn};
-use tsboot_tests::fake_apiserver::{temp_root, RecordedRequest, SERVICEACCOUNT_DIR};
+use tsboot_tests::fake_apiserver::{RecordedRequest, SERVICEACCOUNT_DIR};
 use tsboot_tests::fake_tailscaled_ctl::require_bin;
+use tsboot_tests::harness::temp_dir;
+use tsboot_tests::harness::{wait_until, Proc, Spawn};
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
@@ -14,7 +15,7 @@ fn read(p: &Path) -> String {
 
 #[test]
 fn standalone_server_mirrors_its_state_into_files() {
-    let root = temp_root("fab-root");
+    let root = temp_dir("fab-root");
     let state = root.join("state");
     let config = root.join("fake.json");
     std::fs::write(
@@ -78,11 +79,11 @@ fn standalone_server_mirrors_its_state_into_files() {
     // patch is denied by the config: the key cannot be managed, the reference's fatal line.
     assert_eq!(p.wait_exit(), 1);
     assert!(
-        p.stderr().contains(
+        p.log().contains(
             "authkey found in TS_KUBE_SECRET, but the pod doesn't have patch permissions"
         ),
         "{}",
-        p.stderr()
+        p.log()
     );
 
     wait_until("five requests in requests.log", || {

@@ -22,7 +22,7 @@ fn env(root: &Root, era: &Era, api: &ApiServer, extra: &[(&str, &str)]) -> Vec<(
     env
 }
 
-fn stop(init: &mut tsboot_tests::harness::Init) {
+fn stop(init: &mut tsboot_tests::harness::Proc) {
     init.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(init.wait_code(Duration::from_secs(15)), 0, "{}", init.log());
     assert!(

@@ -4,12 +4,12 @@
 
 use std::path::PathBuf;
 use ts_common::kube::SERVICEACCOUNT_DIR;
-use tsboot_tests::fake_apiserver::runner::{Proc, Spawn};
 use tsboot_tests::fake_apiserver::{
-    temp_root, tls, write_serviceaccount, FakeApiServer, FakeConfig, Match, RecordedRequest,
-    DEFAULT_TOKEN,
+    tls, write_serviceaccount, FakeApiServer, FakeConfig, Match, RecordedRequest, DEFAULT_TOKEN,
 };
 use tsboot_tests::fake_tailscaled_ctl::require_bin;
+use tsboot_tests::harness::temp_dir;
+use tsboot_tests::harness::{Proc, Spawn};
 
 const NS: &str = "default";
 const SECRET: &str = "tailscale";
@@ -35,7 +35,7 @@ impl Setup {
             .await
             .expect("fake apiserver");
         api.set_secret(NS, SECRET, &[("authkey", KEY), ("_machinekey", "m")]);
-        let root = temp_root(tag);
+        let root = temp_dir(tag);
         api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
         Setup { api, root }
     }
@@ -60,7 +60,7 @@ impl Setup {
         );
         let code = p.wait_exit();
         let result = p.result();
-        (code, result, p.stderr())
+        (code, result, p.log())
     }
 
     fn ssar_verbs(&self) -> Vec<String> {
@@ -128,7 +128,7 @@ async fn by_hand_the_outcome_is_logged_redacted() {
         },
     );
     assert_eq!(p.wait_exit(), 0);
-    let stderr = p.stderr();
+    let stderr = p.log();
     assert!(
         stderr.contains("authkey from the secret: <redacted>"),
         "{stderr}"
@@ -484,13 +484,9 @@ async fn not_in_kubernetes_or_empty_secret_name_has_nothing_to_do() {
             ..Spawn::default()
         },
     );
-    assert_eq!(p.wait_exit(), 0, "{}", p.stderr());
+    assert_eq!(p.wait_exit(), 0, "{}", p.log());
     assert_eq!(p.result(), "{\"can_patch\":false,\"authkey\":null}\n");
-    assert!(
-        p.stderr().contains("not running in Kubernetes"),
-        "{}",
-        p.stderr()
-    );
+    assert!(p.log().contains("not running in Kubernetes"), "{}", p.log());
     assert!(s.api.requests().is_empty());
 }
 

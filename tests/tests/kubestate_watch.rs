@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use ts_common::kube::SERVICEACCOUNT_DIR;
-use tsboot_tests::fake_apiserver::runner::{wait_until, Proc, Spawn};
-use tsboot_tests::fake_apiserver::{temp_root, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
+use tsboot_tests::fake_apiserver::{FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
 use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
+use tsboot_tests::harness::temp_dir;
+use tsboot_tests::harness::{wait_until, Proc, Spawn};
 
 const NS: &str = "default";
 const SECRET: &str = "tailscale";
@@ -32,7 +33,7 @@ impl Setup {
             SECRET,
             &[("authkey", "tskey-key"), ("_machinekey", "m")],
         );
-        let root = temp_root(tag);
+        let root = temp_dir(tag);
         api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
         let tsd = FakeTailscaled::start(tag, Some(&fixture(initial)), &[]);
         Setup { api, root, tsd }
@@ -93,7 +94,7 @@ async fn device_info_on_running_and_on_every_identity_change() {
     assert!(
         w.wait_ready(),
         "ready after the first reconcile:\n{}",
-        w.stderr()
+        w.log()
     );
     let d = s.data();
     assert_eq!(d["device_id"], "myID");
@@ -148,7 +149,7 @@ async fn device_info_on_running_and_on_every_identity_change() {
     );
 
     w.signal(nix::sys::signal::Signal::SIGTERM);
-    assert_eq!(w.wait_exit(), 0, "{}", w.stderr());
+    assert_eq!(w.wait_exit(), 0, "{}", w.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +160,7 @@ async fn head_era_selfchange_identity_is_stored_verbatim() {
     )
     .await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     // The name keeps its trailing dot, as the reference stores SelfNode.Name verbatim.
     s.wait_device("n5Ez6W7CNTRL", "test-node.tail1234.ts.net.");
     s.tsd
@@ -171,12 +172,12 @@ async fn head_era_selfchange_identity_is_stored_verbatim() {
 async fn auth_once_removes_the_authkey_and_leaves_exactly_the_reference_keys() {
     let s = Setup::new("kw-authonce", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[("TS_AUTH_ONCE", "true")]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     w.wait_log("Deleting authkey from kube secret");
     assert!(
-        w.stderr().contains("Deleting authkey from kube secret"),
+        w.log().contains("Deleting authkey from kube secret"),
         "{}",
-        w.stderr()
+        w.log()
     );
     assert_eq!(s.keys(), ["_machinekey", "device_fqdn", "device_id"]);
     let reqs = s.api.requests();
@@ -197,7 +198,7 @@ async fn auth_once_with_the_authkey_already_gone_422_is_done() {
     let s = Setup::new("kw-authonce-422", RUNNING).await;
     s.api.set_secret(NS, SECRET, &[("_machinekey", "m")]);
     let mut w = s.watch(&["--can-patch", "true", "--auth-once", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     assert_eq!(s.api.requests()[0].status, Some(422));
     assert_eq!(s.keys(), ["_machinekey", "device_fqdn", "device_id"]);
 }
@@ -209,7 +210,7 @@ async fn auth_once_removal_403_is_fatal() {
     let mut w = s.watch(&["--can-patch", "true"], &[("TS_AUTH_ONCE", "true")]);
     assert!(!w.wait_ready(), "never ready");
     assert_eq!(w.wait_exit(), 1);
-    let err = w.stderr();
+    let err = w.log();
     assert!(err.contains("deleting authkey from kube secret: "), "{err}");
     assert!(err.contains("403 Forbidden"), "{err}");
     assert!(
@@ -226,7 +227,7 @@ async fn nothing_is_written_before_running() {
     // A Running notify is the only thing that lets it proceed; once it did, everything before
     // it was seen too, so the request log proves nothing was written earlier.
     s.tsd.send_fixture(RUNNING);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     let reqs = s.api.requests();
     assert_eq!(reqs.len(), 3, "remove, GET, PATCH: {reqs:#?}");
     assert_eq!(s.keys(), ["_machinekey", "device_fqdn", "device_id"]);
@@ -238,8 +239,8 @@ async fn ssar_denies_patch_so_no_patch_is_ever_sent() {
     s.api.deny("patch", "secrets");
     let mut w = s.watch(&[], &[("TS_AUTH_ONCE", "true")]);
     assert!(w.wait_ready());
-    assert_eq!(w.wait_exit(), 0, "{}", w.stderr());
-    assert!(w.stderr().contains("no patch permission"), "{}", w.stderr());
+    assert_eq!(w.wait_exit(), 0, "{}", w.log());
+    assert!(w.log().contains("no patch permission"), "{}", w.log());
     let reqs = s.api.requests();
     assert_eq!(reqs.len(), 1, "only the SSAR: {reqs:#?}");
     assert_eq!(reqs[0].ssar_verb().as_deref(), Some("patch"));
@@ -260,7 +261,7 @@ async fn patch_500_twice_then_success() {
     let s = Setup::new("kw-500", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 500, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     s.wait_device("myID", "test-node.test.ts.net");
     let statuses: Vec<Option<u16>> = s
         .api
@@ -278,7 +279,7 @@ async fn get_and_patch_409_are_retried() {
     s.api.fail_next(Match::secret_get(), 409, 1);
     s.api.fail_next(Match::secret_patch(), 409, 1);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     s.wait_device("myID", "test-node.test.ts.net");
 }
 
@@ -290,7 +291,7 @@ async fn patch_403_is_fatal_naming_verb_and_secret() {
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(!w.wait_ready(), "never ready");
     assert_eq!(w.wait_exit(), 1);
-    let err = w.stderr();
+    let err = w.log();
     for want in [
         "storing device ID in kube secret: ",
         "403 Forbidden",
@@ -309,11 +310,11 @@ async fn patch_422_is_fatal() {
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert_eq!(w.wait_exit(), 1);
     assert!(
-        w.stderr().contains("storing device ID in kube secret: "),
+        w.log().contains("storing device ID in kube secret: "),
         "{}",
-        w.stderr()
+        w.log()
     );
-    assert!(w.stderr().contains("422"), "{}", w.stderr());
+    assert!(w.log().contains("422"), "{}", w.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +322,7 @@ async fn patch_404_secret_gone_skips_the_write() {
     let s = Setup::new("kw-patch404", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 404, 1);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     assert!(w.running());
     assert!(!s.data().contains_key("device_id"));
 }
@@ -334,7 +335,7 @@ async fn secret_404_skips_the_write_until_the_identity_changes() {
     assert!(
         w.wait_ready(),
         "skipping still completes the reconcile:\n{}",
-        w.stderr()
+        w.log()
     );
     w.wait_log("not found");
     assert!(s.patches().is_empty());
@@ -352,7 +353,7 @@ async fn get_403_and_422_skip_the_write() {
         let s = Setup::new(&format!("kw-get{code}"), RUNNING).await;
         s.api.fail_next(Match::secret_get(), code, 1);
         let mut w = s.watch(&["--can-patch", "true"], &[]);
-        assert!(w.wait_ready(), "{code}: {}", w.stderr());
+        assert!(w.wait_ready(), "{code}: {}", w.log());
         // stderr is collected by a reader thread: wait for the line rather than race it.
         w.wait_log("skipping the write");
         assert!(s.patches().is_empty(), "{code}");
@@ -365,7 +366,7 @@ async fn get_401_after_one_retry_skips_the_write() {
     let s = Setup::new("kw-get401", RUNNING).await;
     s.api.fail_next(Match::secret_get(), 401, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     w.wait_log("401 Unauthorized");
     assert!(s.patches().is_empty());
 }
@@ -374,7 +375,7 @@ async fn get_401_after_one_retry_skips_the_write() {
 async fn patch_401_with_a_rotated_token_on_disk_succeeds() {
     let s = Setup::new("kw-401", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     // The projected token rotates: the server accepts only the new one, the file has it.
     s.api.set_tokens(&["rotated"]);
     std::fs::write(s.root.join(SERVICEACCOUNT_DIR).join("token"), "rotated\n").expect("rotate");
@@ -392,7 +393,7 @@ async fn patch_401_persistent_is_fatal() {
     s.api.fail_next(Match::secret_patch(), 401, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert_eq!(w.wait_exit(), 1);
-    assert!(w.stderr().contains("401 Unauthorized"), "{}", w.stderr());
+    assert!(w.log().contains("401 Unauthorized"), "{}", w.log());
     assert_eq!(s.patches().len(), 2, "one retry after a 401");
 }
 
@@ -404,11 +405,7 @@ async fn transient_write_failure_during_startup_is_fatal_after_the_bounded_retry
     assert!(!w.wait_ready());
     assert_eq!(w.wait_exit(), 1);
     assert_eq!(s.patches().len(), 4);
-    assert!(
-        w.stderr().contains("503 Service Unavailable"),
-        "{}",
-        w.stderr()
-    );
+    assert!(w.log().contains("503 Service Unavailable"), "{}", w.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,9 +415,9 @@ async fn write_that_never_answers_during_startup_is_bounded_and_fatal() {
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert_eq!(w.wait_exit(), 1);
     assert!(
-        w.stderr().contains("no answer from the API server"),
+        w.log().contains("no answer from the API server"),
         "{}",
-        w.stderr()
+        w.log()
     );
 }
 
@@ -428,12 +425,12 @@ async fn write_that_never_answers_during_startup_is_bounded_and_fatal() {
 async fn after_startup_transient_write_failures_are_retried_until_they_succeed() {
     let s = Setup::new("kw-503later", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     // More failures than one bounded retry absorbs (4 attempts per call).
     s.api.fail_next(Match::secret_patch(), 503, 6);
     s.tsd.send_fixture(RUNNING_NEWID);
     s.wait_device("newID", "new-name.test.ts.net");
-    let err = w.stderr();
+    let err = w.log();
     assert!(
         err.contains("storing device info in secret \"tailscale\" failed: "),
         "{err}"
@@ -446,17 +443,17 @@ async fn after_startup_transient_write_failures_are_retried_until_they_succeed()
 async fn tailscaled_gone_exits_1_with_a_clear_line() {
     let s = Setup::new("kw-gone", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     let _ = s.tsd.try_control("exit 0");
     assert_eq!(w.wait_exit(), 1);
-    assert!(w.stderr().contains("tailscaled is gone"), "{}", w.stderr());
+    assert!(w.log().contains("tailscaled is gone"), "{}", w.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_stream_is_watched_again() {
     let s = Setup::new("kw-drop", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
-    assert!(w.wait_ready(), "{}", w.stderr());
+    assert!(w.wait_ready(), "{}", w.log());
     s.tsd.control("drop");
     s.tsd.wait_watchers(1);
     s.tsd.send_fixture(RUNNING_NEWID);

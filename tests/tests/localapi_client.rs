@@ -5,7 +5,8 @@
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
 use ts_common::notify::{BackendState, Notify};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, temp_dir, FakeTailscaled, PATIENCE};
+use tsboot_tests::fake_tailscaled_ctl::{fixture, FakeTailscaled};
+use tsboot_tests::harness::{temp_dir, PATIENCE};
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, f)

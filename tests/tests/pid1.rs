@@ -5,7 +5,7 @@ use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tsboot_tests::harness::{
-    children_of, cmdline_contains, processes, Init, Root, HARNESS, HEAD, PATIENCE,
+    children_of, cmdline_contains, processes, Proc, Root, HARNESS, HEAD, PATIENCE,
 };
 
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
@@ -63,7 +63,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 /// Starts ts-init (through `unshare` when `pid_ns`) and waits for startup to complete.
 /// Returns the handle and ts-init's own pid (in our namespace).
-fn boot(root: &Root, env: &[(String, String)], pid_ns: bool) -> (Init, i32) {
+fn boot(root: &Root, env: &[(String, String)], pid_ns: bool) -> (Proc, i32) {
     let mut init = if pid_ns {
         let unshare = ts_common::process::look_path("unshare").expect("unshare");
         let ts_init = tsboot_tests::bin_path("ts-init");

@@ -80,7 +80,7 @@ impl Serve {
 
     fn wait_current(
         &self,
-        init: &tsboot_tests::harness::Init,
+        init: &tsboot_tests::harness::Proc,
         want: &serde_json::Value,
         within: Duration,
     ) {
@@ -122,7 +122,7 @@ fn count_lines(log: &str, needle: &str) -> usize {
 }
 
 /// Waits until at least `n` log lines contain `needle`.
-fn wait_lines(init: &mut tsboot_tests::harness::Init, needle: &str, n: usize, within: Duration) {
+fn wait_lines(init: &mut tsboot_tests::harness::Proc, needle: &str, n: usize, within: Duration) {
     let start = Instant::now();
     loop {
         let log = init.log();

@@ -22,7 +22,8 @@ use std::time::Duration;
 use ts_proxy_rules::firewall::iptables::IptablesDriver;
 use ts_proxy_rules::firewall::nftables::NftDriver;
 use ts_proxy_rules::rules::{self, Family, Rule};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, PATIENCE};
+use tsboot_tests::fake_tailscaled_ctl::fixture;
+use tsboot_tests::harness::PATIENCE;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -752,7 +753,7 @@ const A4: &str = "100.101.102.103";
 const B4: &str = "100.88.77.66";
 const DB1_V4: &str = "100.90.1.2";
 
-fn start_egress(ns: &Netns, scene: &Scene, mode: &str) -> common::Proxy {
+fn start_egress(ns: &Netns, scene: &Scene, mode: &str) -> tsboot_tests::harness::Proc {
     let mut args: Vec<String> = ns.enter_args();
     args.push(common::BIN.to_string());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -803,7 +804,7 @@ fn binary_follows_a_name(test: &str, mode: &str) {
     let count = |needle: &str| listing().lines().filter(|l| l.contains(needle)).count();
 
     let mut p = start_egress(&ns, &scene, mode);
-    p.wait_ready();
+    p.expect_ready();
     p.wait_log(&format!("firewall backend: {mode}"));
     p.wait_log(&format!("TS_TAILNET_TARGET_FQDN={DB1} is [{DB1_V4}"));
     assert_eq!(
@@ -842,10 +843,10 @@ fn binary_follows_a_name(test: &str, mode: &str) {
 
     // Restart in the same namespace: the rules are found, nothing changes.
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0, "{}", p.log());
+    assert_eq!(p.wait_exit(), 0, "{}", p.log());
     let before = listing();
     let mut p = start_egress(&ns, &scene, mode);
-    p.wait_ready();
+    p.expect_ready();
     p.wait_log("rules already in place, nothing to change");
     assert_eq!(listing(), before, "{test}: restart changed the rules");
 
@@ -874,7 +875,7 @@ fn binary_follows_a_name(test: &str, mode: &str) {
     p.wait_log("matches no peer with an address in the netmap");
     assert_eq!(count(&snat(B4, "100.90.1.9")), 1);
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0, "{}", p.log());
+    assert_eq!(p.wait_exit(), 0, "{}", p.log());
 }
 
 #[test]

@@ -15,7 +15,7 @@ use common::{Scene, BIN};
 use nix::sys::signal::Signal;
 use tsboot_tests::fake_tailscaled_ctl::fixture;
 
-fn start_in(ns: &Netns, scene: &Scene, dest: &str) -> common::Proxy {
+fn start_in(ns: &Netns, scene: &Scene, dest: &str) -> tsboot_tests::harness::Proc {
     let mut args: Vec<String> = ns.enter_args();
     args.push(BIN.to_string());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -105,7 +105,7 @@ fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
     ]);
 
     let mut p = start_in(&ns, &scene, dest);
-    p.wait_ready();
+    p.expect_ready();
     assert_eq!(
         ns.rules(program, "nat", "PREROUTING"),
         [rule(a), foreign.clone()],
@@ -129,9 +129,9 @@ fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
         assert_eq!(got, want, "{test}: after {file}\n{}", p.log());
         // Re-arm the log wait: the next step's address appears in this step's log too.
         p.signal(Signal::SIGTERM);
-        assert_eq!(p.wait_code(), 0, "{}", p.log());
+        assert_eq!(p.wait_exit(), 0, "{}", p.log());
         p = start_in(&ns, &scene, dest);
-        p.wait_ready();
+        p.expect_ready();
         // A restart in the same namespace finds its rule and changes nothing.
         p.wait_log(&format!("DNAT rule {now} -> {dest} already in place"));
     }
@@ -141,7 +141,7 @@ fn real(test: &str, program: &str, dest: &str, a: &str, b: &str, len: u8) {
     want.sort();
     assert_eq!(got, want, "{test}: final");
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0);
+    assert_eq!(p.wait_exit(), 0);
 }
 
 #[test]

@@ -34,7 +34,7 @@ fn address_changes(era: &str, initial: &str, new_id: &str, new_addr: &str) {
     ] {
         let scene = Scene::new(&format!("{era}-{program}"), Some(&fixture(initial)));
         let mut p = scene.start(dest, &[]);
-        p.wait_ready();
+        p.expect_ready();
         assert_eq!(
             scene.rules(program),
             [rule(a, len, dest)],
@@ -59,7 +59,7 @@ fn address_changes(era: &str, initial: &str, new_id: &str, new_addr: &str) {
             "{era} {program}"
         );
         p.signal(Signal::SIGTERM);
-        assert_eq!(p.wait_code(), 0, "{}", p.log());
+        assert_eq!(p.wait_exit(), 0, "{}", p.log());
     }
 }
 
@@ -105,7 +105,7 @@ fn whole_steady_state_streams() {
         assert!(scene.records().is_empty());
         scene.fake.send_fixture(stream);
         p.wait_log(&format!("DNAT rule {B4} -> {DEST} in place"));
-        p.wait_ready();
+        p.expect_ready();
         assert_eq!(scene.rules("iptables"), [rule(B4, 32, DEST)], "{era}");
         assert_eq!(
             scene.records(),
@@ -128,7 +128,7 @@ fn reference_harness_notify_gives_the_references_argv() {
         Some(&fixture("seed-era-testharness-running.json")),
     );
     let mut p = scene.start("1.2.3.4", &[]);
-    p.wait_ready();
+    p.expect_ready();
     assert_eq!(
         scene.records(),
         ["/usr/bin/iptables -t nat -I PREROUTING 1 -d 100.64.0.1 -j DNAT --to-destination 1.2.3.4"]
@@ -139,7 +139,7 @@ fn reference_harness_notify_gives_the_references_argv() {
         .send_fixture("seed-era-testharness-running-newid.json");
     scene.fake.control("state 6");
     p.signal(Signal::SIGINT);
-    assert_eq!(p.wait_code(), 0);
+    assert_eq!(p.wait_exit(), 0);
     assert_eq!(scene.records().len(), 1);
 }
 
@@ -152,13 +152,13 @@ fn restart_in_the_same_netns_adds_nothing_and_cleans_leftovers() {
         )),
     );
     let mut p = scene.start(DEST, &[]);
-    p.wait_ready();
+    p.expect_ready();
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0);
+    assert_eq!(p.wait_exit(), 0);
     // The rule survives the container, as with the reference.
     assert_eq!(scene.rules("iptables"), [rule(A4, 32, DEST)]);
     let mut p = scene.start(DEST, &[]);
-    p.wait_ready();
+    p.expect_ready();
     p.wait_log("already in place");
     assert_eq!(
         scene.records(),
@@ -167,7 +167,7 @@ fn restart_in_the_same_netns_adds_nothing_and_cleans_leftovers() {
     );
     assert_eq!(scene.rules("iptables"), [rule(A4, 32, DEST)]);
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0);
+    assert_eq!(p.wait_exit(), 0);
 
     // What the reference leaves after address changes, a duplicate, and rules that are not ours.
     let foreign = [
@@ -185,7 +185,7 @@ fn restart_in_the_same_netns_adds_nothing_and_cleans_leftovers() {
         ],
     );
     let mut p = scene.start(DEST, &[]);
-    p.wait_ready();
+    p.expect_ready();
     let mut want = vec![
         foreign[0].to_string(),
         rule(A4, 32, DEST),
@@ -196,7 +196,7 @@ fn restart_in_the_same_netns_adds_nothing_and_cleans_leftovers() {
     got.sort();
     assert_eq!(got, want);
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0);
+    assert_eq!(p.wait_exit(), 0);
 }
 
 #[test]
@@ -207,14 +207,14 @@ fn no_address_of_the_family_exits_1_with_the_references_error() {
         Some(&fixture("seed-era-testharness-running.json")),
     );
     let mut p = scene.start("fd00::5", &[]);
-    assert_eq!(p.wait_code(), 1, "{}", p.log());
+    assert_eq!(p.wait_exit(), 1, "{}", p.log());
     assert!(
         p.log()
             .contains("no tailscale IP matching family of fd00::5 found in [100.64.0.1/32]"),
         "{}",
         p.log()
     );
-    assert!(!p.ready_reported(), "never ready");
+    assert!(!p.wait_ready(), "never ready");
     assert!(scene.records().is_empty());
 }
 
@@ -227,7 +227,7 @@ fn iptables_failure_exits_1_naming_the_command() {
         )),
     );
     let mut p = scene.start(DEST, &[("FAKE_IPTABLES_FAIL", "1")]);
-    assert_eq!(p.wait_code(), 1, "{}", p.log());
+    assert_eq!(p.wait_exit(), 1, "{}", p.log());
     let log = p.log();
     assert!(
         log.contains(&format!(
@@ -235,7 +235,7 @@ fn iptables_failure_exits_1_naming_the_command() {
         )),
         "{log}"
     );
-    assert!(!p.ready_reported());
+    assert!(!p.wait_ready());
 }
 
 #[test]
@@ -252,7 +252,7 @@ fn missing_iptables_exits_1() {
         &[("TS_DEBUG_FIREWALL_MODE", "iptables")],
         "/nonexistent",
     );
-    assert_eq!(p.wait_code(), 1, "{}", p.log());
+    assert_eq!(p.wait_exit(), 1, "{}", p.log());
     assert!(
         p.log().contains("is iptables installed and on PATH?"),
         "{}",
@@ -260,7 +260,7 @@ fn missing_iptables_exits_1() {
     );
     // Unset: like tailscaled, no iptables means nftables, and then nft is what is missing.
     let mut p = scene.start_with_path(DEST, &[], "/nonexistent");
-    assert_eq!(p.wait_code(), 1, "{}", p.log());
+    assert_eq!(p.wait_exit(), 1, "{}", p.log());
     for want in [
         "firewall backend: nftables (TS_DEBUG_FIREWALL_MODE unset and iptables and ip6tables not found on PATH",
         "is nft installed and on PATH?",
@@ -278,14 +278,14 @@ fn tailscaled_gone_exits_1() {
         )),
     );
     let mut p = scene.start(DEST, &[]);
-    p.wait_ready();
+    p.expect_ready();
     // A stream cut is not the end: the watcher watches again.
     scene.fake.control("drop");
     p.wait_log("watching again");
     scene.fake.wait_watchers(1);
     let _ = scene.fake.try_control("exit 0");
     scene.fake.wait_exit();
-    assert_eq!(p.wait_code(), 1, "{}", p.log());
+    assert_eq!(p.wait_exit(), 1, "{}", p.log());
     assert!(p.log().contains("tailscaled is gone"), "{}", p.log());
     assert_eq!(
         scene.records().len(),
@@ -299,7 +299,7 @@ fn no_tailscaled_at_all_exits_1_with_advice() {
     let scene = Scene::new("nodaemon", None);
     let sock = scene.fake.dir.join("elsewhere.sock");
     let mut p = scene.start(DEST, &[("TS_SOCKET", sock.to_str().unwrap())]);
-    assert_eq!(p.wait_code(), 1);
+    assert_eq!(p.wait_exit(), 1);
     assert!(p.log().contains("is tailscaled running?"), "{}", p.log());
 }
 
@@ -350,7 +350,7 @@ fn invalid_configuration_exits_2_and_changes_nothing() {
         (vec![("TS_READY_FD", "x")], "TS_READY_FD"),
     ] {
         let mut p = scene.start(DEST, &env);
-        assert_eq!(p.wait_code(), 2, "{env:?}: {}", p.log());
+        assert_eq!(p.wait_exit(), 2, "{env:?}: {}", p.log());
         assert!(p.log().contains(want), "{env:?}: {}", p.log());
     }
     assert!(scene.records().is_empty());
@@ -371,7 +371,7 @@ fn flags_override_the_environment() {
         &[("TS_SOCKET", "/nonexistent.sock")],
         &["--dest-ip", "fd00::5", "--socket", &sock],
     );
-    p.wait_ready();
+    p.expect_ready();
     assert_eq!(scene.records(), [insert("ip6tables", A6, "fd00::5")]);
 }
 
@@ -434,7 +434,7 @@ fn sigterm_before_the_first_netmap_exits_0() {
     let mut p = scene.start(DEST, &[]);
     p.wait_log("watching tailscaled at");
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0, "{}", p.log());
+    assert_eq!(p.wait_exit(), 0, "{}", p.log());
 }
 
 #[test]
@@ -462,7 +462,7 @@ fn a_name_not_in_the_netmap_is_not_ready_until_it_appears() {
     scene.fake.control(
         r#"notify {"PeersChanged":[{"ID":77,"Name":"WEB.tail1234.ts.net.","Addresses":["100.90.7.7/32"]}]}"#,
     );
-    p.wait_ready();
+    p.expect_ready();
     assert_eq!(
         scene.records(),
         [
@@ -473,5 +473,5 @@ fn a_name_not_in_the_netmap_is_not_ready_until_it_appears() {
         ]
     );
     p.signal(Signal::SIGTERM);
-    assert_eq!(p.wait_code(), 0, "{}", p.log());
+    assert_eq!(p.wait_exit(), 0, "{}", p.log());
 }

@@ -9,14 +9,14 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tsboot_tests::harness::{ApiServer, Init, Root, HEAD};
+use tsboot_tests::harness::{ApiServer, Proc, Root, HEAD};
 
 struct LogTail {
     printed: usize,
 }
 
 impl LogTail {
-    fn show(&mut self, init: &Init) {
+    fn show(&mut self, init: &Proc) {
         let log = init.log();
         for line in log.lines().skip(self.printed) {
             println!("  | {line}");
@@ -24,7 +24,7 @@ impl LogTail {
         }
     }
 
-    fn until(&mut self, init: &mut Init, suffix: &str) {
+    fn until(&mut self, init: &mut Proc, suffix: &str) {
         let start = Instant::now();
         loop {
             self.show(init);

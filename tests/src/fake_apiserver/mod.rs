@@ -33,7 +33,6 @@
 //! state is mirrored into files of [`FakeConfig::state_dir`] after every request.
 
 pub mod patch;
-pub mod runner;
 pub mod tls;
 
 use bytes::Bytes;
@@ -1116,19 +1115,4 @@ fn rfc3339_now() -> String {
         (rem % 3600) / 60,
         rem % 60
     )
-}
-
-/// A fresh empty directory for one test (under the system temp dir, unique per process, tag
-/// and call), left behind for post-mortems.
-pub fn temp_root(tag: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "tsboot-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a temp dir");
-    dir
 }

@@ -6,7 +6,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ts-prep");
@@ -27,13 +26,9 @@ pub struct TempRoot {
 
 impl TempRoot {
     pub fn new(name: &str) -> TempRoot {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("ts-prep-it-{name}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create temp root");
-        TempRoot { path }
+        TempRoot {
+            path: tsboot_tests::harness::temp_dir(&format!("prep-{name}")),
+        }
     }
 
     /// A root with both forwarding sysctls, as the reference's test harness makes them.

@@ -1,19 +1,14 @@
 //! Shared scaffolding of the ts-proxy-rules binary tests: a fake tailscaled, a bin directory
-//! with the fake iptables, and a running ts-proxy-rules whose readiness fd and stderr are
-//! watched as events (no sleeps to "let it settle").
+//! with the fake iptables, and the watcher run by the harness's [`Proc`] with its readiness fd
+//! (no sleeps to "let it settle").
 #![allow(dead_code)]
 
 pub mod netns;
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::os::fd::{AsRawFd as _, OwnedFd};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
-use tsboot_tests::fake_tailscaled_ctl::{require_bin, FakeTailscaled, PATIENCE};
+use std::process::{Command, Output};
+use tsboot_tests::fake_tailscaled_ctl::{require_bin, FakeTailscaled};
+use tsboot_tests::harness::{Proc, Spawn};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ts-proxy-rules");
 
@@ -43,31 +38,37 @@ impl Scene {
         self.fake.dir.display().to_string()
     }
 
-    fn base(&self, program: &Path, dest: &str, path: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear()
-            .env("PATH", path)
-            .env("TS_TEST_RECORD_ARGS", &self.record)
-            .env("TS_SOCKET", &self.fake.socket)
-            .env("TS_DEST_IP", dest)
-            .env("TS_USERSPACE", "false")
-            .stdin(Stdio::null());
-        cmd
+    /// The watcher's environment: PATH, the record file, the socket, `TS_DEST_IP`, kernel
+    /// networking, then `extra` (a later entry wins).
+    fn env(&self, dest: &str, path: &str, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let record = self.record.display().to_string();
+        let socket = self.fake.socket.display().to_string();
+        [
+            ("PATH", path),
+            ("TS_TEST_RECORD_ARGS", &record),
+            ("TS_SOCKET", &socket),
+            ("TS_DEST_IP", dest),
+            ("TS_USERSPACE", "false"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     fn default_path(&self) -> String {
         format!("{}:/usr/bin:/bin", self.bin_dir.display())
     }
 
-    pub fn start(&self, dest: &str, env: &[(&str, &str)]) -> Proxy {
+    pub fn start(&self, dest: &str, env: &[(&str, &str)]) -> Proc {
         self.spawn(Path::new(BIN), &[], dest, env, &self.default_path())
     }
 
-    pub fn start_with_path(&self, dest: &str, env: &[(&str, &str)], path: &str) -> Proxy {
+    pub fn start_with_path(&self, dest: &str, env: &[(&str, &str)], path: &str) -> Proc {
         self.spawn(Path::new(BIN), &[], dest, env, path)
     }
 
-    pub fn start_args(&self, dest: &str, env: &[(&str, &str)], args: &[&str]) -> Proxy {
+    pub fn start_args(&self, dest: &str, env: &[(&str, &str)], args: &[&str]) -> Proc {
         self.spawn(Path::new(BIN), args, dest, env, &self.default_path())
     }
 
@@ -80,45 +81,23 @@ impl Scene {
         dest: &str,
         env: &[(&str, &str)],
         path: &str,
-    ) -> Proxy {
-        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-        let mut cmd = self.base(program, dest, path);
-        cmd.args(args)
-            .env("TS_READY_FD", "3")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let wfd = ready_w.as_raw_fd();
-        // SAFETY: dup2/fcntl are async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                use nix::libc;
-                if wfd == 3 {
-                    if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(wfd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().expect("start ts-proxy-rules");
-        // Only the child may hold the write end, so EOF means "it closed it or exited".
-        drop(ready_w);
-        Proxy::new(&mut child, ready_r).with_child(child)
+    ) -> Proc {
+        let spec = Spawn {
+            env: self.env(dest, path, env),
+            ready: true,
+            ..Spawn::default()
+        };
+        Proc::spawn(program, args, spec)
     }
 
     /// One-shot run (for --help, --explain) with captured output.
     pub fn output(&self, args: &[&str], dest: &str, env: &[(&str, &str)]) -> Output {
-        let mut cmd = self.base(Path::new(BIN), dest, &self.default_path());
-        cmd.args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().expect("run ts-proxy-rules")
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .envs(self.env(dest, &self.default_path(), env))
+            .output()
+            .expect("run ts-proxy-rules")
     }
 
     fn lines(&self, p: &Path) -> Vec<String> {
@@ -173,155 +152,6 @@ impl Scene {
             let mut args = vec!["-t", "nat", "-A", "PREROUTING"];
             args.extend(spec.split(' '));
             self.fake_iptables(program, &args);
-        }
-    }
-}
-
-/// A running watcher.
-pub struct Proxy {
-    child: Option<Child>,
-    lines: Arc<Mutex<Vec<String>>>,
-    new_line: Receiver<()>,
-    ready: Receiver<Vec<u8>>,
-    ready_seen: Option<Vec<u8>>,
-    status: Option<std::process::ExitStatus>,
-}
-
-impl Proxy {
-    fn new(child: &mut Child, ready_r: OwnedFd) -> Proxy {
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, new_line) = channel();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().expect("log lock").push(line);
-                let _ = tx.send(());
-            }
-        });
-        let (rtx, ready) = channel();
-        std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let _ = std::fs::File::from(ready_r).read_to_end(&mut got);
-            let _ = rtx.send(got);
-        });
-        Proxy {
-            child: None,
-            lines,
-            new_line,
-            ready,
-            ready_seen: None,
-            status: None,
-        }
-    }
-
-    fn with_child(mut self, child: Child) -> Proxy {
-        self.child = Some(child);
-        self
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    pub fn log(&self) -> String {
-        self.lines.lock().expect("log lock").join("\n")
-    }
-
-    /// Waits for a stderr line containing `needle`.
-    pub fn wait_log(&mut self, needle: &str) {
-        let start = Instant::now();
-        loop {
-            if self
-                .lines
-                .lock()
-                .expect("log lock")
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return;
-            }
-            let left = PATIENCE.saturating_sub(start.elapsed());
-            match self.new_line.recv_timeout(left) {
-                Ok(()) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("no log line containing {needle:?}:\n{}", self.log())
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    if !self
-                        .lines
-                        .lock()
-                        .expect("log lock")
-                        .iter()
-                        .any(|l| l.contains(needle))
-                    {
-                        panic!("exited without logging {needle:?}:\n{}", self.log());
-                    }
-                }
-            }
-        }
-    }
-
-    fn ready_bytes(&mut self) -> Vec<u8> {
-        if self.ready_seen.is_none() {
-            let got = self.ready.recv_timeout(PATIENCE).unwrap_or_else(|_| {
-                panic!("readiness fd neither written nor closed:\n{}", self.log())
-            });
-            self.ready_seen = Some(got);
-        }
-        self.ready_seen.clone().unwrap_or_default()
-    }
-
-    /// Waits until the watcher wrote its readiness line and closed the fd.
-    pub fn wait_ready(&mut self) {
-        let got = self.ready_bytes();
-        assert_eq!(got, b"\n", "readiness fd carried {got:?}:\n{}", self.log());
-    }
-
-    /// After the process ended: did it ever report readiness?
-    pub fn ready_reported(&mut self) -> bool {
-        self.ready_bytes() == b"\n"
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
-    }
-
-    pub fn try_code(&mut self) -> Option<i32> {
-        if self.status.is_none() {
-            self.status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-        }
-        self.status.map(|s| {
-            use std::os::unix::process::ExitStatusExt as _;
-            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-        })
-    }
-
-    /// Waits for the exit (bounded) and returns the exit code.
-    pub fn wait_code(&mut self) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = self.try_code() {
-                // Let the stderr reader drain so log() is complete.
-                while self.new_line.recv_timeout(PATIENCE).is_ok() {}
-                return code;
-            }
-            assert!(start.elapsed() < PATIENCE, "still running:\n{}", self.log());
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if self.status.is_none() {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
         }
     }
 }

@@ -66,7 +66,7 @@ impl Netns {
             if theirs.is_some() && theirs != own {
                 break;
             }
-            if start.elapsed() > tsboot_tests::fake_tailscaled_ctl::PATIENCE {
+            if start.elapsed() > tsboot_tests::harness::PATIENCE {
                 return skip(
                     "unshare -n did not create a network namespace (no CAP_SYS_ADMIN?)".into(),
                 );
