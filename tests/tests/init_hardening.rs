@@ -7,7 +7,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tsboot_tests::harness::{children_of, cmdline_contains, processes, Init, Root, HARNESS, PATIENCE};
+use tsboot_tests::harness::{
+    children_of, cmdline_contains, processes, wait_until, Proc, Root, Spawn, HARNESS, PATIENCE,
+};
 
 const STARTUP: &str = " Startup complete, waiting for shutdown signal";
 
@@ -29,14 +31,6 @@ impl Drop for KillLeftovers<'_> {
         for pid in leftovers(self.0) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -82,39 +76,18 @@ fn ready_fd_that_is_stdio_or_not_open_is_refused() {
 fn ready_fd_that_is_a_pipe_gets_the_newline() {
     let root = Root::new("ready-fd-ok");
     let _cleanup = KillLeftovers(&root.dir);
-    // A FIFO rather than a pipe of the test process: an fd without close-on-exec here would
-    // leak into whatever other tests start at the same time.
-    let fifo = root.dir.join("ready.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
-    let reader: OwnedFd = nix::fcntl::open(
-        &fifo,
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .expect("open the FIFO");
-    let mut env = root.era_env(&HARNESS);
-    env.push(("TS_READY_FD".into(), "3".into()));
-    let sh = ts_common::process::look_path("sh").expect("sh");
-    let ts_init = tsboot_tests::bin_path("ts-init").display().to_string();
-    let script = format!("exec {ts_init} 3>{}", fifo.display());
-    let mut init = root.start_program(&sh, &env, &["-c", &script]);
+    let mut init = Proc::spawn(
+        &tsboot_tests::bin_path("ts-init"),
+        &[],
+        Spawn {
+            env: root.era_env(&HARNESS),
+            ready: true,
+            stderr: Some(root.stderr.clone()),
+            ..Spawn::default()
+        },
+    );
     init.expect_log(STARTUP);
-    // The writer is open now: read until it is closed (EOF).
-    let mut got = Vec::new();
-    let start = Instant::now();
-    loop {
-        let mut buf = [0u8; 64];
-        match nix::unistd::read(&reader, &mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(nix::errno::Errno::EAGAIN) => {
-                assert!(start.elapsed() < PATIENCE, "no EOF on the readiness fd; got {got:?}");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) => panic!("reading the readiness FIFO: {e}"),
-        }
-    }
-    assert_eq!(got, b"\n", "one newline, then EOF");
+    init.expect_ready();
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_code(PATIENCE), 0, "{}", init.log());
 }
@@ -211,7 +184,7 @@ fn values_that_do_not_fit_their_place_are_refused() {
 
 /// ts-init with its stderr on a pipe of one page that the test reads only when it chooses.
 struct Stalled {
-    init: Init,
+    init: Proc,
     log: OwnedFd,
     text: String,
     signal_log: std::path::PathBuf,
@@ -242,7 +215,7 @@ impl Stalled {
             .spawn()
             .expect("start ts-init");
         Stalled {
-            init: Init::from_child(child, root.dir.join("no-such-log")),
+            init: Proc::from_child(child, root.dir.join("no-such-log")),
             log: read_end,
             text: String::new(),
             signal_log,
@@ -332,7 +305,7 @@ fn lines_dropped_on_a_stalled_stderr_are_counted_and_reported() {
     let mut s = Stalled::start(&root);
     s.drain_until(STARTUP);
     // More lines than the pipe and ts-init's queue hold together.
-    s.stall(256 + 20);
+    s.stall(ts_common::logging::QUEUE_LINES + 20);
     s.drain();
     s.forward_signals(1);
     s.drain_until(" log lines dropped (stderr was not being read)");

@@ -23,7 +23,11 @@ pub fn parse_args<T: clap::Parser>(env_help: &str) -> T {
 /// On invalid configuration the error (which names the variable and value) is logged and the
 /// exit code to use ([`crate::exit::USAGE`]) is returned.
 pub fn load_settings(bin: &'static str, overrides: &[Override]) -> Result<Settings, i32> {
-    match Settings::load(overrides) {
+    // The readiness fd is checked and made close-on-exec before this process opens anything or
+    // starts a child: no child may inherit it (its EOF tells the supervisor "never ready").
+    match Settings::load(overrides)
+        .and_then(|s| crate::process::claim_ready_fd(s.ready_fd).map(|()| s))
+    {
         Ok(settings) => {
             crate::logging::init(bin, settings.log_format);
             Ok(settings)
