@@ -1,10 +1,10 @@
-//! `ts_common::kube::KubeClient` against the fake kube-apiserver over real TLS: the wire format
+//! `ts_kube::KubeClient` against the fake kube-apiserver over real TLS: the wire format
 //! of every call, certificate verification, and the shared retry for each status.
 
 use std::path::Path;
 use std::time::Duration;
-use ts_common::kube::{secret_value, KubeClient, KubeError, RetryPolicy, SERVICEACCOUNT_DIR};
 use ts_common::Settings;
+use ts_kube::{secret_value, KubeClient, KubeError, RetryPolicy, SERVICEACCOUNT_DIR};
 use tsboot_tests::fake_apiserver::{tls, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
 use tsboot_tests::harness::temp_dir;
 

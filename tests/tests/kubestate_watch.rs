@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use ts_common::kube::SERVICEACCOUNT_DIR;
+use ts_kube::SERVICEACCOUNT_DIR;
 use tsboot_tests::fake_apiserver::{FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
 use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
 use tsboot_tests::harness::temp_dir;

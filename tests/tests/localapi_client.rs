@@ -1,10 +1,10 @@
-//! `ts_common::localapi` against the fake tailscaled binary over a real unix socket (whole
+//! `ts_localapi::localapi` against the fake tailscaled binary over a real unix socket (whole
 //! fixture streams in order, both eras; masks; Follower re-watching and giving up), and against
 //! a raw in-test server (exact request bytes; frames split at arbitrary points).
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY};
+use ts_localapi::notify::{BackendState, Notify};
 use tsboot_tests::fake_tailscaled_ctl::{fixture, FakeTailscaled};
 use tsboot_tests::harness::{temp_dir, PATIENCE};
 

@@ -402,7 +402,7 @@ fn kube_state_secret_with_the_real_tailscaled() {
 /// there: that is how `tests/fixtures/ipn-bus/real-v1.102/` was made.
 #[test]
 fn real_bus_messages_parse_with_tsboots_model() {
-    use ts_common::notify::{BackendState, Notify};
+    use ts_localapi::notify::{BackendState, Notify};
     use tsboot_tests::real::BusCapture;
     let Some(lab) = Lab::new("bus_capture", &["a"]) else {
         return;

@@ -5,12 +5,12 @@
 use std::time::Duration;
 use tokio::time::Instant;
 use ts_common::argv;
-use ts_common::localapi::{
+use ts_common::settings::Settings;
+use ts_localapi::localapi::{
     BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY,
 };
-use ts_common::notify::{BackendState, Notify};
-use ts_common::settings::Settings;
-use ts_common::signals::StopSignals;
+use ts_localapi::notify::{BackendState, Notify};
+use ts_localapi::signals::StopSignals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -27,7 +27,7 @@ pub enum AuthError {
     #[error("failed to auth tailscale: {0}")]
     Set(String),
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("tailscaled did not reach Running within {0:?} (TS_BOOT_TIMEOUT); check the log above for a login URL or machine approval")]
     Deadline(Duration),
     #[error("interrupted by {0} before tailscaled reached Running")]

@@ -77,22 +77,6 @@ pub fn plan(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
-/// Runs `f` on a current-thread runtime, as every long-lived phase does (they wait on I/O; one
-/// thread is enough and keeps memory low). `Err` is the exit code when no runtime can be built.
-#[cfg(feature = "localapi")]
-pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, i32> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Ok(rt.block_on(f)),
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            Err(crate::exit::FAILURE)
-        }
-    }
-}
-
 /// The flags every long-lived watcher phase has, for `#[command(flatten)]`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct WatcherArgs {

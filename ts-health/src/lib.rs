@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY, USERMETRICS_PATH};
 use ts_common::settings::{ListenAddr, Settings};
 use ts_common::status;
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY, USERMETRICS_PATH};
 use verdict::NodeView;
 
 /// How long a scrape waits for tailscaled's user metrics before answering with tsboot's alone.
@@ -211,7 +211,7 @@ fn display(addr: &SocketAddr) -> String {
 
 /// Serves until SIGTERM/SIGINT: binds, reports readiness, follows the bus, answers requests.
 pub async fn run(cfg: &Config) -> Result<(), HealthError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     let bound = bind_all(cfg)?;
     let shared = Arc::new(Shared {
         node: Mutex::new(NodeView::default()),

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
 
 fn run(cfg: &Config, explain: bool) -> i32 {
     if explain {
-        return match cli::block_on(ts_health::explain(cfg)) {
+        return match ts_localapi::block_on(ts_health::explain(cfg)) {
             Ok(lines) => {
                 lines.iter().for_each(cli::plan);
                 exit::SUCCESS
@@ -100,7 +100,7 @@ fn run(cfg: &Config, explain: bool) -> i32 {
             Err(code) => code,
         };
     }
-    cli::block_on(ts_health::run(cfg)).map_or_else(|code| code, exit_code)
+    ts_localapi::block_on(ts_health::run(cfg)).map_or_else(|code| code, exit_code)
 }
 
 /// The one place a result becomes an exit status.

@@ -5,8 +5,8 @@ use crate::explain::Explainer;
 use crate::{preflight, settle, watch};
 use ts_common::cli::plan;
 use ts_common::exit;
-use ts_common::kube::{KubeClient, KubeRequest};
 use ts_common::settings::{Settings, REDACTED};
+use ts_kube::{KubeClient, KubeRequest};
 
 /// What the binary was asked to do.
 #[derive(Clone, Copy, Debug)]
@@ -141,7 +141,7 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) ->
         }
     };
     // Handlers first, so a SIGTERM during the permission check is a clean stop too.
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     let result = async {
         let can_patch = watch::resolve_can_patch(&client, &settings.kube_secret, can_patch).await?;
         let shutdown = async {
@@ -279,7 +279,7 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
     plan(format!(
         "  then, following the IPN bus at {} (mask {}):",
         settings.socket.display(),
-        ts_common::localapi::MASK_STEADY
+        ts_localapi::localapi::MASK_STEADY
     ));
     if settings.auth_once {
         plan("  on the first Running state (TS_AUTH_ONCE): log \"Deleting authkey from kube secret\" and");

@@ -7,7 +7,7 @@ use crate::KubeOps;
 use k8s_openapi::api::core::v1::Secret;
 use std::cell::Cell;
 use ts_common::cli::plan;
-use ts_common::kube::{KubeClient, KubeError, KubeRequest};
+use ts_kube::{KubeClient, KubeError, KubeRequest};
 
 /// Prints calls; forwards reads to the real client when there is one.
 pub struct Explainer {

@@ -18,9 +18,9 @@
 
 use crate::KubeOps;
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
-use ts_common::kube::{secret_value, KubeError};
 use ts_common::settings::AuthKey;
 use ts_common::Settings;
+use ts_kube::{secret_value, KubeError};
 
 /// What the preflight found.
 #[derive(Clone, Debug, PartialEq, Eq)]

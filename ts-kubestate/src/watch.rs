@@ -18,10 +18,10 @@ use crate::KubeOps;
 use std::future::Future;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::time::Duration;
-use ts_common::kube::KubeError;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
 use ts_common::Settings;
+use ts_kube::KubeError;
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
+use ts_localapi::notify::{BackendState, Notify};
 
 /// First wait of the after-startup retry.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -52,7 +52,7 @@ pub enum WatchError {
     #[error("watching tailscaled's IPN bus: {0}")]
     Bus(#[source] LocalApiError),
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
 }
 
 impl WatchError {

@@ -19,7 +19,7 @@
 //!
 //! Addresses come from every bus era (D10): seed `NetMap.Addresses`, `NetMap.SelfNode.Addresses`
 //! (v1.50+), `SelfChange` (v1.100+), through [`Notify::self_identity`]; peers through
-//! [`ts_common::peers`].
+//! [`ts_localapi::peers`].
 
 pub mod firewall;
 pub mod rules;
@@ -31,10 +31,10 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{single_ip, Notify};
-use ts_common::peers::{PeerDelta, Peers, MASK_PEER_CHANGES};
 use ts_common::settings::{FirewallMode, IpPrefix, Settings, TailnetTarget};
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
+use ts_localapi::notify::{single_ip, Notify};
+use ts_localapi::peers::{PeerDelta, Peers, MASK_PEER_CHANGES};
 
 /// `TS_DEST_IP`, parsed and verbatim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub enum ProxyError {
     #[error("reading the output of {command}: {why}")]
     Listing { command: String, why: String },
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("reporting readiness on TS_READY_FD={fd}: {source} (was the fd really passed to this process?)")]
@@ -444,7 +444,7 @@ pub async fn driver<R: Runner>(cfg: &Config, mut runner: R) -> (Choice, Driver<R
 /// [`watch`] until SIGTERM or SIGINT (then `Ok`). The handlers are installed before the first
 /// connection so a shutdown during startup is a clean exit too.
 pub async fn run_until_signal<R: Runner>(cfg: &Config, runner: R) -> Result<(), ProxyError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     tokio::select! {
         r = async {
             let (_, mut fw) = driver(cfg, runner).await;

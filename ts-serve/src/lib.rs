@@ -27,9 +27,9 @@ use serve_config::{Desired, ServeConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
 use ts_common::settings::{ServeSettings, Settings};
+use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
+use ts_localapi::notify::{BackendState, Notify};
 
 /// After tailscaled refused a config (or could not be asked), try again this much later.
 pub const RETRY: Duration = Duration::from_secs(5);
@@ -69,7 +69,7 @@ pub enum ServeError {
     #[error("TS_SERVE_CONFIG is not set, so there is no serve config to apply: set TS_SERVE_CONFIG (or --config) to the path of an ipn.ServeConfig JSON file")]
     NoConfig,
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("serve proxy: failed to unset the previous serve config: {0}")]
@@ -394,7 +394,7 @@ fn spawn_files(cfg: &Config) -> mpsc::Receiver<()> {
 
 /// Runs until SIGTERM/SIGINT (then withdraws services and returns `Ok`) or a fatal error.
 pub async fn run_until_signal(cfg: &Config) -> Result<(), ServeError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     let mut bus = spawn_bus(cfg.socket.clone());
     let mut files = spawn_files(cfg);
     let mut w = Watcher {

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use ts_common::notify::Notify;
+use ts_localapi::notify::Notify;
 
 fn fixture_lines() -> &'static [String] {
     static LINES: OnceLock<Vec<String>> = OnceLock::new();

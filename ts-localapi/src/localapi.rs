@@ -430,7 +430,7 @@ impl Follower {
         }
         self.empty_rewatches += 1;
         self.rewatches += 1;
-        crate::status::note_rewatch();
+        ts_common::status::note_rewatch();
         tracing::info!(
             "IPN bus watch ended ({why}); watching again with mask={}",
             self.mask

@@ -8,10 +8,10 @@
 //! Types of the fields we do read are checked: a `State` that is not an integer or an address
 //! that is not a prefix is an error, as it would be for the Go client.
 
-use crate::settings::IpPrefix;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::IpAddr;
+use ts_common::settings::IpPrefix;
 
 /// The `ErrMessage` a HEAD daemon (v1.102+) sends to a lagging watcher right before it ends the
 /// stream (docs/localapi.md §2.2). A client that sees it should watch again.

@@ -15,7 +15,6 @@
 //! callers (ts-kubestate) apply the per-call status table of the README ("Kubernetes status handling"). Writes are patches of
 //! the keys tsboot owns, never a read-modify-write of the Secret.
 
-use crate::settings::{Settings, SettingsError};
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
@@ -24,6 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
+use ts_common::settings::{Settings, SettingsError};
 
 /// Directory of the service-account files, relative to `TS_TEST_ONLY_ROOT`.
 pub const SERVICEACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
@@ -685,7 +685,7 @@ impl KubeClient {
             Ok::<_, kube::Error>((status, body))
         };
         let result = tokio::time::timeout(wait, exchange).await;
-        crate::status::count_kube_request(&match &result {
+        ts_common::status::count_kube_request(&match &result {
             Err(_) => "timeout".to_string(),
             Ok(Err(_)) => "error".to_string(),
             Ok(Ok((status, _))) => status.as_u16().to_string(),

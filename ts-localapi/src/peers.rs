@@ -13,10 +13,10 @@
 
 use crate::localapi::MASK_STEADY;
 use crate::notify::{nullable, present, single_ip, Node};
-use crate::settings::IpPrefix;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use ts_common::settings::IpPrefix;
 
 /// `NotifyPeerChanges`: deliver `PeersChanged` / `PeersRemoved` (v1.98+; older daemons ignore it).
 pub const NOTIFY_PEER_CHANGES: u64 = 1 << 12;
