@@ -24,11 +24,11 @@ fn leftovers(root: &Path) -> Vec<i32> {
 }
 
 /// Kills whatever a failed test left behind, so one failure does not leak processes.
-struct KillLeftovers<'a>(&'a Path);
+struct KillLeftovers(std::path::PathBuf);
 
-impl Drop for KillLeftovers<'_> {
+impl Drop for KillLeftovers {
     fn drop(&mut self) {
-        for pid in leftovers(self.0) {
+        for pid in leftovers(&self.0) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
@@ -38,7 +38,7 @@ impl Drop for KillLeftovers<'_> {
 /// naming `var` and `shown`, and nothing started or changed.
 fn expect_refused(name: &str, extra: &[(&str, &str)], var: &str, shown: &str) {
     let root = Root::new(name);
-    let _cleanup = KillLeftovers(&root.dir);
+    let _cleanup = KillLeftovers(root.dir.clone());
     let mut env = root.era_env(&HARNESS);
     for (k, v) in extra {
         env.retain(|(key, _)| key != k);
@@ -48,8 +48,14 @@ fn expect_refused(name: &str, extra: &[(&str, &str)], var: &str, shown: &str) {
     let code = init.wait_code(PATIENCE);
     let log = init.log();
     assert_eq!(code, 2, "{extra:?}: exit status\n{log}");
-    assert!(log.contains(var), "{extra:?}: the error does not name {var}:\n{log}");
-    assert!(log.contains(shown), "{extra:?}: the error does not show {shown:?}:\n{log}");
+    assert!(
+        log.contains(var),
+        "{extra:?}: the error does not name {var}:\n{log}"
+    );
+    assert!(
+        log.contains(shown),
+        "{extra:?}: the error does not show {shown:?}:\n{log}"
+    );
     assert!(
         root.records().is_empty(),
         "{extra:?}: something was started: {:?}",
@@ -62,20 +68,34 @@ fn expect_refused(name: &str, extra: &[(&str, &str)], var: &str, shown: &str) {
     );
 }
 
+/// ts-init booted against the harness's fake tailscaled, startup complete.
+fn booted(name: &str) -> (Root, KillLeftovers, Proc) {
+    let root = Root::new(name);
+    let cleanup = KillLeftovers(root.dir.clone());
+    let mut init = root.start_init(&root.era_env(&HARNESS), &[]);
+    init.expect_log(STARTUP);
+    (root, cleanup, init)
+}
+
 // ---- 12.2: TS_READY_FD is validated before anything is opened ----
 
 #[test]
 fn ready_fd_that_is_stdio_or_not_open_is_refused() {
     // ts-init is started with stdio only: 3 is what its own signalfd would be, 9 nothing.
     for fd in ["0", "1", "2", "3", "9"] {
-        expect_refused("ready-fd", &[("TS_READY_FD", fd)], "TS_READY_FD", &format!("{fd:?}"));
+        expect_refused(
+            "ready-fd",
+            &[("TS_READY_FD", fd)],
+            "TS_READY_FD",
+            &format!("{fd:?}"),
+        );
     }
 }
 
 #[test]
 fn ready_fd_that_is_a_pipe_gets_the_newline() {
     let root = Root::new("ready-fd-ok");
-    let _cleanup = KillLeftovers(&root.dir);
+    let _cleanup = KillLeftovers(root.dir.clone());
     let mut init = Proc::spawn(
         &tsboot_tests::bin_path("ts-init"),
         &[],
@@ -97,7 +117,7 @@ fn ready_fd_that_is_a_pipe_gets_the_newline() {
 #[test]
 fn readiness_fd_never_reaches_tailscale_up_or_iptables() {
     let root = Root::new("fd-leak");
-    let _cleanup = KillLeftovers(&root.dir);
+    let _cleanup = KillLeftovers(root.dir.clone());
     let fd_log = root.dir.join("fds.log");
     let mut env = root.era_env(&HARNESS);
     env.push(("TS_USERSPACE".into(), "false".into()));
@@ -111,7 +131,9 @@ fn readiness_fd_never_reaches_tailscale_up_or_iptables() {
         .map(|l| l.replace(&root.dir.display().to_string(), ""))
         .collect();
     assert!(
-        lines.iter().any(|l| l.contains("tailscale") && l.contains(" up ")),
+        lines
+            .iter()
+            .any(|l| l.contains("tailscale") && l.contains(" up ")),
         "tailscale up was not seen: {lines:#?}"
     );
     assert!(
@@ -119,7 +141,10 @@ fn readiness_fd_never_reaches_tailscale_up_or_iptables() {
         "no iptables run was seen: {lines:#?}"
     );
     let leaked: Vec<&String> = lines.iter().filter(|l| !l.ends_with(" fds=")).collect();
-    assert!(leaked.is_empty(), "descriptors beyond stdio leaked: {leaked:#?}");
+    assert!(
+        leaked.is_empty(),
+        "descriptors beyond stdio leaked: {leaked:#?}"
+    );
     init.signal(Signal::SIGTERM);
     assert_eq!(init.wait_code(PATIENCE), 0, "{}", init.log());
 }
@@ -144,7 +169,9 @@ fn bad_kubernetes_port_is_refused_before_any_sysctl() {
 #[test]
 fn values_that_do_not_fit_their_place_are_refused() {
     let long_socket = format!("/tmp/{}.sock", "s".repeat(110));
-    let cases: Vec<(Vec<(&str, &str)>, &str, &str)> = vec![
+    // (extra variables, the variable the error must name, what of the value it must show)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         (vec![("TS_SOCKET", "")], "TS_SOCKET", "empty"),
         (vec![("TS_SOCKET", &long_socket)], "TS_SOCKET", "107"),
         (
@@ -164,8 +191,16 @@ fn values_that_do_not_fit_their_place_are_refused() {
             "KUBERNETES_SERVICE_HOST",
             "\"kube api/x\"",
         ),
-        (vec![("TS_HOSTNAME", "my host")], "TS_HOSTNAME", "\"my host\""),
-        (vec![("TS_SOCKS5_SERVER", "localhost")], "TS_SOCKS5_SERVER", "\"localhost\""),
+        (
+            vec![("TS_HOSTNAME", "my host")],
+            "TS_HOSTNAME",
+            "\"my host\"",
+        ),
+        (
+            vec![("TS_SOCKS5_SERVER", "localhost")],
+            "TS_SOCKS5_SERVER",
+            "\"localhost\"",
+        ),
         (
             vec![("TS_OUTBOUND_HTTP_PROXY_LISTEN", "[::1]8080")],
             "TS_OUTBOUND_HTTP_PROXY_LISTEN",
@@ -240,7 +275,11 @@ impl Stalled {
             if self.text.contains(needle) {
                 return;
             }
-            assert!(start.elapsed() < PATIENCE, "no {needle:?} in:\n{}", self.text);
+            assert!(
+                start.elapsed() < PATIENCE,
+                "no {needle:?} in:\n{}",
+                self.text
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -287,7 +326,7 @@ impl Stalled {
 #[test]
 fn stalled_stderr_does_not_stop_pid1_from_reaping_and_exiting() {
     let root = Root::new("stalled-stderr");
-    let _cleanup = KillLeftovers(&root.dir);
+    let _cleanup = KillLeftovers(root.dir.clone());
     let mut s = Stalled::start(&root);
     s.drain_until(STARTUP);
     s.stall(50);
@@ -295,13 +334,17 @@ fn stalled_stderr_does_not_stop_pid1_from_reaping_and_exiting() {
     s.init.signal(Signal::SIGTERM);
     let code = s.init.wait_code(PATIENCE);
     assert_eq!(code, 0, "exit status with a stalled stderr");
-    assert_eq!(leftovers(&root.dir), Vec::<i32>::new(), "children left behind");
+    assert_eq!(
+        leftovers(&root.dir),
+        Vec::<i32>::new(),
+        "children left behind"
+    );
 }
 
 #[test]
 fn lines_dropped_on_a_stalled_stderr_are_counted_and_reported() {
     let root = Root::new("dropped-lines");
-    let _cleanup = KillLeftovers(&root.dir);
+    let _cleanup = KillLeftovers(root.dir.clone());
     let mut s = Stalled::start(&root);
     s.drain_until(STARTUP);
     // More lines than the pipe and ts-init's queue hold together.
@@ -318,13 +361,12 @@ fn lines_dropped_on_a_stalled_stderr_are_counted_and_reported() {
 
 #[test]
 fn children_die_with_a_sigkilled_subreaper_ts_init() {
-    let root = Root::new("init-killed");
-    let _cleanup = KillLeftovers(&root.dir);
-    let env = root.era_env(&HARNESS);
-    let mut init = root.start_init(&env, &[]);
-    init.expect_log(STARTUP);
+    let (root, _cleanup, mut init) = booted("init-killed");
     let children = children_of(init.pid());
-    assert!(children.len() >= 2, "tailscaled and the guard run: {children:?}");
+    assert!(
+        children.len() >= 2,
+        "tailscaled and the guard run: {children:?}"
+    );
     init.signal(Signal::SIGKILL);
     init.wait_code(PATIENCE);
     let start = Instant::now();
@@ -342,11 +384,7 @@ fn children_die_with_a_sigkilled_subreaper_ts_init() {
 
 #[test]
 fn sigkilled_guard_is_reported_as_killed_not_as_leaving_running() {
-    let root = Root::new("guard-killed");
-    let _cleanup = KillLeftovers(&root.dir);
-    let env = root.era_env(&HARNESS);
-    let mut init = root.start_init(&env, &[]);
-    init.expect_log(STARTUP);
+    let (_root, _cleanup, mut init) = booted("guard-killed");
     let guard: Vec<i32> = children_of(init.pid())
         .into_iter()
         .filter(|pid| cmdline_contains(*pid, "ts-auth"))
@@ -364,13 +402,16 @@ fn sigkilled_guard_is_reported_as_killed_not_as_leaving_running() {
 #[test]
 fn a_tiny_open_file_limit_is_named() {
     let root = Root::new("fd-limit");
-    let _cleanup = KillLeftovers(&root.dir);
+    let _cleanup = KillLeftovers(root.dir.clone());
     let env = root.era_env(&HARNESS);
     let sh = ts_common::process::look_path("sh").expect("sh");
     let ts_init = tsboot_tests::bin_path("ts-init").display().to_string();
     for limit in [5, 8, 10, 32] {
-        let mut init =
-            root.start_program(&sh, &env, &["-c", &format!("ulimit -n {limit} && exec {ts_init}")]);
+        let mut init = root.start_program(
+            &sh,
+            &env,
+            &["-c", &format!("ulimit -n {limit} && exec {ts_init}")],
+        );
         let code = init.wait_code(PATIENCE);
         let log = init.log();
         assert_ne!(code, 0, "ulimit -n {limit}:\n{log}");
@@ -378,6 +419,9 @@ fn a_tiny_open_file_limit_is_named() {
             log.contains("open-file limit") && log.contains(&format!("ulimit -n = {limit}")),
             "ulimit -n {limit}: the error does not name the limit:\n{log}"
         );
-        assert!(!log.contains("Invalid argument"), "ulimit -n {limit}:\n{log}");
+        assert!(
+            !log.contains("Invalid argument"),
+            "ulimit -n {limit}:\n{log}"
+        );
     }
 }

@@ -163,9 +163,11 @@ impl Login<'_> {
     }
 }
 
-/// Runs a `tailscale` command to completion before `deadline`; the error is worded as today's
-/// image words it (`tailscale up failed: exit status 1`).
+/// Runs a `tailscale` command to completion before `deadline` (through the one spawn path:
+/// no descriptor of ours reaches it, it dies with us); the error is worded as today's image
+/// words it (`tailscale up failed: exit status 1`).
 async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<(), String> {
+    use ts_localapi::command::{self, Output, RunError};
     tracing::debug!("{cmd}");
     let path = ts_common::process::look_path(&cmd.program).ok_or_else(|| {
         format!(
@@ -173,20 +175,17 @@ async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<()
             cmd.program
         )
     })?;
-    let mut child = tokio::process::Command::new(path)
-        .args(cmd.argv())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting tailscale {sub}: {e}"))?;
-    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(format!("waiting for tailscale {sub}: {e}")),
-        Err(_) => {
-            // As the reference's context does: kill it at the deadline.
-            let _ = child.kill().await;
-            return Err(format!("tailscale {sub} failed: signal: killed"));
+    // argv[0] is the resolved path, as the reference's exec.Command gives it.
+    let mut resolved = cmd.clone();
+    resolved.program = path.display().to_string();
+    let status = match command::run_until(&resolved, deadline, Output::Inherit).await {
+        Ok(done) => done.status,
+        // As the reference's context does: killed at the deadline.
+        Err(RunError::Timeout { .. }) => {
+            return Err(format!("tailscale {sub} failed: signal: killed"))
         }
+        Err(RunError::Spawn(e)) => return Err(format!("starting tailscale {sub}: {e}")),
+        Err(e @ RunError::Wait { .. }) => return Err(format!("tailscale {sub}: {e}")),
     };
     if status.success() {
         return Ok(());
@@ -254,3 +253,5 @@ pub fn explain(settings: &Settings, mode: Mode) -> String {
     }
     out
 }
+
+impl ts_common::cli::Failure for AuthError {}

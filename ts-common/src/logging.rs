@@ -142,7 +142,11 @@ impl Queue {
     }
 
     fn push(&self, line: String) {
-        let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match self.tx.try_send(line) {
             Ok(()) => *pending += 1,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {

@@ -38,7 +38,11 @@ pub enum SpawnError {
     #[error(
         "{program}: executable file not found in $PATH (install it or put its directory on PATH)"
     )]
-    NotFound { program: String },
+    NotFound {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting {program} failed: {source}; {}", fd_limit_advice(*limit))]
     FdLimit {
         program: String,
@@ -197,7 +201,7 @@ impl SpawnError {
     pub fn from_io(program: &str, source: std::io::Error) -> SpawnError {
         let program = program.to_string();
         if source.kind() == std::io::ErrorKind::NotFound {
-            return SpawnError::NotFound { program };
+            return SpawnError::NotFound { program, source };
         }
         let out_of_fds = matches!(
             source.raw_os_error(),
@@ -211,6 +215,17 @@ impl SpawnError {
                 source,
             },
             _ => SpawnError::Start { program, source },
+        }
+    }
+}
+
+impl SpawnError {
+    /// The operating system's error underneath, for callers whose own error type carries one.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            SpawnError::NotFound { source, .. }
+            | SpawnError::FdLimit { source, .. }
+            | SpawnError::Start { source, .. } => source,
         }
     }
 }

@@ -65,8 +65,8 @@ pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
     // Judged before ts-init opens anything: the configuration, then the readiness fd as it was
     // inherited (once the signalfd exists, a TS_READY_FD naming its number would look open),
     // then the open-file limit.
-    let loaded = Settings::load(&overrides)
-        .and_then(|s| process::claim_ready_fd(s.ready_fd).map(|()| s));
+    let loaded =
+        Settings::load(&overrides).and_then(|s| process::claim_ready_fd(s.ready_fd).map(|()| s));
     let fd_limit = process::ensure_open_file_limit();
     // Signal intake comes next: before any child exists or any thread is started (the log
     // writer below is one), so every thread and every child's window inherits the mask.
@@ -90,7 +90,10 @@ pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
             exit::USAGE
         }
         (_, _, Err(why)) if !explain => {
-            tracing::error!("Exiting with status {}: {why}; nothing was started", exit::USAGE);
+            tracing::error!(
+                "Exiting with status {}: {why}; nothing was started",
+                exit::USAGE
+            );
             exit::USAGE
         }
         (Ok(supervisor), Ok(settings), _) => boot(supervisor, settings, overrides, explain),
@@ -99,7 +102,12 @@ pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
     code
 }
 
-fn boot(supervisor: Supervisor, settings: Settings, overrides: Vec<Override>, explain: bool) -> i32 {
+fn boot(
+    supervisor: Supervisor,
+    settings: Settings,
+    overrides: Vec<Override>,
+    explain: bool,
+) -> i32 {
     let plan = BootPlan::new(&settings, overrides);
     if explain {
         print!("{}", plan.explain(&settings));
@@ -617,7 +625,9 @@ impl Boot {
                     self.settle_state(grace_start);
                 }
                 self.sup.signal_children(Signal::SIGTERM);
-                stopped = self.sup.wait_stopped(grace_end, |sup| sup.live_children() == 0);
+                stopped = self
+                    .sup
+                    .wait_stopped(grace_end, |sup| sup.live_children() == 0);
             }
             let left = if self.sup.tailscaled_alive() {
                 ", including tailscaled"

@@ -241,7 +241,11 @@ impl Supervisor {
                 Ok(Event::Timeout) => return Stopped::DeadlinePassed,
                 Err(e) => return Stopped::LoopFailed(e),
                 Ok(Event::Exited(e)) => {
-                    tracing::debug!("{} stopped ({})", e.role.name(), process::describe(&e.status))
+                    tracing::debug!(
+                        "{} stopped ({})",
+                        e.role.name(),
+                        process::describe(&e.status)
+                    )
                 }
                 Ok(Event::Shutdown(sig)) => {
                     tracing::info!("{} received while already shutting down", sig.as_str())
@@ -486,7 +490,10 @@ mod tests {
         );
         // Break the loop the way a closed signalfd would: its number now reads as a directory.
         let dir = std::fs::File::open("/").expect("open /");
-        #[allow(unsafe_code, reason = "replacing an fd number in place needs the raw call")]
+        #[allow(
+            unsafe_code,
+            reason = "replacing an fd number in place needs the raw call"
+        )]
         // SAFETY: dup2 onto the signalfd's number, which `sup` keeps owning (it closes the
         // duplicate on drop).
         let rc = unsafe { nix::libc::dup2(dir.as_raw_fd(), sup.sigfd.as_raw_fd()) };

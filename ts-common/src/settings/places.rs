@@ -52,7 +52,10 @@ pub fn check_hostname(hostname: &str) -> Result<(), SettingsError> {
     let name = hostname.strip_prefix('.').unwrap_or(hostname);
     let name = name.strip_suffix('.').unwrap_or(name);
     let why = if name.len() > 253 {
-        Some(format!("{} bytes long; a DNS name has at most 253", name.len()))
+        Some(format!(
+            "{} bytes long; a DNS name has at most 253",
+            name.len()
+        ))
     } else {
         name.split('.').find_map(label_problem)
     };
@@ -72,9 +75,9 @@ fn label_problem(label: &str) -> Option<String> {
     match bytes {
         [] => Some("empty DNS label".into()),
         _ if bytes.len() > 63 => Some(format!("label {label:?} is longer than 63 bytes")),
-        [first, ..] if !alnum(*first) => Some(format!(
-            "label {label:?} must start with a letter or digit"
-        )),
+        [first, ..] if !alnum(*first) => {
+            Some(format!("label {label:?} must start with a letter or digit"))
+        }
         [.., last] if !alnum(*last) => {
             Some(format!("label {label:?} must end with a letter or digit"))
         }
@@ -95,7 +98,9 @@ pub fn check_listen(var: &'static str, value: &str) -> Result<(), SettingsError>
         Some(rest) => rest
             .split_once("]:")
             .filter(|(host, _)| host.parse::<std::net::Ipv6Addr>().is_ok()),
-        None => value.rsplit_once(':').filter(|(host, _)| !host.contains(':')),
+        None => value
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.contains(':')),
     };
     let ok = split.is_some_and(|(host, port)| {
         !port.is_empty()
@@ -181,17 +186,34 @@ mod tests {
         assert!(check_socket(Path::new(&format!("/{}", "a".repeat(106)))).is_ok());
         let long = format!("/{}", "a".repeat(107));
         let err = check_socket(Path::new(&long)).unwrap_err().to_string();
-        assert!(err.contains("TS_SOCKET") && err.contains("108 bytes long"), "{err}");
+        assert!(
+            err.contains("TS_SOCKET") && err.contains("108 bytes long"),
+            "{err}"
+        );
         let err = check_socket(Path::new("")).unwrap_err().to_string();
         assert!(err.contains("TS_SOCKET=\"\": empty"), "{err}");
     }
 
     #[test]
     fn hostnames_as_tailscale_up_checks_them() {
-        for ok in ["", "box", "web-1", "Web1.example.com", "a.", "x".repeat(63).as_str()] {
+        for ok in [
+            "",
+            "box",
+            "web-1",
+            "Web1.example.com",
+            "a.",
+            "x".repeat(63).as_str(),
+        ] {
             assert!(check_hostname(ok).is_ok(), "{ok:?}");
         }
-        for bad in ["my host", "-web", "web-", "a..b", "under_score", &"x".repeat(64)] {
+        for bad in [
+            "my host",
+            "-web",
+            "web-",
+            "a..b",
+            "under_score",
+            &"x".repeat(64),
+        ] {
             let err = check_hostname(bad).unwrap_err().to_string();
             assert!(err.starts_with(&format!("TS_HOSTNAME={bad:?}")), "{err}");
         }
@@ -199,10 +221,23 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        for ok in ["localhost:1080", ":1080", "0.0.0.0:1080", "[::1]:1080", "[::]:http"] {
+        for ok in [
+            "localhost:1080",
+            ":1080",
+            "0.0.0.0:1080",
+            "[::1]:1080",
+            "[::]:http",
+        ] {
             assert!(check_listen("TS_SOCKS5_SERVER", ok).is_ok(), "{ok:?}");
         }
-        for bad in ["localhost", "[::1]8080", "::1:80", "host:", "a b:1", "h:70000"] {
+        for bad in [
+            "localhost",
+            "[::1]8080",
+            "::1:80",
+            "host:",
+            "a b:1",
+            "h:70000",
+        ] {
             assert!(check_listen("TS_SOCKS5_SERVER", bad).is_err(), "{bad:?}");
         }
     }
@@ -219,12 +254,27 @@ mod tests {
         // No secret: no calls, the port does not matter.
         assert!(check_kube(&svc("10.0.0.1", Some("https")), "").is_ok());
         let err = check_kube(&svc("10.0.0.1", Some("https")), "tailscale").unwrap_err();
-        assert!(err.to_string().starts_with("KUBERNETES_SERVICE_PORT_HTTPS=\"https\""));
+        assert!(err
+            .to_string()
+            .starts_with("KUBERNETES_SERVICE_PORT_HTTPS=\"https\""));
         let err = check_kube(&svc("kube api/x", Some("443")), "tailscale").unwrap_err();
-        assert!(err.to_string().starts_with("KUBERNETES_SERVICE_HOST=\"kube api/x\""));
-        for bad in ["Tailscale", "a/b", "-a", "a-", "a..b", "a_b", &"a".repeat(254)] {
+        assert!(err
+            .to_string()
+            .starts_with("KUBERNETES_SERVICE_HOST=\"kube api/x\""));
+        for bad in [
+            "Tailscale",
+            "a/b",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            &"a".repeat(254),
+        ] {
             let err = check_kube(&svc("10.0.0.1", Some("443")), bad).unwrap_err();
-            assert!(err.to_string().starts_with("TS_KUBE_SECRET="), "{bad}: {err}");
+            assert!(
+                err.to_string().starts_with("TS_KUBE_SECRET="),
+                "{bad}: {err}"
+            );
         }
     }
 }

@@ -202,7 +202,10 @@ fn kube_secret_is_ignored_outside_kubernetes() {
 fn socket_set_but_empty_is_refused() {
     // tailscaled cannot listen on an empty path: the boot would wait out its whole deadline.
     let err = Settings::from_vars([("TS_SOCKET", "")]).unwrap_err();
-    assert!(err.to_string().starts_with("TS_SOCKET=\"\": empty"), "{err}");
+    assert!(
+        err.to_string().starts_with("TS_SOCKET=\"\": empty"),
+        "{err}"
+    );
 }
 
 #[test]
