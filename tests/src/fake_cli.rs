@@ -23,7 +23,8 @@
 //! * stores and prints rules in iptables-save's canonical form (`-d 100.64.0.1/32 -j DNAT
 //!   --to-destination 1.2.3.4`: a bare address gains `/32` or `/128`);
 //! * `FAKE_IPTABLES_FAIL=1` makes mutating commands fail (exit 1) after recording them;
-//! * `FAKE_IPTABLES_HANG_FILE=<path>`: while that file exists every command hangs before doing
+//! * `FAKE_IPTABLES_HANG_FILE=<path>`: while that file exists every command hangs (and writes
+//!   its pid to `<path>.hung` first) before doing
 //!   anything (a hung iptables: xtables lock, stuck kernel), and goes on once it is removed.
 //!
 //! Both fakes, when `FAKE_FD_LOG` names a file, first append one line to it: the argv and the
@@ -593,6 +594,12 @@ fn hang_while_file_exists() {
     let Some(file) = std::env::var_os("FAKE_IPTABLES_HANG_FILE") else {
         return;
     };
+    let mut hung = file.clone();
+    hung.push(".hung");
+    if Path::new(&file).exists() {
+        // Tells the test a command is hanging now.
+        let _ = std::fs::write(&hung, std::process::id().to_string());
+    }
     while Path::new(&file).exists() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

@@ -6,7 +6,8 @@
 //! * serves HTTP/1.1 on PATH (a stale file there is removed first), after
 //!   `FAKE_TAILSCALED_SOCKET_DELAY_MS` if set; with `TS_TEST_SOCKET` set, also makes that path a
 //!   symlink to PATH (the reference harness's variable);
-//! * answers `GET /localapi/v0/usermetrics` with a v1.102 daemon's Prometheus text
+//! * answers `GET /localapi/v0/status` (`?peers=false` as the daemon's `StatusWithoutPeers`),
+//!   `GET /localapi/v0/usermetrics` with a v1.102 daemon's Prometheus text
 //!   (`FAKE_TAILSCALED_USERMETRICS=<file>` replaces it) and `GET /localapi/v0/watch-ipn-bus`
 //!   (other paths: 404, text body), enforcing the
 //!   daemon's Host rule (empty or exactly `local-tailscaled.sock`) and refusing any
@@ -35,8 +36,8 @@
 //! Besides the bus it serves `serve-config`, `prefs` and `dns-config` (see [`serve`]).
 //!
 //! Control protocol: line commands, each answered `ok[ <detail>]\n` or `err <why>\n` when done:
-//! `notify <one-line JSON>`, `replay <ndjson path>`, `state <n>`, `drop` (end every watch
-//! stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
+//! `notify <one-line JSON>`, `replay <ndjson path>`, `raw <text>` (one line sent verbatim to
+//! every watcher, not folded: malformed input), `state <n>`, `drop` (end every watch stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
 //! `orphans <N>` (N zombies re-parented to the nearest subreaper), `ignore-sigterm <secs>`,
 //! `watchers` (`ok <open watch streams>`), `serve-config` (`ok <stored JSON>`), `advertised`
 //! (`ok <services>`), `cert-domains <a,b>` (set the netmap's certificate domains quietly).
@@ -112,7 +113,8 @@ pub struct BusState {
     initial_status: Option<Value>,
     browse_url: Option<String>,
     health: Option<Value>,
-    watchers: Vec<mpsc::UnboundedSender<Msg>>,
+    /// Open watch streams with the mask each asked for.
+    watchers: Vec<(u64, mpsc::UnboundedSender<Msg>)>,
 }
 
 fn non_null<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -212,16 +214,21 @@ impl BusState {
             st.insert("BackendState".into(), json!(name));
         }
         if let Some(node) = &self.self_node {
-            let ips: Vec<Value> = node
-                .get("Addresses")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|p| json!(p.split('/').next().unwrap_or(p)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let bare = |list: Option<&Value>| -> Vec<Value> {
+                list.and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|p| json!(p.split('/').next().unwrap_or(p)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            // Seed daemons (before v1.50) keep the addresses in the netmap's top level only.
+            let mut ips = bare(node.get("Addresses"));
+            if ips.is_empty() {
+                ips = bare(self.netmap.as_ref().and_then(|nm| nm.get("Addresses")));
+            }
             let mut me = match st.get("Self") {
                 Some(Value::Object(m)) => m.clone(),
                 _ => Map::new(),
@@ -341,31 +348,99 @@ impl BusState {
     }
 
     /// Sends `line` to every open watch and folds it. Returns an error for non-objects.
+    /// A HEAD daemon leaves out what a watcher's mask did not ask for (docs/localapi.md §2.3):
+    /// peer changes without bit 12 (or 15), patches without bit 15, and a runtime `NetMap`
+    /// with bit 13. The seed knew none of these bits and sent every event whole.
     pub fn broadcast(&mut self, line: &str) -> Result<(), String> {
         let msg: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-        if !msg.is_object() {
+        let Value::Object(fields) = &msg else {
             return Err("not a JSON object".into());
-        }
+        };
         self.fold(&msg);
-        let bytes = Bytes::from(format!("{}\n", line.trim_end()));
-        self.watchers
-            .retain(|w| w.send(Msg::Line(bytes.clone())).is_ok());
+        let whole = Bytes::from(format!("{}\n", line.trim_end()));
+        let era = self.era;
+        self.watchers.retain(|(mask, w)| {
+            let bytes = match era {
+                Era::Seed => whole.clone(),
+                Era::Head => match strip_for_mask(fields, *mask) {
+                    Some(stripped) => Bytes::from(format!("{stripped}\n")),
+                    None => whole.clone(),
+                },
+            };
+            w.send(Msg::Line(bytes)).is_ok()
+        });
         if msg.get("ErrMessage").and_then(Value::as_str) == Some(FELL_BEHIND) {
             self.drop_watchers();
         }
         Ok(())
     }
 
+    /// Sends `line` verbatim to every open watch, folding nothing: a line no daemon would send
+    /// (malformed JSON, a wrong type), for the watchers' malformed-line rule.
+    pub fn broadcast_raw(&mut self, line: &str) {
+        let bytes = Bytes::from(format!("{line}\n"));
+        self.watchers
+            .retain(|(_, w)| w.send(Msg::Line(bytes.clone())).is_ok());
+    }
+
     pub fn drop_watchers(&mut self) {
-        for w in self.watchers.drain(..) {
+        for (_, w) in self.watchers.drain(..) {
             let _ = w.send(Msg::Close);
         }
     }
 
     pub fn open_watchers(&mut self) -> usize {
-        self.watchers.retain(|w| !w.is_closed());
+        self.watchers.retain(|(_, w)| !w.is_closed());
         self.watchers.len()
     }
+
+    /// `GET /localapi/v0/status`: `ipnstate.Status` now, with `CertDomains` from the netmap's
+    /// DNS; `peers=false` (the daemon's `StatusWithoutPeers`) leaves `Peer` null.
+    pub fn status_reply(&self, peers: bool) -> Value {
+        let mut st = self.status_value();
+        if let Value::Object(m) = &mut st {
+            if !peers {
+                m.insert("Peer".into(), Value::Null);
+            }
+            let domains = self
+                .netmap
+                .as_ref()
+                .and_then(|nm| nm.get("DNS"))
+                .and_then(|d| d.get("CertDomains"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            m.insert("CertDomains".into(), domains);
+        }
+        st
+    }
+}
+
+/// HEAD's per-watcher view of a runtime event (`notifyForSessionLocked`): `None` when the
+/// watcher gets it unchanged.
+fn strip_for_mask(fields: &Map<String, Value>, mask: u64) -> Option<String> {
+    const PEER_CHANGES: u64 = 1 << 12;
+    const NO_NETMAP: u64 = 1 << 13;
+    const PEER_PATCHES: u64 = 1 << 15;
+    let wants_changes = mask & (PEER_CHANGES | PEER_PATCHES) != 0;
+    let mut drop: Vec<&str> = Vec::new();
+    if mask & NO_NETMAP != 0 {
+        drop.push("NetMap");
+    }
+    if !wants_changes {
+        drop.extend(["PeersChanged", "PeersRemoved", "UserProfiles"]);
+    }
+    if mask & PEER_PATCHES == 0 {
+        drop.push("PeerChangedPatch");
+    }
+    if !drop.iter().any(|k| non_null(fields, k).is_some()) {
+        return None;
+    }
+    let kept: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| !drop.contains(&k.as_str()))
+        .map(|(k, v)| format!("{}:{}", json!(k), v))
+        .collect();
+    Some(format!("{{{}}}", kept.join(",")))
 }
 
 fn render(fields: &[(&str, Value)]) -> String {
@@ -498,6 +573,27 @@ fn text(code: StatusCode, body: &str) -> Response<FakeBody> {
     r
 }
 
+/// tailscaled's status endpoint (`?peers=false`: without the peer map).
+pub const STATUS_PATH: &str = "/localapi/v0/status";
+
+/// A JSON answer indented with tabs, as the daemon's status handler writes it.
+fn pretty_json(v: &Value) -> Response<FakeBody> {
+    use serde::Serialize as _;
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    if v.serialize(&mut ser).is_err() {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding status");
+    }
+    out.push(b'\n');
+    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(out))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 /// tailscaled's user-facing metrics endpoint.
 pub const USERMETRICS_PATH: &str = "/localapi/v0/usermetrics";
 
@@ -555,6 +651,16 @@ async fn handle(
     if req.uri().path() == USERMETRICS_PATH {
         return Ok(usermetrics());
     }
+    if req.uri().path() == STATUS_PATH {
+        let peers = !req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv == "peers=false" || kv == "peers=0");
+        let st = shared.bus().status_reply(peers);
+        return Ok(pretty_json(&st));
+    }
     if serve::is_ours(req.uri().path()) {
         return Ok(serve::handle(req, &shared).await);
     }
@@ -562,7 +668,7 @@ async fn handle(
         return Ok(text(
             StatusCode::NOT_FOUND,
             &format!(
-                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus and {USERMETRICS_PATH}, not {}",
+                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus, {STATUS_PATH}, {USERMETRICS_PATH}, serve-config, prefs and dns-config, not {}",
                 req.uri().path()
             ),
         ));
@@ -614,7 +720,7 @@ async fn handle(
     if let Some(first) = bus.initial_message(mask) {
         let _ = tx.send(Msg::Line(Bytes::from(first + "\n")));
     }
-    bus.watchers.push(tx);
+    bus.watchers.push((mask, tx));
     let version = bus.version.clone();
     drop(bus);
     let mut r = Response::new(FakeBody::Stream(rx));
@@ -740,6 +846,10 @@ fn run_command(shared: &Shared, cmd: &str, arg: &str) -> String {
         },
         "drop" => {
             shared.bus().drop_watchers();
+            Ok(String::new())
+        }
+        "raw" => {
+            shared.bus().broadcast_raw(arg);
             Ok(String::new())
         }
         "watchers" => Ok(format!(" {}", shared.bus().open_watchers())),
@@ -989,6 +1099,12 @@ async fn run(shared: Arc<Shared>) -> i32 {
             {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
+            // The control socket first: once the LocalAPI socket exists (what ts-init waits
+            // for) a fake `tailscale up` may ask for a replay at once.
+            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
+                Some(p) => Some(bind(&p)?),
+                None => None,
+            };
             let api = bind(&shared.socket)?;
             if let Some(link) = &shared.test_link {
                 if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -1001,10 +1117,6 @@ async fn run(shared: Arc<Shared>) -> i32 {
                     );
                 }
             }
-            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
-                Some(p) => Some(bind(&p)?),
-                None => None,
-            };
             tokio::spawn(serve_localapi(api, shared.clone()));
             if let Some(c) = control {
                 tokio::spawn(serve_control(c, shared.clone()));

@@ -6,9 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use ts_common::argv;
 use ts_common::settings::Settings;
-use ts_localapi::localapi::{
-    BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY,
-};
+use ts_localapi::localapi::{BusWatch, Follower, LocalApi, LocalApiError, MASK_LEAN};
 use ts_localapi::notify::{BackendState, Notify};
 use ts_localapi::signals::StopSignals;
 
@@ -53,10 +51,10 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
         did_login: false,
     };
     let mut stop = StopSignals::install();
-    tokio::select! {
+    let watch = tokio::select! {
         reached = login.until_running_then_set() => reached?,
         sig = stop.recv() => return Err(AuthError::Interrupted(sig)),
-    }
+    };
     if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
         tracing::warn!("could not report readiness on TS_READY_FD: {e}");
     }
@@ -65,7 +63,7 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
         return Ok(());
     }
     tokio::select! {
-        left = guard(api) => left,
+        left = guard(api, watch) => left,
         sig = stop.recv() => {
             tracing::debug!("{sig} received, stopping the guard");
             Ok(())
@@ -83,24 +81,31 @@ struct Login<'a> {
 
 impl Login<'_> {
     /// Running, then (TS_AUTH_ONCE) `tailscale set` with the preferences the environment owns,
-    /// whether or not `up` ran on this boot (D19).
-    async fn until_running_then_set(self) -> Result<(), AuthError> {
+    /// whether or not `up` ran on this boot (D19). Returns the watch that saw Running, for the
+    /// guard to go on with (one watch less per boot).
+    async fn until_running_then_set(self) -> Result<BusWatch, AuthError> {
         let (settings, deadline) = (self.settings, self.deadline);
-        self.until_running().await?;
+        let watch = self.until_running().await?;
         if settings.auth_once {
             tracing::info!("Running 'tailscale set'");
             run_cli(&argv::tailscale_set(settings), "set", deadline)
                 .await
                 .map_err(AuthError::Set)?;
         }
-        Ok(())
+        Ok(watch)
     }
 
-    async fn until_running(mut self) -> Result<(), AuthError> {
-        let mut watch = self.watch(MASK_FIRST_WATCH, AuthError::Watch).await?;
-        if !self.settings.auth_once {
-            watch = self.auth_step(watch).await?;
-        }
+    /// The login watches ask for the state only (README D26): no netmap, whatever the tailnet.
+    /// Without TS_AUTH_ONCE `up` runs at once, and the first watch starts after it: a watch
+    /// opened before would only be closed again unread (the reference opens and closes one).
+    async fn until_running(mut self) -> Result<BusWatch, AuthError> {
+        let mut watch = if self.settings.auth_once {
+            self.watch(MASK_LEAN, AuthError::Watch).await?
+        } else {
+            self.did_login = true;
+            self.tailscale_up().await?;
+            self.watch(MASK_LEAN, AuthError::Rewatch).await?
+        };
         loop {
             let notify = match tokio::time::timeout_at(self.deadline, watch.next()).await {
                 Err(_) => return Err(AuthError::Deadline(self.settings.boot_timeout)),
@@ -124,7 +129,7 @@ impl Login<'_> {
                 Some(BackendState::NeedsMachineAuth) => {
                     tracing::info!("machine authorization required, please visit the admin panel")
                 }
-                Some(BackendState::Running) => return Ok(()),
+                Some(BackendState::Running) => return Ok(watch),
                 Some(other) => tracing::info!("tailscaled in state {:?}, waiting", other.name()),
                 None => {}
             }
@@ -151,7 +156,7 @@ impl Login<'_> {
         self.did_login = true;
         drop(watch);
         self.tailscale_up().await?;
-        self.watch(MASK_STEADY, AuthError::Rewatch).await
+        self.watch(MASK_LEAN, AuthError::Rewatch).await
     }
 
     async fn tailscale_up(&self) -> Result<(), AuthError> {
@@ -204,9 +209,10 @@ async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<()
     Err(format!("tailscale {sub} failed: {how}"))
 }
 
-/// Follows the bus after Running: any other state ends the container.
-async fn guard(api: LocalApi) -> Result<(), AuthError> {
-    let mut follower = Follower::new(api, MASK_STEADY);
+/// Follows the bus after Running, on the watch that saw it (and on new ones when a stream
+/// ends): any other state ends the container.
+async fn guard(api: LocalApi, watch: BusWatch) -> Result<(), AuthError> {
+    let mut follower = Follower::resume(api, MASK_LEAN, watch);
     loop {
         let notify: Notify = follower
             .next()
@@ -220,19 +226,22 @@ async fn guard(api: LocalApi) -> Result<(), AuthError> {
 pub fn explain(settings: &Settings, mode: Mode) -> String {
     let up = argv::tailscale_up(settings, settings.auth_key.as_ref());
     let mut out = String::new();
-    out.push_str(&format!(
-        "ts-auth plan (nothing below has been run)\n1. watch the IPN bus on {} (GET /localapi/v0/watch-ipn-bus?mask={MASK_FIRST_WATCH})\n",
+    let watch = format!(
+        "GET /localapi/v0/watch-ipn-bus?mask={MASK_LEAN} on {}",
         settings.socket.display()
-    ));
+    );
+    out.push_str("ts-auth plan (nothing below has been run)\n");
     if settings.auth_once {
+        out.push_str(&format!("1. watch the IPN bus ({watch})\n"));
         out.push_str(&format!(
-            "2. only if tailscaled reports NeedsLogin: run {up}\n"
+            "2. only if tailscaled reports NeedsLogin: run {up}, then watch again\n"
         ));
     } else {
-        out.push_str(&format!("2. run {up} at once\n"));
+        out.push_str(&format!("1. run {up} at once\n"));
+        out.push_str(&format!("2. watch the IPN bus ({watch})\n"));
     }
     out.push_str(&format!(
-        "3. re-watch (mask={MASK_STEADY}) until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
+        "3. until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
         settings.boot_timeout
     ));
     if settings.auth_once {
@@ -242,7 +251,7 @@ pub fn explain(settings: &Settings, mode: Mode) -> String {
         ));
     }
     if mode.guard {
-        out.push_str("4. report readiness on TS_READY_FD, then stay and exit 1 if tailscaled leaves Running\n");
+        out.push_str("4. report readiness on TS_READY_FD, then stay on the same watch and exit 1 if tailscaled leaves Running\n");
     } else {
         out.push_str("4. report readiness on TS_READY_FD if set, then exit 0\n");
     }

@@ -19,7 +19,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use ts_common::settings::{ListenAddr, Settings};
 use ts_common::status;
-use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY, USERMETRICS_PATH};
+use ts_localapi::localapi::{
+    Follower, LocalApi, LocalApiError, MASK_LEAN, STATUS_SELF_PATH, USERMETRICS_PATH,
+};
 use verdict::NodeView;
 
 /// How long a scrape waits for tailscaled's user metrics before answering with tsboot's alone.
@@ -258,7 +260,7 @@ pub async fn run(cfg: &Config) -> Result<(), HealthError> {
 async fn follow_node(shared: Arc<Shared>) {
     let mut first = true;
     loop {
-        let mut follower = Follower::new(shared.api.clone(), MASK_STEADY);
+        let mut follower = Follower::new(shared.api.clone(), MASK_LEAN).with_self_status();
         let why = loop {
             match follower.next().await {
                 Ok(msg) => {
@@ -271,9 +273,6 @@ async fn follow_node(shared: Arc<Shared>) {
                     if let Some(me) = msg.self_identity() {
                         node.addresses = me.addresses;
                     }
-                }
-                Err(e @ LocalApiError::Decode { .. }) => {
-                    tracing::warn!("skipping an IPN bus message: {e}");
                 }
                 Err(e) => break e,
             }
@@ -452,7 +451,7 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
         ));
     }
     out.push(format!(
-        "  node state and addresses: GET /localapi/v0/watch-ipn-bus?mask={MASK_STEADY} on {}",
+        "  node state and addresses: GET /localapi/v0/watch-ipn-bus?mask={MASK_LEAN} (and GET {STATUS_SELF_PATH} at each watch) on {}",
         cfg.socket.display()
     ));
     out.push(format!(
@@ -470,24 +469,20 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
     });
     let reports = status::read_all(&cfg.status_dir);
     let node = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut w = LocalApi::new(&cfg.socket)
-            .watch_ipn_bus(MASK_STEADY)
-            .await?;
-        w.next().await
+        Follower::new(LocalApi::new(&cfg.socket), MASK_LEAN)
+            .with_self_status()
+            .next()
+            .await
     })
     .await;
     let view = match node {
-        Ok(Ok(Some(msg))) => NodeView {
+        Ok(Ok(msg)) => NodeView {
             connected: true,
             state: msg.backend_state(),
             addresses: msg
                 .self_identity()
                 .map(|me| me.addresses)
                 .unwrap_or_default(),
-            ..NodeView::default()
-        },
-        Ok(Ok(None)) => NodeView {
-            not_connected: "tailscaled ended the stream at once".into(),
             ..NodeView::default()
         },
         Ok(Err(e)) => NodeView {

@@ -277,9 +277,10 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
     }
     let ns = crate::KubeOps::namespace(&ex).to_string();
     plan(format!(
-        "  then, following the IPN bus at {} (mask {}):",
+        "  then, following the IPN bus at {} (mask {}, this device from GET {} at each watch):",
         settings.socket.display(),
-        ts_localapi::localapi::MASK_STEADY
+        ts_localapi::localapi::MASK_LEAN,
+        ts_localapi::localapi::STATUS_SELF_PATH
     ));
     if settings.auth_once {
         plan("  on the first Running state (TS_AUTH_ONCE): log \"Deleting authkey from kube secret\" and");

@@ -1,8 +1,10 @@
 //! The device-info watcher (the README's boot order; docs/kubernetes.md §3), started by
 //! ts-init once tailscaled is Running.
 //!
-//! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone).
-//! On the first Running state, with `TS_AUTH_ONCE` it removes `authkey` (JSON patch; 404 and
+//! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone) in a
+//! reader task of its own ([`ts_localapi::node`]): the writes take the latest state when they are
+//! ready for it, so a flapping identity is coalesced and the guard of the Running state never
+//! waits for a write that keeps failing. On the first Running state, with `TS_AUTH_ONCE` it removes `authkey` (JSON patch; 404 and
 //! 422 mean "already gone"). On every change of the node's (StableID, Name) it checks the
 //! secret with a GET and then writes `device_fqdn` and `device_id` with a strategic-merge
 //! `stringData` patch: only those keys, never a read-modify-write, so tailscaled's own keys
@@ -20,8 +22,9 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::time::Duration;
 use ts_common::Settings;
 use ts_kube::KubeError;
-use ts_localapi::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_localapi::notify::{BackendState, Notify};
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN};
+use ts_localapi::node::{NodeState, NodeWatch, Options, WatchEnd};
+use ts_localapi::notify::BackendState;
 
 /// First wait of the after-startup retry.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
@@ -53,6 +56,16 @@ pub enum WatchError {
     Bus(#[source] LocalApiError),
     #[error(transparent)]
     LeftRunning(#[from] ts_localapi::notify::LeftRunning),
+}
+
+impl From<WatchEnd> for WatchError {
+    fn from(end: WatchEnd) -> Self {
+        match end {
+            WatchEnd::LeftRunning(left) => WatchError::LeftRunning(left),
+            WatchEnd::Bus(e @ LocalApiError::Gone { .. }) => WatchError::BusGone(e),
+            WatchEnd::Bus(e) => WatchError::Bus(e),
+        }
+    }
 }
 
 impl WatchError {
@@ -114,34 +127,37 @@ pub async fn run<K: KubeOps>(
         settings.socket.display(),
         kube.namespace()
     );
-    let mut follower = Follower::new(LocalApi::new(&settings.socket), MASK_STEADY);
+    let mut node = NodeWatch::spawn(
+        LocalApi::new(&settings.socket),
+        Options {
+            mask: MASK_LEAN,
+            guard,
+            resolve: None,
+        },
+    );
     let mut rec = Reconciler::new(kube, secret, settings.auth_once);
-    let main = async {
-        loop {
-            let msg = match follower.next().await {
-                Ok(msg) => msg,
-                Err(e @ LocalApiError::Gone { .. }) => return Err(WatchError::BusGone(e)),
-                Err(e @ LocalApiError::Decode { .. }) => {
-                    tracing::warn!("skipping an IPN bus message: {e}");
-                    continue;
-                }
-                Err(e) => return Err(WatchError::Bus(e)),
-            };
-            if guard {
-                msg.check_still_running()?;
-            }
-            let was_ready = rec.reconciled;
-            rec.on_notify(&msg).await?;
-            if rec.reconciled && !was_ready {
-                report_ready(settings);
-            }
-        }
-    };
+    let main = follow(&mut node, &mut rec, settings);
     tokio::select! {
         result = main => result,
         _ = shutdown => {
             tracing::info!("shutdown requested; exiting");
             Ok(WatchExit::Shutdown)
+        }
+    }
+}
+
+/// Reconciles on every change, forever; returns only with an error.
+async fn follow<K: KubeOps>(
+    node: &mut NodeWatch,
+    rec: &mut Reconciler<'_, K>,
+    settings: &Settings,
+) -> Result<WatchExit, WatchError> {
+    loop {
+        let st = node.changed().await?;
+        let was_ready = rec.reconciled;
+        node.guarded(rec.on_state(&st)).await??;
+        if rec.reconciled && !was_ready {
+            report_ready(settings);
         }
     }
 }
@@ -152,7 +168,7 @@ fn report_ready(settings: &Settings) {
     }
 }
 
-/// The watcher's state between bus messages.
+/// The watcher's state between reconciles.
 pub struct Reconciler<'a, K> {
     kube: &'a K,
     secret: &'a str,
@@ -182,12 +198,12 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
         }
     }
 
-    /// Applies one bus message.
-    pub async fn on_notify(&mut self, msg: &Notify) -> Result<(), WatchError> {
-        if let Some(id) = msg.self_identity() {
-            self.seen = Some((id.stable_id, id.name));
+    /// Brings the secret in line with the node as the bus last told it.
+    pub async fn on_state(&mut self, st: &NodeState) -> Result<(), WatchError> {
+        if let Some(id) = &st.me {
+            self.seen = Some((id.stable_id.clone(), id.name.clone()));
         }
-        if msg.backend_state() == Some(BackendState::Running) && !self.running {
+        if st.state == Some(BackendState::Running) && !self.running {
             self.running = true;
             if self.auth_once {
                 ts_common::status::track(self.remove_authkey()).await?;

@@ -1,5 +1,6 @@
 //! tailscaled's LocalAPI as tsboot's watchers use it: the client over the unix socket
-//! ([`localapi`]), the IPN-bus messages ([`notify`], peers apart in [`peers`]), the stop signals
+//! ([`localapi`]), the IPN-bus messages ([`notify`], peers apart in [`peers`]) parsed as they
+//! stream in ([`stream`]), the node kept current by a reader task ([`node`]), the stop signals
 //! of a long-lived phase ([`signals`]) and the one-thread runtime they all run on ([`block_on`]).
 //! Wire facts: docs/localapi.md.
 
@@ -8,9 +9,11 @@ use ts_common::Settings;
 
 pub mod command;
 pub mod localapi;
+pub mod node;
 pub mod notify;
 pub mod peers;
 pub mod signals;
+pub mod stream;
 
 /// Runs `f` on a current-thread runtime, as every long-lived phase does (they wait on I/O; one
 /// thread is enough and keeps memory low). `Err` is the exit code when no runtime can be built.

@@ -513,7 +513,11 @@ fn config_needs_something_to_do() {
     .unwrap();
     let c = Config::from_settings(&s).unwrap();
     assert_eq!(c.dest.as_ref().map(|d| d.raw.as_str()), Some("fd00::5"));
-    assert_eq!(c.mask(), 10);
+    assert_eq!(
+        c.mask(),
+        ts_localapi::localapi::MASK_LEAN,
+        "the state, no netmap"
+    );
     let s = Settings::from_vars([
         ("TS_USERSPACE", "false"),
         ("TS_TAILNET_TARGET_FQDN", "db.ts.net."),
@@ -523,7 +527,7 @@ fn config_needs_something_to_do() {
     let c = Config::from_settings(&s).unwrap();
     assert_eq!(c.target, Some(TailnetTarget::Fqdn("db.ts.net.".into())));
     assert_eq!(c.firewall_mode, Some(FirewallMode::Nftables));
-    assert_eq!(c.mask(), 4096 | 10, "peers are needed for a name");
+    assert_eq!(c.mask(), 8192 | 4096 | 8 | 2, "peers are needed for a name");
 }
 
 fn arb_addr() -> impl Strategy<Value = String> {
