@@ -5,6 +5,7 @@
 use std::time::Duration;
 use tokio::time::Instant;
 use ts_common::argv;
+use ts_common::logging::outside;
 use ts_common::settings::Settings;
 use ts_localapi::localapi::{BusWatch, Follower, LocalApi, LocalApiError, MASK_LEAN};
 use ts_localapi::notify::{BackendState, Notify};
@@ -17,19 +18,52 @@ pub enum AuthError {
     #[error("rewatching tailscaled for updates after auth: {0}")]
     Rewatch(#[source] LocalApiError),
     #[error("failed to read from tailscaled: {0}")]
-    Read(String),
+    Read(#[source] LocalApiError),
+    #[error("failed to read from tailscaled: EOF (tailscaled closed the IPN bus stream)")]
+    BusClosed,
     // The reference wraps this twice; operators grep for the exact text.
     #[error("failed to auth tailscale: failed to auth tailscale: {0}")]
-    Up(String),
+    Up(#[source] CliError),
     /// `tailscale set` after Running (TS_AUTH_ONCE), worded as today's image words it.
     #[error("failed to auth tailscale: {0}")]
-    Set(String),
+    Set(#[source] CliError),
     #[error(transparent)]
     LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("tailscaled did not reach Running within {0:?} (TS_BOOT_TIMEOUT); check the log above for a login URL or machine approval")]
     Deadline(Duration),
     #[error("interrupted by {0} before tailscaled reached Running")]
     Interrupted(&'static str),
+}
+
+impl AuthError {
+    /// The exit status of ts-auth ending on this error: every one is a runtime failure (bad
+    /// configuration is refused before anything runs).
+    pub fn exit_code(&self) -> i32 {
+        ts_common::exit::FAILURE
+    }
+}
+
+/// Why a `tailscale` command failed, worded as today's image words it
+/// (`tailscale up failed: exit status 1`).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("exec: \"{0}\": executable file not found in $PATH")]
+    NotFound(String),
+    #[error("starting tailscale {sub}: {source}")]
+    Start {
+        sub: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for tailscale {sub}: {source}")]
+    Wait {
+        sub: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed; `how` is `exit status N` or `signal: <name>`.
+    #[error("tailscale {sub} failed: {how}")]
+    Failed { sub: &'static str, how: String },
 }
 
 /// How ts-auth was asked to run.
@@ -110,15 +144,11 @@ impl Login<'_> {
             let notify = match tokio::time::timeout_at(self.deadline, watch.next()).await {
                 Err(_) => return Err(AuthError::Deadline(self.settings.boot_timeout)),
                 Ok(Ok(Some(n))) => n,
-                Ok(Ok(None)) => {
-                    return Err(AuthError::Read(
-                        "EOF (tailscaled closed the IPN bus stream)".into(),
-                    ))
-                }
-                Ok(Err(e)) => return Err(AuthError::Read(e.to_string())),
+                Ok(Ok(None)) => return Err(AuthError::BusClosed),
+                Ok(Err(e)) => return Err(AuthError::Read(e)),
             };
             if let Some(msg) = &notify.err_message {
-                tracing::warn!("tailscaled reported an error: {msg}");
+                tracing::warn!("tailscaled reported an error: {}", outside(msg));
             }
             match notify.backend_state() {
                 // After our own login the re-watch may still say NeedsLogin: nothing to do.
@@ -168,18 +198,18 @@ impl Login<'_> {
     }
 }
 
-/// Runs a `tailscale` command to completion before `deadline` (through the one spawn path:
-/// no descriptor of ours reaches it, it dies with us); the error is worded as today's image
-/// words it (`tailscale up failed: exit status 1`).
-async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<(), String> {
+/// Runs a `tailscale` command to completion before `deadline`, through the one spawn path (no
+/// descriptor of ours reaches it, it dies with us, the deadline kills its whole group); the
+/// error is worded as today's image words it (`tailscale up failed: exit status 1`).
+async fn run_cli(
+    cmd: &argv::Command,
+    sub: &'static str,
+    deadline: Instant,
+) -> Result<(), CliError> {
     use ts_localapi::command::{self, Output, RunError};
     tracing::debug!("{cmd}");
-    let path = ts_common::process::look_path(&cmd.program).ok_or_else(|| {
-        format!(
-            "exec: \"{}\": executable file not found in $PATH",
-            cmd.program
-        )
-    })?;
+    let path = ts_common::process::look_path(&cmd.program)
+        .ok_or_else(|| CliError::NotFound(cmd.program.clone()))?;
     // argv[0] is the resolved path, as the reference's exec.Command gives it.
     let mut resolved = cmd.clone();
     resolved.program = path.display().to_string();
@@ -187,10 +217,18 @@ async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<()
         Ok(done) => done.status,
         // As the reference's context does: killed at the deadline.
         Err(RunError::Timeout { .. }) => {
-            return Err(format!("tailscale {sub} failed: signal: killed"))
+            return Err(CliError::Failed {
+                sub,
+                how: "signal: killed".into(),
+            })
         }
-        Err(RunError::Spawn(e)) => return Err(format!("starting tailscale {sub}: {e}")),
-        Err(e @ RunError::Wait { .. }) => return Err(format!("tailscale {sub}: {e}")),
+        Err(RunError::Spawn(e)) => {
+            return Err(CliError::Start {
+                sub,
+                source: e.into_io(),
+            })
+        }
+        Err(RunError::Wait { source, .. }) => return Err(CliError::Wait { sub, source }),
     };
     if status.success() {
         return Ok(());
@@ -206,7 +244,7 @@ async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<()
         ),
         _ => "unknown status".into(),
     };
-    Err(format!("tailscale {sub} failed: {how}"))
+    Err(CliError::Failed { sub, how })
 }
 
 /// Follows the bus after Running, on the watch that saw it (and on new ones when a stream
@@ -214,10 +252,7 @@ async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<()
 async fn guard(api: LocalApi, watch: BusWatch) -> Result<(), AuthError> {
     let mut follower = Follower::resume(api, MASK_LEAN, watch);
     loop {
-        let notify: Notify = follower
-            .next()
-            .await
-            .map_err(|e| AuthError::Read(e.to_string()))?;
+        let notify: Notify = follower.next().await.map_err(AuthError::Read)?;
         notify.check_still_running()?;
     }
 }
@@ -263,4 +298,8 @@ pub fn explain(settings: &Settings, mode: Mode) -> String {
     out
 }
 
-impl ts_common::cli::Failure for AuthError {}
+impl ts_common::cli::Failure for AuthError {
+    fn exit_code(&self) -> i32 {
+        AuthError::exit_code(self)
+    }
+}

@@ -9,6 +9,7 @@ pub mod argv;
 pub mod cli;
 pub mod exit;
 pub mod logging;
+pub mod preflight;
 pub mod process;
 pub mod settings;
 pub mod status;

@@ -257,6 +257,39 @@ fn json_line(bin: &str, level: Level, fields: &Fields) -> String {
     line
 }
 
+/// Most characters of one piece of outside text a log line carries.
+pub const OUTSIDE_MAX: usize = 300;
+
+/// Text from outside tsboot (an API server's message, tailscaled's `ErrMessage` or error
+/// answers, a command's stderr) made fit for one log line: trimmed, control characters
+/// (newlines included) escaped so the text can neither end the line nor forge the next one,
+/// and cut after [`OUTSIDE_MAX`] characters, saying how much was left out.
+pub fn outside(text: &str) -> String {
+    outside_max(text, OUTSIDE_MAX)
+}
+
+/// [`outside`] with another bound, for a shorter excerpt.
+pub fn outside_max(text: &str, max: usize) -> String {
+    let text = text.trim();
+    let mut out = String::new();
+    let end = text
+        .char_indices()
+        .nth(max)
+        .map_or(text.len(), |(at, _)| at);
+    for c in text[..end].chars() {
+        // U+2028/U+2029 end a line for some log viewers although they are not controls.
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if end < text.len() {
+        let _ = write!(out, "… ({} more bytes)", text.len() - end);
+    }
+    out
+}
+
 /// UTC calendar time of a Unix timestamp (Howard Hinnant's days-from-civil inverse).
 fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;
@@ -320,5 +353,30 @@ mod tests {
         assert_eq!(v["bin"], "ts-auth");
         assert_eq!(v["level"], "warn");
         assert_eq!(v["msg"], "hello \"world\"");
+    }
+
+    #[test]
+    fn outside_text_is_one_bounded_line() {
+        assert_eq!(outside("  etag mismatch\n"), "etag mismatch");
+        assert_eq!(outside("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(
+            outside("bad\nboot: forged\r\tx"),
+            "bad\\nboot: forged\\r\\tx"
+        );
+        assert_eq!(outside("a\u{2028}b"), "a\\u{2028}b");
+        let long = format!("é{}", "x".repeat(10 << 20));
+        let cut = outside(&long);
+        assert!(cut.starts_with("éxx"), "{cut}");
+        assert!(
+            cut.ends_with(&format!("… ({} more bytes)", long.len() - 2 - 299)),
+            "{cut}"
+        );
+        assert_eq!(
+            cut.chars().count(),
+            OUTSIDE_MAX + "… (10485461 more bytes)".chars().count()
+        );
+        assert!(!outside(&format!("{long}\n")).contains('\n'));
+        assert_eq!(outside_max("abcdef", 3), "abc… (3 more bytes)");
+        assert_eq!(outside_max("\u{fffd}x", 10), "\u{fffd}x");
     }
 }

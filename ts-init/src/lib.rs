@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use supervisor::{Event, Exit, Role, Stopped, Supervisor};
+use ts_common::preflight::PreflightResult;
 use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, DAEMON_ENV_REMOVE, UNDER_INIT_VAR};
 use ts_common::settings::{Override, Settings};
 use ts_common::status::{self, PhaseState};
@@ -140,13 +141,6 @@ struct Boot {
     guard: Guard,
 }
 
-/// What the preflight hands back through its result fd.
-#[derive(serde::Deserialize)]
-struct PreflightResult {
-    can_patch: bool,
-    authkey: Option<String>,
-}
-
 impl Boot {
     fn run(&mut self) -> Cause {
         if let Err(cause) = self.startup() {
@@ -177,8 +171,8 @@ impl Boot {
         if let Some(preflight) = self.plan.preflight.clone() {
             let result = self.run_preflight(&preflight)?;
             can_patch = result.can_patch;
-            if let Some(key) = result.authkey.filter(|k| !k.is_empty()) {
-                auth_env.push(("TS_AUTHKEY".to_string(), key));
+            if let Some(key) = result.authkey {
+                auth_env.push(("TS_AUTHKEY".to_string(), key.expose().to_string()));
             }
         }
 
@@ -341,7 +335,7 @@ impl Boot {
         }
         let status = status.unwrap_or(WaitStatus::StillAlive);
         check_success(Role::Preflight, &status)?;
-        serde_json::from_slice::<PreflightResult>(&reader.data).map_err(|e| {
+        PreflightResult::from_bytes(&reader.data).map_err(|e| {
             Cause::Failed(format!(
                 "ts-kubestate preflight returned an unreadable result ({e}); is ts-kubestate from the same tsboot release as ts-init?"
             ))

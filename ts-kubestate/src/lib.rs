@@ -50,12 +50,3 @@ impl KubeOps for KubeClient {
         KubeClient::remove_key(self, name, key).await
     }
 }
-
-/// Exit status for a failure caused by `err`: 2 for invalid configuration, else 1.
-pub fn kube_exit_code(err: &KubeError) -> i32 {
-    if err.is_usage() {
-        ts_common::exit::USAGE
-    } else {
-        ts_common::exit::FAILURE
-    }
-}

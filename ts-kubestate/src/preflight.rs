@@ -18,6 +18,7 @@
 
 use crate::KubeOps;
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
+use ts_common::preflight::PreflightResult;
 use ts_common::settings::AuthKey;
 use ts_common::Settings;
 use ts_kube::{secret_value, KubeError};
@@ -34,12 +35,13 @@ pub struct PreflightOutcome {
 }
 
 impl PreflightOutcome {
-    /// `{"can_patch":true|false,"authkey":"<key>"|null}` plus a newline: the result-fd protocol.
+    /// The line for ts-init's result pipe ([`PreflightResult`], the one type both sides use).
     pub fn result_line(&self) -> String {
-        let key = self.authkey.as_ref().map(AuthKey::expose);
-        // Serialising an Option<&str> cannot fail; `null` is the honest fallback anyway.
-        let key = serde_json::to_string(&key).unwrap_or_else(|_| "null".into());
-        format!("{{\"can_patch\":{},\"authkey\":{key}}}\n", self.can_patch)
+        PreflightResult {
+            can_patch: self.can_patch,
+            authkey: self.authkey.clone(),
+        }
+        .to_line()
     }
 
     /// The outcome for humans (the key redacted).
@@ -93,7 +95,7 @@ pub enum PreflightError {
 impl PreflightError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            PreflightError::Kube(e) => crate::kube_exit_code(e),
+            PreflightError::Kube(e) => e.exit_code(),
             _ => ts_common::exit::FAILURE,
         }
     }

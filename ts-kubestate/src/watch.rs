@@ -18,18 +18,18 @@
 
 use crate::KubeOps;
 use std::future::Future;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::time::Duration;
 use ts_common::Settings;
-use ts_kube::KubeError;
+use ts_kube::{Backoff, KubeError};
 use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN};
 use ts_localapi::node::{NodeState, NodeWatch, Options, WatchEnd};
 use ts_localapi::notify::BackendState;
 
-/// First wait of the after-startup retry.
-pub const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// Ceiling of the after-startup retry.
-pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The after-startup retry of a write: 100 ms doubling up to 30 s, jittered.
+pub const RETRY: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(30),
+};
 
 /// How the watcher ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl From<WatchEnd> for WatchError {
 impl WatchError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            WatchError::Kube(e) => crate::kube_exit_code(e),
+            WatchError::Kube(e) => e.exit_code(),
             _ => ts_common::exit::FAILURE,
         }
     }
@@ -228,16 +228,17 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
         tracing::info!("Deleting authkey from kube secret");
         match self.kube.remove_key(self.secret, "authkey").await {
             Ok(()) => Ok(()),
-            // 404: no secret; 422: the key is already absent. Either way it is gone.
-            Err(e) if matches!(e.status_code(), Some(404 | 422)) => {
-                tracing::info!(
-                    "authkey already absent from secret {:?} ({})",
-                    self.secret,
-                    e.status_code().unwrap_or(0)
-                );
-                Ok(())
-            }
-            Err(e) => Err(WatchError::DeleteAuthKey(e)),
+            Err(e) => match e.status_code() {
+                // 404: no secret; 422: the key is already absent. Either way it is gone.
+                Some(code @ (404 | 422)) => {
+                    tracing::info!(
+                        "authkey already absent from secret {:?} ({code})",
+                        self.secret
+                    );
+                    Ok(())
+                }
+                _ => Err(WatchError::DeleteAuthKey(e)),
+            },
         }
     }
 
@@ -264,7 +265,7 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
                 return Err(WatchError::StoreDeviceInfo(err));
             }
             retry += 1;
-            let delay = jittered(capped_backoff(retry));
+            let delay = RETRY.jittered(retry);
             tracing::warn!(
                 "storing device info in secret {:?} failed: {err}; retrying in {}ms (retry {retry})",
                 self.secret,
@@ -314,37 +315,21 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
     }
 }
 
-/// 100 ms doubling up to 30 s.
-pub fn capped_backoff(retry: u32) -> Duration {
-    let factor = 1u32 << retry.saturating_sub(1).min(16);
-    RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
-}
-
-/// Between half and all of `d`, so many pods do not retry in lockstep.
-fn jittered(d: Duration) -> Duration {
-    // RandomState is seeded randomly per instance: enough entropy for jitter, no extra crate.
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let half = d / 2;
-    half + half.mul_f64((r % 1000) as f64 / 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_is_capped_and_jitter_bounded() {
-        assert_eq!(capped_backoff(1), Duration::from_millis(100));
-        assert_eq!(capped_backoff(2), Duration::from_millis(200));
-        assert_eq!(capped_backoff(9), Duration::from_millis(25_600));
-        assert_eq!(capped_backoff(10), RETRY_MAX);
-        assert_eq!(capped_backoff(100), RETRY_MAX);
+        assert_eq!(RETRY.delay(1), Duration::from_millis(100));
+        assert_eq!(RETRY.delay(2), Duration::from_millis(200));
+        assert_eq!(RETRY.delay(9), Duration::from_millis(25_600));
+        assert_eq!(RETRY.delay(10), RETRY.max);
+        assert_eq!(RETRY.delay(100), RETRY.max);
         for _ in 0..100 {
-            let j = jittered(Duration::from_secs(10));
+            let j = RETRY.jittered(9);
             assert!(
-                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
+                j >= Duration::from_millis(12_800) && j <= Duration::from_millis(25_600),
                 "{j:?}"
             );
         }

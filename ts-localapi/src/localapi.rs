@@ -21,6 +21,7 @@ use hyperlocal::{UnixConnector, Uri as UnixUri};
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use ts_common::logging::{outside, outside_max};
 
 /// `NotifyInitialState`: the first message carries the state (docs/localapi.md §2.3).
 pub const NOTIFY_INITIAL_STATE: u64 = 1 << 1;
@@ -81,13 +82,20 @@ pub enum LocalApiError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("tailscaled answered GET {path} with {code}: {body:?}{hint}")]
+    #[error("tailscaled answered GET {path} with {code}: \"{body}\"{hint}")]
     Status {
         path: String,
         code: u16,
         body: String,
         /// What to check for well-known codes.
         hint: &'static str,
+    },
+    /// The request could not be built (a header value the http crate refuses).
+    #[error("building the LocalAPI request for {path}: {source}")]
+    Build {
+        path: String,
+        #[source]
+        source: http::Error,
     },
     #[error("reading the IPN bus from {socket}: {source}")]
     Read {
@@ -209,13 +217,10 @@ impl LocalApi {
     }
 }
 
-/// A request that could not even be built (a header value the http crate refuses).
-fn build_error(path: &str, e: http::Error) -> LocalApiError {
-    LocalApiError::Status {
+fn build_error(path: &str, source: http::Error) -> LocalApiError {
+    LocalApiError::Build {
         path: path.to_string(),
-        code: 0,
-        body: e.to_string(),
-        hint: "",
+        source,
     }
 }
 
@@ -251,7 +256,7 @@ async fn read_error_body(body: &mut Incoming) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).trim_end().to_string()
+    outside(&String::from_utf8_lossy(&out))
 }
 
 /// What a bus watch can be parsed into: a [`Notify`] with or without its peers.
@@ -299,7 +304,7 @@ fn skip_malformed(socket: &Path, len: u64, error: &serde_json::Error) {
         tracing::warn!(
             "skipping a malformed IPN bus message from {} ({len} bytes: {}); {n} skipped so far",
             socket.display(),
-            bounded_text(error.to_string().as_bytes(), 200)
+            outside_max(&error.to_string(), 200)
         );
     }
 }
@@ -531,10 +536,7 @@ impl<T: BusMessage> Follower<T> {
         {
             Ok(reply) if reply.is_success() => match msg.add_status(&reply.body) {
                 Ok(()) => return,
-                Err(e) => format!(
-                    "not a status: {}",
-                    bounded_text(e.to_string().as_bytes(), 200)
-                ),
+                Err(e) => format!("not a status: {}", outside_max(&e.to_string(), 200)),
             },
             Ok(reply) => format!("{} {}", reply.status, reply.body_excerpt(200)),
             Err(e) => e.to_string(),
@@ -572,28 +574,8 @@ impl Reply {
     /// The body as text for an error message: lossy UTF-8, at most `max` characters, control
     /// characters escaped, so a daemon's answer can go into one log line safely.
     pub fn body_excerpt(&self, max: usize) -> String {
-        bounded_text(&self.body, max)
+        outside_max(&String::from_utf8_lossy(&self.body), max)
     }
-}
-
-/// `bytes` as one printable line: lossy UTF-8, trimmed, control characters escaped, cut at
-/// `max` characters (with an ellipsis).
-pub fn bounded_text(bytes: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl LocalApi {
@@ -686,14 +668,6 @@ impl LocalApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bounded_text_escapes_and_cuts() {
-        assert_eq!(bounded_text(b"  etag mismatch\n", 100), "etag mismatch");
-        assert_eq!(bounded_text(b"a\x1b[31mb", 100), "a\\u{1b}[31mb");
-        assert_eq!(bounded_text(b"abcdef", 3), "abc…");
-        assert_eq!(bounded_text(&[0xff, b'x'], 10), "\u{fffd}x");
-    }
 
     #[test]
     fn masks_are_the_references() {

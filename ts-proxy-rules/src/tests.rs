@@ -464,6 +464,21 @@ fn iptables_failure_names_the_command_and_its_stderr() {
 }
 
 #[test]
+fn a_tools_stderr_cannot_forge_a_log_line() {
+    block_on(async {
+        let script = "printf 'bad\\nboot: 2026/01/01 00:00:00 ts-init: forged\\n' >&2; exit 3";
+        let cmd = Command::new("sh").arg("-c").arg(script);
+        let err = fw::SystemRunner::default().run(&cmd).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("exit status 3: bad\\nboot: 2026/01/01"),
+            "{msg}"
+        );
+    });
+}
+
+#[test]
 fn system_runner_reports_a_missing_program_and_kills_a_hung_one() {
     block_on(async {
         let cmd = Command::new("/nonexistent/iptables").arg("-S");
@@ -907,12 +922,4 @@ fn auto_follows_the_rules_in_use() {
     );
     assert_eq!(b, Backend::Iptables, "{why}");
     assert!(why.contains("nft not found"), "{why}");
-}
-
-#[test]
-fn bounded_escapes_and_cuts() {
-    assert_eq!(fw::bounded("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\nc");
-    let long = "x".repeat(5000);
-    let cut = fw::bounded(&long);
-    assert!(cut.len() < 2100 && cut.ends_with('…'), "{}", cut.len());
 }

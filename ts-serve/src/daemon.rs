@@ -54,7 +54,7 @@ fn refused(method: &'static str, path: &'static str, reply: &Reply) -> DaemonErr
         error: String,
     }
     let body = match serde_json::from_slice::<JsonError>(&reply.body) {
-        Ok(e) => ts_localapi::localapi::bounded_text(e.error.as_bytes(), ERROR_EXCERPT),
+        Ok(e) => ts_common::logging::outside_max(&e.error, ERROR_EXCERPT),
         Err(_) => reply.body_excerpt(ERROR_EXCERPT),
     };
     DaemonError::Refused {

@@ -20,6 +20,7 @@ use crate::ProxyError;
 use std::future::Future;
 use std::time::Duration;
 use ts_common::argv::Command;
+use ts_common::logging::outside;
 use ts_common::settings::FirewallMode;
 
 /// How long one iptables or nft command may take before it is killed and the reconcile fails.
@@ -77,37 +78,16 @@ impl Runner for SystemRunner {
                 command: cmd.display_redacted(),
                 program: cmd.program.clone(),
                 status: describe_status(&output.status),
-                stderr: bounded(&String::from_utf8_lossy(&output.stderr)),
+                stderr: outside(&String::from_utf8_lossy(&output.stderr)),
             });
         }
         // The reference let iptables write to its stderr; keep such warnings visible.
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !stderr.trim().is_empty() {
-            tracing::warn!("{}: {}", cmd.display_redacted(), bounded(stderr.trim()));
+            tracing::warn!("{}: {}", cmd.display_redacted(), outside(&stderr));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
-}
-
-/// At most this much of a tool's stderr goes into an error or a log line.
-const STDERR_LIMIT: usize = 2000;
-
-/// `text` cut to [`STDERR_LIMIT`] bytes (on a character boundary), control characters other
-/// than newlines escaped, so a tool's output cannot flood or forge log lines.
-pub fn bounded(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars() {
-        if out.len() >= STDERR_LIMIT {
-            out.push('…');
-            break;
-        }
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.extend(c.escape_default()),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn describe_status(status: &std::process::ExitStatus) -> String {
