@@ -30,6 +30,10 @@
 //! Both fakes, when `FAKE_FD_LOG` names a file, first append one line to it: the argv and the
 //! file descriptors above stdio the program was started with (`fds=` empty when none), so a
 //! test can see which descriptors leak into the children of tsboot's phases.
+#![allow(
+    unsafe_code,
+    reason = "the fakes read their exec path (getauxval) and probe inherited fds (fcntl)"
+)]
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -79,6 +83,7 @@ fn exec_path() -> Option<OsString> {
     if ptr.is_null() {
         return None;
     }
+    // SAFETY: `ptr` is the non-null AT_EXECFN string described above.
     let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes().to_vec();
     Some(OsString::from_vec(bytes))
 }

@@ -41,6 +41,10 @@
 //! `orphans <N>` (N zombies re-parented to the nearest subreaper), `ignore-sigterm <secs>`,
 //! `watchers` (`ok <open watch streams>`), `serve-config` (`ok <stored JSON>`), `advertised`
 //! (`ok <services>`), `cert-domains <a,b>` (set the netmap's certificate domains quietly).
+#![allow(
+    unsafe_code,
+    reason = "orphans are made with raw fork, signal dispositions with sigaction"
+)]
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -912,6 +916,8 @@ fn make_orphans(n: usize) -> Result<(), String> {
     // within its pre-allocated capacity.
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(format!("fork: {e}")),
+        // SAFETY: in the forked child only fork, waitid and _exit run (async-signal-safe), and
+        // `pids` is written within the capacity allocated before the fork.
         Ok(ForkResult::Child) => unsafe {
             let mut failed = 0;
             for _ in 0..n {

@@ -285,6 +285,7 @@ impl Stalled {
     }
 
     /// Bytes waiting in the pipe.
+    #[allow(unsafe_code, reason = "FIONREAD has no safe wrapper")]
     fn queued(&self) -> usize {
         let mut n: nix::libc::c_int = 0;
         // SAFETY: FIONREAD writes one int through the pointer, which points to `n`.

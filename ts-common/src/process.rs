@@ -3,6 +3,10 @@
 //!
 //! Spawning never waits: in ts-init exactly one loop owns `waitpid` (see ts-init's reaper), so
 //! the helpers here return the pid and leave the status to whoever owns the wait.
+#![allow(
+    unsafe_code,
+    reason = "a child's setup between fork and exec and the readiness fd are system calls std does not wrap"
+)]
 
 use nix::sys::wait::WaitStatus;
 use std::io::Write as _;
