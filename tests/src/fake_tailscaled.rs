@@ -42,6 +42,10 @@
 //! `watchers` (`ok <open watch streams>`), `sent` (`ok <pid>=<bytes> ...`: what each client
 //! process was sent over the LocalAPI socket, headers included), `serve-config` (`ok <stored JSON>`), `advertised`
 //! (`ok <services>`), `cert-domains <a,b>` (set the netmap's certificate domains quietly).
+#![allow(
+    unsafe_code,
+    reason = "orphans are made with raw fork, signal dispositions with sigaction"
+)]
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -1006,6 +1010,8 @@ fn make_orphans(n: usize) -> Result<(), String> {
     // within its pre-allocated capacity.
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(format!("fork: {e}")),
+        // SAFETY: in the forked child only fork, waitid and _exit run (async-signal-safe), and
+        // `pids` is written within the capacity allocated before the fork.
         Ok(ForkResult::Child) => unsafe {
             let mut failed = 0;
             for _ in 0..n {

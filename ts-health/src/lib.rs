@@ -500,3 +500,9 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
     });
     out
 }
+
+impl ts_common::cli::Failure for HealthError {
+    fn exit_code(&self) -> i32 {
+        HealthError::exit_code(self)
+    }
+}

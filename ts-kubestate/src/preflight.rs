@@ -217,11 +217,16 @@ pub fn join_errors(errs: &[String]) -> String {
 }
 
 /// Writes the result line to `fd` and closes it.
+#[allow(
+    unsafe_code,
+    reason = "the --result-fd number handed over by ts-init becomes an owned file"
+)]
 pub fn write_result(fd: RawFd, outcome: &PreflightOutcome) -> Result<(), PreflightError> {
     use std::io::Write as _;
     let err = |source| PreflightError::ResultFd { fd, source };
     // Taking ownership of an fd that is not open would be undefined; check it first.
     nix::fcntl::fcntl(
+        // SAFETY: borrowed only for this one F_GETFD, which fails cleanly if it is not open.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
         nix::fcntl::FcntlArg::F_GETFD,
     )

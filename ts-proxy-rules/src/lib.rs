@@ -609,3 +609,9 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+impl ts_common::cli::Failure for ProxyError {
+    fn exit_code(&self) -> i32 {
+        ProxyError::exit_code(self)
+    }
+}

@@ -505,3 +505,9 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+impl ts_common::cli::Failure for ServeError {
+    fn exit_code(&self) -> i32 {
+        ServeError::exit_code(self)
+    }
+}

@@ -49,21 +49,27 @@ impl Default for SystemRunner {
 
 impl Runner for SystemRunner {
     async fn run(&mut self, cmd: &Command) -> Result<String, ProxyError> {
-        let child = tokio::process::Command::new(&cmd.program)
-            .args(cmd.argv())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let output = match tokio::time::timeout(self.timeout, child).await {
-            Ok(r) => r.map_err(|source| ProxyError::Spawn {
-                command: cmd.display_redacted(),
-                program: cmd.program.clone(),
-                source,
-            })?,
-            Err(_) => {
+        use ts_localapi::command::{self, Output, RunError};
+        let output = match command::run(cmd, self.timeout, Output::Capture).await {
+            Ok(done) => done,
+            Err(RunError::Timeout { .. }) => {
                 return Err(ProxyError::Timeout {
                     command: cmd.display_redacted(),
                     after: self.timeout,
+                })
+            }
+            Err(RunError::Spawn(e)) => {
+                return Err(ProxyError::Spawn {
+                    command: cmd.display_redacted(),
+                    program: cmd.program.clone(),
+                    source: e.into_io(),
+                })
+            }
+            Err(RunError::Wait { source, .. }) => {
+                return Err(ProxyError::Spawn {
+                    command: cmd.display_redacted(),
+                    program: cmd.program.clone(),
+                    source,
                 })
             }
         };
