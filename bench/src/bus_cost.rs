@@ -230,6 +230,18 @@ fn run_one(
         root.control(&format!("replay {}", file.display()));
         std::thread::sleep(Duration::from_millis(700));
     }
+    // Large messages may still be on their way: wait until nothing more arrives.
+    let total =
+        |root: &harness::Root| -> u64 { procs.iter().map(|(_, p)| received(root, p.pid())).sum() };
+    let mut last = total(&root);
+    loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = total(&root);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
     let mut rows = Vec::new();
     for (i, (name, p)) in procs.iter().enumerate() {
         let (r, c) = (
