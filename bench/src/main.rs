@@ -5,7 +5,8 @@
 //! ```text
 //! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...]
 //!              [--boot-runs N] [--reaction-runs N] [--reap-runs N] [--orphans N]
-//!              [--settle-ms N] [--only sizes,boot,reaction,reap] [--out FILE]
+//!              [--settle-ms N] [--flap-rate N] [--flap-secs N] [--real-runs N]
+//!              [--only sizes,boot,reaction,reap,images,flap,real] [--out FILE]
 //! ```
 //! * `--variant`: a directory holding the five tsboot binaries (the first is the one the
 //!   reaction and reaping runs use); sizes, boot latency and memory are measured for each.
@@ -23,6 +24,10 @@
 //! tailscaled's request log (`FAKE_TAILSCALED_REQUEST_LOG`) and stamps, with inotify, the
 //! moments files change (records of the fake CLIs, the socket, the fake apiserver's log).
 
+mod flap;
+mod goals;
+mod images;
+mod real;
 mod scenarios;
 mod setup;
 mod stats;
@@ -41,6 +46,9 @@ struct Args {
     reap_runs: usize,
     orphans: usize,
     settle: Duration,
+    flap_rate: u32,
+    flap_secs: u32,
+    real_runs: usize,
     only: Vec<String>,
     out: Option<PathBuf>,
 }
@@ -49,7 +57,8 @@ fn usage(msg: &str) -> ! {
     eprintln!("tsboot-bench: {msg}");
     eprintln!(
         "usage: tsboot-bench --variant NAME=DIR [...] [--boot-runs N] \
-         [--reaction-runs N] [--reap-runs N] [--orphans N] [--settle-ms N] [--only LIST] [--out FILE]"
+         [--reaction-runs N] [--reap-runs N] [--orphans N] [--settle-ms N] [--flap-rate N] [--flap-secs N] [--real-runs N] \
+         [--only LIST] [--out FILE]"
     );
     std::process::exit(2);
 }
@@ -62,6 +71,9 @@ fn parse() -> Args {
         reap_runs: 16,
         orphans: 10_000,
         settle: Duration::from_millis(300),
+        flap_rate: 1000,
+        real_runs: 6,
+        flap_secs: 10,
         only: vec![],
         out: None,
     };
@@ -91,6 +103,9 @@ fn parse() -> Args {
             "--reap-runs" => a.reap_runs = num(val()),
             "--orphans" => a.orphans = num(val()),
             "--settle-ms" => a.settle = Duration::from_millis(num(val()) as u64),
+            "--real-runs" => a.real_runs = num(val()),
+            "--flap-rate" => a.flap_rate = num(val()) as u32,
+            "--flap-secs" => a.flap_secs = num(val()) as u32,
             "--only" => a.only = val().split(',').map(str::to_string).collect(),
             "--out" => a.out = Some(val().into()),
             "-h" | "--help" => usage("help"),
@@ -223,19 +238,27 @@ fn main() {
         tsboot_tests::bin_path("").display()
     ));
     let primary = a.variants[0].clone();
+    let mut goals = goals::Goals::default();
+    // The goals table goes here, before the scenarios' own sections, once they have run.
+    let goals_at = report.len();
 
     if want("sizes") {
         let refs: Vec<(&str, PathBuf)> = ["tini", "tini-static", "dumb-init"]
             .iter()
             .filter_map(|n| which(n).map(|p| (*n, p)))
             .collect();
-        report.push_str(&scenarios::sizes(&a.variants, &refs));
+        report.push_str(&scenarios::sizes(&a.variants, &refs, &mut goals));
     }
     let mut failures = Vec::new();
     if want("boot") {
         let data = scenarios::run_boots(&a.variants, &wrappers, a.boot_runs, a.settle);
-        report.push_str(&scenarios::rss_report(&data, &a.variants, a.settle));
-        report.push_str(&scenarios::boot_report(&data, &a.variants));
+        report.push_str(&scenarios::rss_report(
+            &data,
+            &a.variants,
+            a.settle,
+            &mut goals,
+        ));
+        report.push_str(&scenarios::boot_report(&data, &a.variants, &mut goals));
         failures.extend(data.failures);
     }
     if want("reaction") {
@@ -248,6 +271,34 @@ fn main() {
             }
         }
     }
+    if want("images") {
+        report.push_str(&images::run(&mut goals));
+    }
+    if want("flap") {
+        eprintln!("bench: flapping ({}/s for {} s)", a.flap_rate, a.flap_secs);
+        match flap::run(&primary, a.flap_rate, a.flap_secs, &mut goals) {
+            Ok(r) => report.push_str(&r),
+            Err(e) => {
+                eprintln!("bench: flapping: {e}");
+                failures.push(format!("flapping: {}", e.lines().next().unwrap_or("")));
+            }
+        }
+    }
+    if want("real") {
+        if is_root {
+            eprintln!(
+                "bench: against containerboot ({} runs, real daemon)",
+                a.real_runs
+            );
+            report.push_str(&real::run(a.real_runs, a.orphans, &mut goals));
+        } else {
+            report.push_str(
+                "### Against containerboot\n\nSKIPPED: needs root (network namespaces).\n\n",
+            );
+        }
+    }
+    // Goal 2 (bus cost at 1k/10k/100k peers) gets its scenario here: a module with
+    // `fn run(&Variant, &mut Goals) -> Result<String, String>`, called under `want("bus")`.
     if want("reap") {
         if is_root && which("unshare").is_some() {
             let pid1: Vec<Wrapper> = wrappers
@@ -274,6 +325,7 @@ fn main() {
             "\nFailed runs (left out of the figures): {failures:#?}\n"
         ));
     }
+    report.insert_str(goals_at, &goals.render());
     print!("{report}");
     if let Some(out) = &a.out {
         if let Err(e) = std::fs::write(out, &report) {
