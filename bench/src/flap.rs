@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// How long the counts must stay unchanged for the system to count as settled, and the most
 /// the bench waits for that after the storm.
 const QUIET: Duration = Duration::from_secs(2);
-const DRAIN_MAX: Duration = Duration::from_secs(120);
+const DRAIN_MAX: Duration = Duration::from_secs(300);
 
 struct Counts {
     api: usize,
@@ -97,7 +97,10 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
             still = Instant::now();
         }
     }
-    let settled = drain_start.elapsed().saturating_sub(QUIET);
+    let quiet = still.elapsed() >= QUIET;
+    let settled = drain_start
+        .elapsed()
+        .saturating_sub(if quiet { QUIET } else { Duration::ZERO });
     let after = counts(&boot);
     let (_, want_id, want_addr) = order[(n - 1) % 2];
     let secret = boot
@@ -106,10 +109,17 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
         .and_then(|a| a.secret("tailscale"))
         .unwrap_or_default();
     let rules = dnat_rules(&boot);
+    // The fixtures' two identities: nQ9xR2tCNTRL is new-name.tail1234.ts.net, n5Ez6W7CNTRL
+    // test-node.tail1234.ts.net.
+    let want_host = if *want_id == "nQ9xR2tCNTRL" {
+        "new-name."
+    } else {
+        "test-node."
+    };
     let secret_ok = secret.get("device_id").map(String::as_str) == Some(*want_id)
         && secret
-            .get("device_ips")
-            .is_some_and(|ips| ips.contains(want_addr));
+            .get("device_fqdn")
+            .is_some_and(|f| f.starts_with(want_host));
     let rules_ok = rules.len() == 1
         && rules[0].contains(&format!("-d {want_addr}"))
         && rules[0].contains(&format!("--to-destination {DEST_IP}"));
@@ -132,7 +142,8 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
         variant.name
     );
     out.push_str(&format!(
-        "Pushed in {s:.2} s ({late} pushes more than 10 ms late); settled {:.2} s after the last push.\n\n",
+        "Pushed in {s:.2} s ({late} pushes more than 10 ms late); {} {:.2} s after the last push.\n\n",
+        if quiet { "settled" } else { "STILL BUSY (gave up)" },
         settled.as_secs_f64()
     ));
     out.push_str("| what | during the storm | per second (storm) | storm + settling | per second (storm + settling) |\n|---|---|---|---|---|\n");
@@ -147,9 +158,9 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
         ipt_all / whole
     ));
     out.push_str(&format!(
-        "Final state: secret device_id={:?} device_ips={:?} (want {want_id}, {want_addr}): {}; DNAT rules {rules:?} (want exactly one, {want_addr} → {DEST_IP}): {}; watchers still running: {alive}; clean stop: {}\n\n",
+        "Final state: secret device_id={:?} device_fqdn={:?} (want {want_id}, {want_host}…): {}; DNAT rules {rules:?} (want exactly one, {want_addr} → {DEST_IP}): {}; watchers still running: {alive}; clean stop: {}\n\n",
         secret.get("device_id"),
-        secret.get("device_ips"),
+        secret.get("device_fqdn"),
         if secret_ok { "exact" } else { "WRONG" },
         if rules_ok { "exact" } else { "WRONG" },
         stop.is_ok()
@@ -188,7 +199,7 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
             if rules_ok { "exact" } else { "wrong" },
             settled.as_secs_f64()
         ),
-        secret_ok && rules_ok && alive,
+        quiet && secret_ok && rules_ok && alive,
     );
     Ok(out)
 }
