@@ -6,8 +6,11 @@
 //! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...]
 //!              [--boot-runs N] [--reaction-runs N] [--reap-runs N] [--orphans N]
 //!              [--settle-ms N] [--flap-rate N] [--flap-secs N] [--real-runs N]
-//!              [--only sizes,boot,reaction,reap,images,flap,real] [--out FILE]
+//!              [--only sizes,boot,reaction,bus,images,flap,reap,real] [--out FILE]
+//!              [--bus-peers 1000,10000,100000] [--bus-changes N]
 //! ```
+//! * `--bus-peers`, `--bus-changes`: the tailnet sizes and self changes of the bus-cost runs
+//!   ([`bus_cost`]).
 //! * `--variant`: a directory holding the five tsboot binaries (the first is the one the
 //!   reaction and reaping runs use); sizes, boot latency and memory are measured for each.
 //! * The doubles (fake-tailscaled, fake-tailscale, fake-iptables, fake-apiserver) are the
@@ -24,6 +27,7 @@
 //! tailscaled's request log (`FAKE_TAILSCALED_REQUEST_LOG`) and stamps, with inotify, the
 //! moments files change (records of the fake CLIs, the socket, the fake apiserver's log).
 
+mod bus_cost;
 mod flap;
 mod goals;
 mod images;
@@ -51,6 +55,8 @@ struct Args {
     real_runs: usize,
     only: Vec<String>,
     out: Option<PathBuf>,
+    bus_peers: Vec<u32>,
+    bus_changes: usize,
 }
 
 fn usage(msg: &str) -> ! {
@@ -76,6 +82,8 @@ fn parse() -> Args {
         flap_secs: 10,
         only: vec![],
         out: None,
+        bus_peers: vec![1_000, 10_000, 100_000],
+        bus_changes: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,6 +116,13 @@ fn parse() -> Args {
             "--flap-secs" => a.flap_secs = num(val()) as u32,
             "--only" => a.only = val().split(',').map(str::to_string).collect(),
             "--out" => a.out = Some(val().into()),
+            "--bus-peers" => {
+                a.bus_peers = val()
+                    .split(',')
+                    .map(|v| num(v.to_string()) as u32)
+                    .collect()
+            }
+            "--bus-changes" => a.bus_changes = num(val()),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -271,6 +286,12 @@ fn main() {
             }
         }
     }
+    if want("bus") {
+        let (rows, fails) = bus_cost::run(&primary, &a.bus_peers, a.bus_changes);
+        report.push_str(&bus_cost::report(&rows, a.bus_changes));
+        bus_cost::goals(&rows, &mut goals);
+        failures.extend(fails);
+    }
     if want("images") {
         report.push_str(&images::run(&mut goals));
     }
@@ -297,8 +318,6 @@ fn main() {
             );
         }
     }
-    // Goal 2 (bus cost at 1k/10k/100k peers) gets its scenario here: a module with
-    // `fn run(&Variant, &mut Goals) -> Result<String, String>`, called under `want("bus")`.
     if want("reap") {
         if is_root && which("unshare").is_some() {
             let pid1: Vec<Wrapper> = wrappers

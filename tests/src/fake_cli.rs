@@ -23,8 +23,17 @@
 //! * stores and prints rules in iptables-save's canonical form (`-d 100.64.0.1/32 -j DNAT
 //!   --to-destination 1.2.3.4`: a bare address gains `/32` or `/128`);
 //! * `FAKE_IPTABLES_FAIL=1` makes mutating commands fail (exit 1) after recording them;
-//! * `FAKE_IPTABLES_HANG_FILE=<path>`: while that file exists every command hangs before doing
+//! * `FAKE_IPTABLES_HANG_FILE=<path>`: while that file exists every command hangs (and writes
+//!   its pid to `<path>.hung` first) before doing
 //!   anything (a hung iptables: xtables lock, stuck kernel), and goes on once it is removed.
+//!
+//! Both fakes, when `FAKE_FD_LOG` names a file, first append one line to it: the argv and the
+//! file descriptors above stdio the program was started with (`fds=` empty when none), so a
+//! test can see which descriptors leak into the children of tsboot's phases.
+#![allow(
+    unsafe_code,
+    reason = "the fakes read their exec path (getauxval) and probe inherited fds (fcntl)"
+)]
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -74,6 +83,7 @@ fn exec_path() -> Option<OsString> {
     if ptr.is_null() {
         return None;
     }
+    // SAFETY: `ptr` is the non-null AT_EXECFN string described above.
     let bytes = unsafe { std::ffi::CStr::from_ptr(ptr) }.to_bytes().to_vec();
     Some(OsString::from_vec(bytes))
 }
@@ -105,8 +115,35 @@ pub fn control_command(socket: &Path, command: &str) -> std::io::Result<String> 
     Ok(answer.trim_end().to_string())
 }
 
+/// The descriptors above stdio this process was started with, found by probing (`fcntl`
+/// opens nothing, unlike listing `/proc/self/fd`).
+pub fn inherited_fds() -> Vec<i32> {
+    (3..1024)
+        .filter(|fd| {
+            // SAFETY: F_GETFD only reads the descriptor's flags; an fd that is not open gives EBADF.
+            let flags = unsafe { nix::libc::fcntl(*fd, nix::libc::F_GETFD) };
+            flags != -1
+        })
+        .collect()
+}
+
+/// With `FAKE_FD_LOG` set: appends `"$0 $@ fds=3,4"` (the inherited descriptors above stdio).
+pub fn log_inherited_fds() {
+    let Some(file) = std::env::var_os("FAKE_FD_LOG") else {
+        return;
+    };
+    let fds = inherited_fds();
+    let mut argv = shell_argv();
+    let list: Vec<String> = fds.iter().map(i32::to_string).collect();
+    argv.push(format!("fds={}", list.join(",")).into());
+    if let Err(e) = record_line(Path::new(&file), &argv) {
+        eprintln!("fake: FAKE_FD_LOG: {e}");
+    }
+}
+
 /// `main` of `fake-tailscale`; returns the exit code.
 pub fn tailscale_main() -> i32 {
+    log_inherited_fds();
     record_args();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut sub = None;
@@ -500,6 +537,7 @@ fn save_tables(path: &Path, tables: &Tables) -> Result<(), String> {
 
 /// `main` of `fake-iptables`; returns the exit code.
 pub fn iptables_main() -> i32 {
+    log_inherited_fds();
     let argv = shell_argv();
     let prog = argv
         .first()
@@ -561,6 +599,12 @@ fn hang_while_file_exists() {
     let Some(file) = std::env::var_os("FAKE_IPTABLES_HANG_FILE") else {
         return;
     };
+    let mut hung = file.clone();
+    hung.push(".hung");
+    if Path::new(&file).exists() {
+        // Tells the test a command is hanging now.
+        let _ = std::fs::write(&hung, std::process::id().to_string());
+    }
     while Path::new(&file).exists() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

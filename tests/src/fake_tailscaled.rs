@@ -6,7 +6,8 @@
 //! * serves HTTP/1.1 on PATH (a stale file there is removed first), after
 //!   `FAKE_TAILSCALED_SOCKET_DELAY_MS` if set; with `TS_TEST_SOCKET` set, also makes that path a
 //!   symlink to PATH (the reference harness's variable);
-//! * answers `GET /localapi/v0/usermetrics` with a v1.102 daemon's Prometheus text
+//! * answers `GET /localapi/v0/status` (`?peers=false` as the daemon's `StatusWithoutPeers`),
+//!   `GET /localapi/v0/usermetrics` with a v1.102 daemon's Prometheus text
 //!   (`FAKE_TAILSCALED_USERMETRICS=<file>` replaces it) and `GET /localapi/v0/watch-ipn-bus`
 //!   (other paths: 404, text body), enforcing the
 //!   daemon's Host rule (empty or exactly `local-tailscaled.sock`) and refusing any
@@ -35,11 +36,16 @@
 //! Besides the bus it serves `serve-config`, `prefs` and `dns-config` (see [`serve`]).
 //!
 //! Control protocol: line commands, each answered `ok[ <detail>]\n` or `err <why>\n` when done:
-//! `notify <one-line JSON>`, `replay <ndjson path>`, `state <n>`, `drop` (end every watch
-//! stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
+//! `notify <one-line JSON>`, `replay <ndjson path>`, `raw <text>` (one line sent verbatim to
+//! every watcher, not folded: malformed input), `state <n>`, `drop` (end every watch stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
 //! `orphans <N>` (N zombies re-parented to the nearest subreaper), `ignore-sigterm <secs>`,
-//! `watchers` (`ok <open watch streams>`), `serve-config` (`ok <stored JSON>`), `advertised`
+//! `watchers` (`ok <open watch streams>`), `sent` (`ok <pid>=<bytes> ...`: what each client
+//! process was sent over the LocalAPI socket, headers included), `serve-config` (`ok <stored JSON>`), `advertised`
 //! (`ok <services>`), `cert-domains <a,b>` (set the netmap's certificate domains quietly).
+#![allow(
+    unsafe_code,
+    reason = "orphans are made with raw fork, signal dispositions with sigaction"
+)]
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -58,6 +64,28 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 pub mod serve;
+
+/// One peer as a netmap lists it (`tailcfg.Node`, about 700 bytes; a real one is 1–2 KiB), the
+/// `n`th of a synthetic tailnet: for large netmaps in tests and benchmarks.
+pub fn synthetic_peer(n: u32) -> String {
+    format!(
+        concat!(
+            r#"{{"ID":{n},"StableID":"nPeer{n}CNTRL","Name":"peer-{n}.tail1234.ts.net.","#,
+            r#""User":{u},"Key":"nodekey:{k:064x}","KeyExpiry":"2027-01-01T00:00:00Z","#,
+            r#""Machine":"mkey:{k:064x}","DiscoKey":"discokey:{k:064x}","#,
+            r#""Addresses":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
+            r#""AllowedIPs":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
+            r#""Endpoints":["198.51.100.{b}:41641","[2001:db8::{n:x}]:41641"],"HomeDERP":1,"#,
+            r#""Hostinfo":{{"OS":"linux","Hostname":"peer-{n}","Services":[{{"Proto":"tcp","Port":22}}]}},"#,
+            r#""Created":"2026-01-01T00:00:00Z","Online":true,"MachineAuthorized":true}}"#
+        ),
+        n = n,
+        u = n % 97,
+        k = u64::from(n) * 0x9e37_79b9,
+        a = (n >> 8) & 0xff,
+        b = n & 0xff,
+    )
+}
 
 /// The seed test harness's NeedsLogin notify (fixture `seed-era-testharness-needslogin.json`).
 pub const DEFAULT_INITIAL: &str =
@@ -112,7 +140,8 @@ pub struct BusState {
     initial_status: Option<Value>,
     browse_url: Option<String>,
     health: Option<Value>,
-    watchers: Vec<mpsc::UnboundedSender<Msg>>,
+    /// Open watch streams with the mask each asked for.
+    watchers: Vec<(u64, mpsc::UnboundedSender<Msg>)>,
 }
 
 fn non_null<'a>(m: &'a Map<String, Value>, k: &str) -> Option<&'a Value> {
@@ -212,16 +241,21 @@ impl BusState {
             st.insert("BackendState".into(), json!(name));
         }
         if let Some(node) = &self.self_node {
-            let ips: Vec<Value> = node
-                .get("Addresses")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(|p| json!(p.split('/').next().unwrap_or(p)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let bare = |list: Option<&Value>| -> Vec<Value> {
+                list.and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|p| json!(p.split('/').next().unwrap_or(p)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            // Seed daemons (before v1.50) keep the addresses in the netmap's top level only.
+            let mut ips = bare(node.get("Addresses"));
+            if ips.is_empty() {
+                ips = bare(self.netmap.as_ref().and_then(|nm| nm.get("Addresses")));
+            }
             let mut me = match st.get("Self") {
                 Some(Value::Object(m)) => m.clone(),
                 _ => Map::new(),
@@ -341,31 +375,99 @@ impl BusState {
     }
 
     /// Sends `line` to every open watch and folds it. Returns an error for non-objects.
+    /// A HEAD daemon leaves out what a watcher's mask did not ask for (docs/localapi.md §2.3):
+    /// peer changes without bit 12 (or 15), patches without bit 15, and a runtime `NetMap`
+    /// with bit 13. The seed knew none of these bits and sent every event whole.
     pub fn broadcast(&mut self, line: &str) -> Result<(), String> {
         let msg: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-        if !msg.is_object() {
+        let Value::Object(fields) = &msg else {
             return Err("not a JSON object".into());
-        }
+        };
         self.fold(&msg);
-        let bytes = Bytes::from(format!("{}\n", line.trim_end()));
-        self.watchers
-            .retain(|w| w.send(Msg::Line(bytes.clone())).is_ok());
+        let whole = Bytes::from(format!("{}\n", line.trim_end()));
+        let era = self.era;
+        self.watchers.retain(|(mask, w)| {
+            let bytes = match era {
+                Era::Seed => whole.clone(),
+                Era::Head => match strip_for_mask(fields, *mask) {
+                    Some(stripped) => Bytes::from(format!("{stripped}\n")),
+                    None => whole.clone(),
+                },
+            };
+            w.send(Msg::Line(bytes)).is_ok()
+        });
         if msg.get("ErrMessage").and_then(Value::as_str) == Some(FELL_BEHIND) {
             self.drop_watchers();
         }
         Ok(())
     }
 
+    /// Sends `line` verbatim to every open watch, folding nothing: a line no daemon would send
+    /// (malformed JSON, a wrong type), for the watchers' malformed-line rule.
+    pub fn broadcast_raw(&mut self, line: &str) {
+        let bytes = Bytes::from(format!("{line}\n"));
+        self.watchers
+            .retain(|(_, w)| w.send(Msg::Line(bytes.clone())).is_ok());
+    }
+
     pub fn drop_watchers(&mut self) {
-        for w in self.watchers.drain(..) {
+        for (_, w) in self.watchers.drain(..) {
             let _ = w.send(Msg::Close);
         }
     }
 
     pub fn open_watchers(&mut self) -> usize {
-        self.watchers.retain(|w| !w.is_closed());
+        self.watchers.retain(|(_, w)| !w.is_closed());
         self.watchers.len()
     }
+
+    /// `GET /localapi/v0/status`: `ipnstate.Status` now, with `CertDomains` from the netmap's
+    /// DNS; `peers=false` (the daemon's `StatusWithoutPeers`) leaves `Peer` null.
+    pub fn status_reply(&self, peers: bool) -> Value {
+        let mut st = self.status_value();
+        if let Value::Object(m) = &mut st {
+            if !peers {
+                m.insert("Peer".into(), Value::Null);
+            }
+            let domains = self
+                .netmap
+                .as_ref()
+                .and_then(|nm| nm.get("DNS"))
+                .and_then(|d| d.get("CertDomains"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            m.insert("CertDomains".into(), domains);
+        }
+        st
+    }
+}
+
+/// HEAD's per-watcher view of a runtime event (`notifyForSessionLocked`): `None` when the
+/// watcher gets it unchanged.
+fn strip_for_mask(fields: &Map<String, Value>, mask: u64) -> Option<String> {
+    const PEER_CHANGES: u64 = 1 << 12;
+    const NO_NETMAP: u64 = 1 << 13;
+    const PEER_PATCHES: u64 = 1 << 15;
+    let wants_changes = mask & (PEER_CHANGES | PEER_PATCHES) != 0;
+    let mut drop: Vec<&str> = Vec::new();
+    if mask & NO_NETMAP != 0 {
+        drop.push("NetMap");
+    }
+    if !wants_changes {
+        drop.extend(["PeersChanged", "PeersRemoved", "UserProfiles"]);
+    }
+    if mask & PEER_PATCHES == 0 {
+        drop.push("PeerChangedPatch");
+    }
+    if !drop.iter().any(|k| non_null(fields, k).is_some()) {
+        return None;
+    }
+    let kept: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| !drop.contains(&k.as_str()))
+        .map(|(k, v)| format!("{}:{}", json!(k), v))
+        .collect();
+    Some(format!("{{{}}}", kept.join(",")))
 }
 
 fn render(fields: &[(&str, Value)]) -> String {
@@ -447,9 +549,31 @@ struct Shared {
     ignore_sigterm_until: Mutex<Option<Instant>>,
     serve: Mutex<serve::ServeState>,
     serve_log: Option<PathBuf>,
+    /// Bytes written to each client process (by pid) over the LocalAPI socket.
+    sent: Mutex<std::collections::BTreeMap<i32, Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 impl Shared {
+    fn sent_counter(&self, pid: i32) -> Arc<std::sync::atomic::AtomicU64> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pid)
+            .or_default()
+            .clone()
+    }
+
+    /// `pid=bytes` for every client so far.
+    fn sent_report(&self) -> String {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(pid, n)| format!("{pid}={}", n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn bus(&self) -> MutexGuard<'_, BusState> {
         // A panic while holding the lock is already a test failure; keep serving.
         self.bus.lock().unwrap_or_else(|p| p.into_inner())
@@ -494,6 +618,27 @@ fn text(code: StatusCode, body: &str) -> Response<FakeBody> {
     r.headers_mut().insert(
         http::header::X_CONTENT_TYPE_OPTIONS,
         http::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// tailscaled's status endpoint (`?peers=false`: without the peer map).
+pub const STATUS_PATH: &str = "/localapi/v0/status";
+
+/// A JSON answer indented with tabs, as the daemon's status handler writes it.
+fn pretty_json(v: &Value) -> Response<FakeBody> {
+    use serde::Serialize as _;
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    if v.serialize(&mut ser).is_err() {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding status");
+    }
+    out.push(b'\n');
+    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(out))));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
     );
     r
 }
@@ -555,6 +700,16 @@ async fn handle(
     if req.uri().path() == USERMETRICS_PATH {
         return Ok(usermetrics());
     }
+    if req.uri().path() == STATUS_PATH {
+        let peers = !req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .any(|kv| kv == "peers=false" || kv == "peers=0");
+        let st = shared.bus().status_reply(peers);
+        return Ok(pretty_json(&st));
+    }
     if serve::is_ours(req.uri().path()) {
         return Ok(serve::handle(req, &shared).await);
     }
@@ -562,7 +717,7 @@ async fn handle(
         return Ok(text(
             StatusCode::NOT_FOUND,
             &format!(
-                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus and {USERMETRICS_PATH}, not {}",
+                "404 not found: fake-tailscaled implements only /localapi/v0/watch-ipn-bus, {STATUS_PATH}, {USERMETRICS_PATH}, serve-config, prefs and dns-config, not {}",
                 req.uri().path()
             ),
         ));
@@ -614,7 +769,7 @@ async fn handle(
     if let Some(first) = bus.initial_message(mask) {
         let _ = tx.send(Msg::Line(Bytes::from(first + "\n")));
     }
-    bus.watchers.push(tx);
+    bus.watchers.push((mask, tx));
     let version = bus.version.clone();
     drop(bus);
     let mut r = Response::new(FakeBody::Stream(rx));
@@ -646,13 +801,61 @@ async fn serve_localapi(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
+        let counter = shared.sent_counter(pid);
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(Counted {
+                        inner: stream,
+                        sent: counter,
+                    }),
+                    svc,
+                )
                 .await;
         });
+    }
+}
+
+/// A LocalAPI connection whose written bytes (headers, framing and bodies) are added to the
+/// total of the client process (`sent` control command: what each process received).
+struct Counted {
+    inner: UnixStream,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.sent
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -742,7 +945,12 @@ fn run_command(shared: &Shared, cmd: &str, arg: &str) -> String {
             shared.bus().drop_watchers();
             Ok(String::new())
         }
+        "raw" => {
+            shared.bus().broadcast_raw(arg);
+            Ok(String::new())
+        }
         "watchers" => Ok(format!(" {}", shared.bus().open_watchers())),
+        "sent" => Ok(format!(" {}", shared.sent_report())),
         "serve-config" => Ok(format!(" {}", serve::control_show(shared))),
         "advertised" => Ok(format!(" {}", serve::control_advertised(shared))),
         "cert-domains" => serve::control_cert_domains(shared, arg).map(|()| String::new()),
@@ -802,6 +1010,8 @@ fn make_orphans(n: usize) -> Result<(), String> {
     // within its pre-allocated capacity.
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(format!("fork: {e}")),
+        // SAFETY: in the forked child only fork, waitid and _exit run (async-signal-safe), and
+        // `pids` is written within the capacity allocated before the fork.
         Ok(ForkResult::Child) => unsafe {
             let mut failed = 0;
             for _ in 0..n {
@@ -925,6 +1135,7 @@ pub fn main() -> i32 {
         ),
         serve: Mutex::new(serve::ServeState::default()),
         serve_log: env_path("FAKE_TAILSCALED_SERVE_LOG"),
+        sent: Mutex::new(Default::default()),
     });
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -989,6 +1200,12 @@ async fn run(shared: Arc<Shared>) -> i32 {
             {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
+            // The control socket first: once the LocalAPI socket exists (what ts-init waits
+            // for) a fake `tailscale up` may ask for a replay at once.
+            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
+                Some(p) => Some(bind(&p)?),
+                None => None,
+            };
             let api = bind(&shared.socket)?;
             if let Some(link) = &shared.test_link {
                 if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -1001,10 +1218,6 @@ async fn run(shared: Arc<Shared>) -> i32 {
                     );
                 }
             }
-            let control = match env_path("FAKE_TAILSCALED_CONTROL") {
-                Some(p) => Some(bind(&p)?),
-                None => None,
-            };
             tokio::spawn(serve_localapi(api, shared.clone()));
             if let Some(c) = control {
                 tokio::spawn(serve_control(c, shared.clone()));

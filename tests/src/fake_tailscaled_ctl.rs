@@ -196,3 +196,27 @@ impl Drop for FakeTailscaled {
         }
     }
 }
+
+/// A raw stand-in for tailscaled's bus endpoint: accepts one connection on `listener`, reads the
+/// request head and answers `200` with a chunked JSON body, whose chunks the caller writes.
+/// Returns the connection and the request head.
+pub async fn accept_chunked(
+    listener: &tokio::net::UnixListener,
+) -> (tokio::net::UnixStream, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (mut s, _) = listener.accept().await.expect("accept");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut b).await.expect("read") == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    (s, String::from_utf8_lossy(&head).into_owned())
+}

@@ -3,6 +3,10 @@
 //! record file), and [`Proc`], the one way tests (and the bench) run a binary under test: a
 //! clean environment, stderr kept in a file for assertions, an optional readiness pipe (fd 3, as
 //! ts-init gives it) and an optional result pipe (the preflight's `--result-fd`).
+#![allow(
+    unsafe_code,
+    reason = "placing a child's pipes at fixed fd numbers needs pre_exec"
+)]
 
 use std::io::{BufRead, BufReader, Read as _, Write};
 use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};

@@ -4,6 +4,7 @@ pub mod fake_cli;
 pub mod fake_tailscaled;
 pub mod fake_tailscaled_ctl;
 pub mod harness;
+pub mod kube_watch;
 pub mod probe;
 pub mod real;
 

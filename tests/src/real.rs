@@ -16,6 +16,10 @@
 //! 198.18.0.0/15 and 10.77.0.1/32 only; the hub forwards between nodes, so nodes reach each other directly (the
 //! DERP is there because a node wants a home region, not because a path needs it). A backend
 //! namespace can hang behind a node on 198.19.i.0/24 for the DNAT and subnet-router tests.
+#![allow(
+    unsafe_code,
+    reason = "real programs get PR_SET_PDEATHSIG in pre_exec so none outlives a failed test"
+)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -264,6 +268,7 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     let err = out.try_clone().expect("dup log file");
     // Never let a real program outlive a test that panics before its drop runs.
+    // SAFETY: the closure only calls prctl (async-signal-safe) between fork and exec.
     unsafe {
         cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
@@ -429,6 +434,7 @@ impl Lab {
                 .open(&log)
                 .expect("headscale log");
             let err = out.try_clone().expect("dup");
+            // SAFETY: the closure only calls prctl (async-signal-safe) between fork and exec.
             unsafe {
                 cmd.pre_exec(|| {
                     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)

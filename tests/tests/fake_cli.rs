@@ -174,7 +174,7 @@ fn tailscale_up_replays_into_the_fake_daemon() {
         .enable_all()
         .build()
         .unwrap();
-    let api = ts_common::localapi::LocalApi::new(&fake.socket);
+    let api = ts_localapi::localapi::LocalApi::new(&fake.socket);
     let mut watch = rt.block_on(api.watch_ipn_bus(0)).unwrap();
     let replay = fixture("seed-era-stream-authkey-login-mask14.ndjson");
     let ctl = fake.control.to_str().unwrap().to_string();

@@ -136,7 +136,7 @@ fn enforces_the_daemons_host_and_header_rules() {
 fn only_the_bus_is_implemented() {
     let fake = FakeTailscaled::start("paths", None, &[]);
     let host = "Host: local-tailscaled.sock\r\n";
-    for path in ["/localapi/v0/status", "/localapi/v0/debug", "/"] {
+    for path in ["/localapi/v0/whois", "/localapi/v0/debug", "/"] {
         let (code, _, body) = raw(&fake.socket, &get(path, host));
         assert_eq!(code, 404, "{path}");
         assert!(body.contains("fake-tailscaled implements only"), "{body}");
@@ -365,4 +365,26 @@ fn watchers_count_follows_open_streams() {
         assert!(n > 0, "closed without the last chunk");
         rest.extend_from_slice(&buf[..n]);
     }
+}
+
+#[test]
+fn status_without_peers_is_the_daemons_status_minus_the_peer_map() {
+    let fake = FakeTailscaled::start(
+        "status",
+        Some(&fixture("head-era-20-initial-status-headmask28804.json")),
+        &[],
+    );
+    let host = "Host: local-tailscaled.sock\r\n";
+    let (code, _, body) = raw(&fake.socket, &get("/localapi/v0/status?peers=false", host));
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("\n\t\"BackendState\""),
+        "tab-indented like the daemon's: {body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(v["Peer"].is_null(), "{body}");
+    assert_eq!(v["BackendState"], "Running");
+    let (_, _, with_peers) = raw(&fake.socket, &get("/localapi/v0/status", host));
+    let v: serde_json::Value = serde_json::from_str(&with_peers).expect("JSON");
+    assert!(v["Peer"].is_object(), "{with_peers}");
 }

@@ -28,6 +28,10 @@ fn zombies_of(parent: i32) -> Vec<i32> {
 }
 
 #[test]
+#[allow(
+    unsafe_code,
+    reason = "PR_SET_CHILD_SUBREAPER on the test process itself"
+)]
 fn orphans_become_zombies_of_the_subreaper() {
     // SAFETY: plain prctl on this process.
     let rc = unsafe { nix::libc::prctl(nix::libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

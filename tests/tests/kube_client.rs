@@ -1,10 +1,10 @@
-//! `ts_common::kube::KubeClient` against the fake kube-apiserver over real TLS: the wire format
+//! `ts_kube::KubeClient` against the fake kube-apiserver over real TLS: the wire format
 //! of every call, certificate verification, and the shared retry for each status.
 
 use std::path::Path;
 use std::time::Duration;
-use ts_common::kube::{secret_value, KubeClient, KubeError, RetryPolicy, SERVICEACCOUNT_DIR};
 use ts_common::Settings;
+use ts_kube::{secret_value, KubeClient, KubeError, RetryPolicy, SERVICEACCOUNT_DIR};
 use tsboot_tests::fake_apiserver::{tls, FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
 use tsboot_tests::harness::temp_dir;
 
@@ -357,4 +357,38 @@ async fn a_slow_answer_beyond_the_request_timeout_is_retried() {
     api.delay_next(Match::secret_get(), Duration::from_millis(20), 1);
     assert!(client.get_secret(SECRET).await.expect("get").is_some());
     assert_eq!(api.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_token_gone_for_a_moment_is_a_transient_fault_within_the_budget() {
+    let (api, client, root) = setup("kube-token-gone").await;
+    let token = root.join(SERVICEACCOUNT_DIR).join("token");
+    std::fs::remove_file(&token).expect("remove the token");
+    // Back while the call is still retrying: the default policy waits 100, 200, 400 ms
+    // between its attempts, within a 5 s budget.
+    let restore = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::write(&token, DEFAULT_TOKEN)
+    });
+    let found = client
+        .get_secret(SECRET)
+        .await
+        .expect("the call retries until the token is back");
+    assert!(found.is_some());
+    restore.await.expect("join").expect("restore the token");
+    let reqs = api.requests();
+    assert_eq!(reqs.len(), 1, "no request without a token: {reqs:#?}");
+    assert_eq!(reqs[0].authorization(), Some("Bearer bearer_token"));
+}
+
+#[tokio::test]
+async fn a_token_that_stays_gone_fails_after_the_bounded_retry_naming_the_file() {
+    let (api, client, root) = setup("kube-token-lost").await;
+    let client = client.with_policy(quick());
+    std::fs::remove_file(root.join(SERVICEACCOUNT_DIR).join("token")).expect("remove");
+    let err = client.get_secret(SECRET).await.expect_err("no token");
+    let msg = err.to_string();
+    assert!(msg.contains("serviceaccount/token"), "{msg}");
+    assert!(msg.contains("4 attempt"), "{msg}");
+    assert!(api.requests().is_empty());
 }

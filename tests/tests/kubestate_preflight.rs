@@ -3,7 +3,7 @@
 //! (SelfSubjectAccessReview and the authkey GET rows), and the auth key kept out of every log.
 
 use std::path::PathBuf;
-use ts_common::kube::SERVICEACCOUNT_DIR;
+use ts_kube::SERVICEACCOUNT_DIR;
 use tsboot_tests::fake_apiserver::{
     tls, write_serviceaccount, FakeApiServer, FakeConfig, Match, RecordedRequest, DEFAULT_TOKEN,
 };

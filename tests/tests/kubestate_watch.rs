@@ -3,85 +3,13 @@
 //! exact keys left in the secret, readiness, and one test per applicable cell of the status
 //! table's "secret GET before device info", "device-info PATCH" and "authkey removal" rows.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use ts_common::kube::SERVICEACCOUNT_DIR;
-use tsboot_tests::fake_apiserver::{FakeApiServer, FakeConfig, Match, DEFAULT_TOKEN};
-use tsboot_tests::fake_tailscaled_ctl::{fixture, require_bin, FakeTailscaled};
-use tsboot_tests::harness::temp_dir;
-use tsboot_tests::harness::{wait_until, Proc, Spawn};
+use ts_kube::SERVICEACCOUNT_DIR;
+use tsboot_tests::fake_apiserver::Match;
+use tsboot_tests::kube_watch::{KubeWatch, NS, SECRET};
 
-const NS: &str = "default";
-const SECRET: &str = "tailscale";
 const RUNNING: &str = "seed-era-testharness-running.json";
 const RUNNING_NEWID: &str = "seed-era-testharness-running-newid.json";
 const NEEDS_LOGIN: &str = "seed-era-testharness-needslogin.json";
-
-struct Setup {
-    api: FakeApiServer,
-    root: PathBuf,
-    tsd: FakeTailscaled,
-}
-
-impl Setup {
-    async fn new(tag: &str, initial: &str) -> Setup {
-        let api = FakeApiServer::start(FakeConfig::default())
-            .await
-            .expect("fake apiserver");
-        api.set_secret(
-            NS,
-            SECRET,
-            &[("authkey", "tskey-key"), ("_machinekey", "m")],
-        );
-        let root = temp_dir(tag);
-        api.write_serviceaccount(&root, DEFAULT_TOKEN).expect("sa");
-        let tsd = FakeTailscaled::start(tag, Some(&fixture(initial)), &[]);
-        Setup { api, root, tsd }
-    }
-
-    fn watch(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
-        let mut env = self.api.kube_env();
-        env.push(("TS_TEST_ONLY_ROOT".into(), self.root.display().to_string()));
-        env.push(("TS_SOCKET".into(), self.tsd.socket.display().to_string()));
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let mut all = vec!["watch"];
-        all.extend_from_slice(args);
-        Proc::spawn(
-            &require_bin("ts-kubestate"),
-            &all,
-            Spawn {
-                env,
-                ready: true,
-                ..Spawn::default()
-            },
-        )
-    }
-
-    fn data(&self) -> BTreeMap<String, String> {
-        self.api.secret(NS, SECRET).unwrap_or_default()
-    }
-
-    fn keys(&self) -> Vec<String> {
-        self.data().into_keys().collect()
-    }
-
-    fn patches(&self) -> Vec<String> {
-        self.api
-            .requests()
-            .into_iter()
-            .filter(|r| r.is_secret_patch())
-            .map(|r| r.body)
-            .collect()
-    }
-
-    fn wait_device(&self, id: &str, fqdn: &str) {
-        wait_until(&format!("device_id={id} in the secret"), || {
-            let d = self.data();
-            d.get("device_id").map(String::as_str) == Some(id)
-                && d.get("device_fqdn").map(String::as_str) == Some(fqdn)
-        });
-    }
-}
 
 fn device_patch(fqdn: &str, id: &str) -> String {
     format!("{{\"stringData\":{{\"device_fqdn\":\"{fqdn}\",\"device_id\":\"{id}\"}}}}\n")
@@ -89,7 +17,7 @@ fn device_patch(fqdn: &str, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_info_on_running_and_on_every_identity_change() {
-    let s = Setup::new("kw-updates", RUNNING).await;
+    let s = KubeWatch::new("kw-updates", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(
         w.wait_ready(),
@@ -154,7 +82,7 @@ async fn device_info_on_running_and_on_every_identity_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_era_selfchange_identity_is_stored_verbatim() {
-    let s = Setup::new(
+    let s = KubeWatch::new(
         "kw-head",
         "head-era-13-initial-running-with-netmap-mask10.json",
     )
@@ -170,7 +98,7 @@ async fn head_era_selfchange_identity_is_stored_verbatim() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_once_removes_the_authkey_and_leaves_exactly_the_reference_keys() {
-    let s = Setup::new("kw-authonce", RUNNING).await;
+    let s = KubeWatch::new("kw-authonce", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[("TS_AUTH_ONCE", "true")]);
     assert!(w.wait_ready(), "{}", w.log());
     w.wait_log("Deleting authkey from kube secret");
@@ -195,7 +123,7 @@ async fn auth_once_removes_the_authkey_and_leaves_exactly_the_reference_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_once_with_the_authkey_already_gone_422_is_done() {
-    let s = Setup::new("kw-authonce-422", RUNNING).await;
+    let s = KubeWatch::new("kw-authonce-422", RUNNING).await;
     s.api.set_secret(NS, SECRET, &[("_machinekey", "m")]);
     let mut w = s.watch(&["--can-patch", "true", "--auth-once", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
@@ -205,7 +133,7 @@ async fn auth_once_with_the_authkey_already_gone_422_is_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_once_removal_403_is_fatal() {
-    let s = Setup::new("kw-authonce-403", RUNNING).await;
+    let s = KubeWatch::new("kw-authonce-403", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 403, 1);
     let mut w = s.watch(&["--can-patch", "true"], &[("TS_AUTH_ONCE", "true")]);
     assert!(!w.wait_ready(), "never ready");
@@ -221,7 +149,7 @@ async fn auth_once_removal_403_is_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_written_before_running() {
-    let s = Setup::new("kw-wait", NEEDS_LOGIN).await;
+    let s = KubeWatch::new("kw-wait", NEEDS_LOGIN).await;
     let mut w = s.watch(&["--can-patch", "true"], &[("TS_AUTH_ONCE", "true")]);
     s.tsd.wait_watchers(1);
     // A Running notify is the only thing that lets it proceed; once it did, everything before
@@ -235,7 +163,7 @@ async fn nothing_is_written_before_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssar_denies_patch_so_no_patch_is_ever_sent() {
-    let s = Setup::new("kw-nopatch", RUNNING).await;
+    let s = KubeWatch::new("kw-nopatch", RUNNING).await;
     s.api.deny("patch", "secrets");
     let mut w = s.watch(&[], &[("TS_AUTH_ONCE", "true")]);
     assert!(w.wait_ready());
@@ -250,7 +178,7 @@ async fn ssar_denies_patch_so_no_patch_is_ever_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn can_patch_false_from_ts_init_means_nothing_at_all() {
-    let s = Setup::new("kw-cpfalse", RUNNING).await;
+    let s = KubeWatch::new("kw-cpfalse", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "false"], &[]);
     assert_eq!(w.wait_exit(), 0);
     assert!(s.api.requests().is_empty());
@@ -258,7 +186,7 @@ async fn can_patch_false_from_ts_init_means_nothing_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_500_twice_then_success() {
-    let s = Setup::new("kw-500", RUNNING).await;
+    let s = KubeWatch::new("kw-500", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 500, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
@@ -275,7 +203,7 @@ async fn patch_500_twice_then_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_and_patch_409_are_retried() {
-    let s = Setup::new("kw-409", RUNNING).await;
+    let s = KubeWatch::new("kw-409", RUNNING).await;
     s.api.fail_next(Match::secret_get(), 409, 1);
     s.api.fail_next(Match::secret_patch(), 409, 1);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
@@ -285,7 +213,7 @@ async fn get_and_patch_409_are_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_403_is_fatal_naming_verb_and_secret() {
-    let s = Setup::new("kw-403", RUNNING).await;
+    let s = KubeWatch::new("kw-403", RUNNING).await;
     // ts-init said patch is allowed, but the API server disagrees on the real request.
     s.api.deny("patch", "secrets");
     let mut w = s.watch(&["--can-patch", "true"], &[]);
@@ -305,7 +233,7 @@ async fn patch_403_is_fatal_naming_verb_and_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_422_is_fatal() {
-    let s = Setup::new("kw-422", RUNNING).await;
+    let s = KubeWatch::new("kw-422", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 422, 1);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert_eq!(w.wait_exit(), 1);
@@ -319,7 +247,7 @@ async fn patch_422_is_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_404_secret_gone_skips_the_write() {
-    let s = Setup::new("kw-patch404", RUNNING).await;
+    let s = KubeWatch::new("kw-patch404", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 404, 1);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
@@ -329,7 +257,7 @@ async fn patch_404_secret_gone_skips_the_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_404_skips_the_write_until_the_identity_changes() {
-    let s = Setup::new("kw-404", RUNNING).await;
+    let s = KubeWatch::new("kw-404", RUNNING).await;
     s.api.delete_secret(NS, SECRET);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(
@@ -350,7 +278,7 @@ async fn secret_404_skips_the_write_until_the_identity_changes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_403_and_422_skip_the_write() {
     for code in [403u16, 422] {
-        let s = Setup::new(&format!("kw-get{code}"), RUNNING).await;
+        let s = KubeWatch::new(&format!("kw-get{code}"), RUNNING).await;
         s.api.fail_next(Match::secret_get(), code, 1);
         let mut w = s.watch(&["--can-patch", "true"], &[]);
         assert!(w.wait_ready(), "{code}: {}", w.log());
@@ -363,7 +291,7 @@ async fn get_403_and_422_skip_the_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_401_after_one_retry_skips_the_write() {
-    let s = Setup::new("kw-get401", RUNNING).await;
+    let s = KubeWatch::new("kw-get401", RUNNING).await;
     s.api.fail_next(Match::secret_get(), 401, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
@@ -373,7 +301,7 @@ async fn get_401_after_one_retry_skips_the_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_401_with_a_rotated_token_on_disk_succeeds() {
-    let s = Setup::new("kw-401", RUNNING).await;
+    let s = KubeWatch::new("kw-401", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
     // The projected token rotates: the server accepts only the new one, the file has it.
@@ -389,7 +317,7 @@ async fn patch_401_with_a_rotated_token_on_disk_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_401_persistent_is_fatal() {
-    let s = Setup::new("kw-401x", RUNNING).await;
+    let s = KubeWatch::new("kw-401x", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 401, 2);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert_eq!(w.wait_exit(), 1);
@@ -399,7 +327,7 @@ async fn patch_401_persistent_is_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_write_failure_during_startup_is_fatal_after_the_bounded_retry() {
-    let s = Setup::new("kw-503start", RUNNING).await;
+    let s = KubeWatch::new("kw-503start", RUNNING).await;
     s.api.fail_next(Match::secret_patch(), 503, 100);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(!w.wait_ready());
@@ -410,7 +338,7 @@ async fn transient_write_failure_during_startup_is_fatal_after_the_bounded_retry
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_that_never_answers_during_startup_is_bounded_and_fatal() {
-    let s = Setup::new("kw-hang", RUNNING).await;
+    let s = KubeWatch::new("kw-hang", RUNNING).await;
     s.api.hang_next(Match::secret_patch(), 100);
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert_eq!(w.wait_exit(), 1);
@@ -423,7 +351,7 @@ async fn write_that_never_answers_during_startup_is_bounded_and_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_startup_transient_write_failures_are_retried_until_they_succeed() {
-    let s = Setup::new("kw-503later", RUNNING).await;
+    let s = KubeWatch::new("kw-503later", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
     // More failures than one bounded retry absorbs (4 attempts per call).
@@ -441,7 +369,7 @@ async fn after_startup_transient_write_failures_are_retried_until_they_succeed()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tailscaled_gone_exits_1_with_a_clear_line() {
-    let s = Setup::new("kw-gone", RUNNING).await;
+    let s = KubeWatch::new("kw-gone", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
     let _ = s.tsd.try_control("exit 0");
@@ -451,7 +379,7 @@ async fn tailscaled_gone_exits_1_with_a_clear_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_stream_is_watched_again() {
-    let s = Setup::new("kw-drop", RUNNING).await;
+    let s = KubeWatch::new("kw-drop", RUNNING).await;
     let mut w = s.watch(&["--can-patch", "true"], &[]);
     assert!(w.wait_ready(), "{}", w.log());
     s.tsd.control("drop");

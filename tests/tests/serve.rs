@@ -621,7 +621,7 @@ fn ts_serve_guards_running_and_the_plan_names_it() {
 #[test]
 fn the_fake_serve_config_endpoint_behaves_like_tailscaleds() {
     use http::Method;
-    use ts_common::localapi::LocalApi;
+    use ts_localapi::localapi::LocalApi;
     use tsboot_tests::fake_tailscaled_ctl::{fixture, FakeTailscaled};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -265,7 +265,7 @@ fn write_secret(root: &Root, api: &ApiServer, data: &[(&str, &str)]) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let client = ts_common::kube::KubeClient::from_settings(&settings).expect("kube client");
+        let client = ts_kube::KubeClient::from_settings(&settings).expect("kube client");
         client.patch_string_data("tailscale", data).await
     })
     .expect("patch the secret");

@@ -5,12 +5,11 @@
 use std::time::Duration;
 use tokio::time::Instant;
 use ts_common::argv;
-use ts_common::localapi::{
-    BusWatch, Follower, LocalApi, LocalApiError, MASK_FIRST_WATCH, MASK_STEADY,
-};
-use ts_common::notify::{BackendState, Notify};
+use ts_common::logging::outside;
 use ts_common::settings::Settings;
-use ts_common::signals::StopSignals;
+use ts_localapi::localapi::{BusWatch, Follower, LocalApi, LocalApiError, MASK_LEAN};
+use ts_localapi::notify::{BackendState, Notify};
+use ts_localapi::signals::StopSignals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -19,19 +18,52 @@ pub enum AuthError {
     #[error("rewatching tailscaled for updates after auth: {0}")]
     Rewatch(#[source] LocalApiError),
     #[error("failed to read from tailscaled: {0}")]
-    Read(String),
+    Read(#[source] LocalApiError),
+    #[error("failed to read from tailscaled: EOF (tailscaled closed the IPN bus stream)")]
+    BusClosed,
     // The reference wraps this twice; operators grep for the exact text.
     #[error("failed to auth tailscale: failed to auth tailscale: {0}")]
-    Up(String),
+    Up(#[source] CliError),
     /// `tailscale set` after Running (TS_AUTH_ONCE), worded as today's image words it.
     #[error("failed to auth tailscale: {0}")]
-    Set(String),
+    Set(#[source] CliError),
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("tailscaled did not reach Running within {0:?} (TS_BOOT_TIMEOUT); check the log above for a login URL or machine approval")]
     Deadline(Duration),
     #[error("interrupted by {0} before tailscaled reached Running")]
     Interrupted(&'static str),
+}
+
+impl AuthError {
+    /// The exit status of ts-auth ending on this error: every one is a runtime failure (bad
+    /// configuration is refused before anything runs).
+    pub fn exit_code(&self) -> i32 {
+        ts_common::exit::FAILURE
+    }
+}
+
+/// Why a `tailscale` command failed, worded as today's image words it
+/// (`tailscale up failed: exit status 1`).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("exec: \"{0}\": executable file not found in $PATH")]
+    NotFound(String),
+    #[error("starting tailscale {sub}: {source}")]
+    Start {
+        sub: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for tailscale {sub}: {source}")]
+    Wait {
+        sub: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed; `how` is `exit status N` or `signal: <name>`.
+    #[error("tailscale {sub} failed: {how}")]
+    Failed { sub: &'static str, how: String },
 }
 
 /// How ts-auth was asked to run.
@@ -41,31 +73,124 @@ pub struct Mode {
     pub guard: bool,
 }
 
+/// When `tailscale up` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpWhen {
+    /// At once, before the first watch (the environment owns every `up` preference).
+    AtOnce,
+    /// Only when tailscaled reports NeedsLogin (`TS_AUTH_ONCE`).
+    OnNeedsLogin,
+}
+
+/// What ts-auth does, decided once from the settings: [`run`] follows it step by step and
+/// `--explain` prints it, so the two cannot tell different stories.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `tailscale up` with the reference's argv (the auth key inside is redacted when shown).
+    pub up: argv::Command,
+    pub up_when: UpWhen,
+    /// The mask of every watch: the state only, no netmap (README D26).
+    pub mask: u64,
+    pub socket: std::path::PathBuf,
+    /// How long reaching Running may take (`TS_BOOT_TIMEOUT`).
+    pub timeout: Duration,
+    /// `tailscale set` once Running, whether or not `up` ran (`TS_AUTH_ONCE`, D19).
+    pub set: Option<argv::Command>,
+    /// Stay on the watch after Running and fail when tailscaled leaves it.
+    pub guard: bool,
+    /// No auth key and no OAuth client: a login would be interactive.
+    pub interactive: bool,
+}
+
+impl Plan {
+    pub fn new(settings: &Settings, mode: Mode) -> Plan {
+        Plan {
+            up: argv::tailscale_up(settings, settings.auth_key.as_ref()),
+            up_when: if settings.auth_once {
+                UpWhen::OnNeedsLogin
+            } else {
+                UpWhen::AtOnce
+            },
+            mask: MASK_LEAN,
+            socket: settings.socket.clone(),
+            timeout: settings.boot_timeout,
+            set: settings.auth_once.then(|| argv::tailscale_set(settings)),
+            guard: mode.guard,
+            interactive: settings.auth_key.is_none() && !settings.oauth_login(),
+        }
+    }
+
+    /// The plan as `--explain` prints it.
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        let watch = format!(
+            "GET /localapi/v0/watch-ipn-bus?mask={} on {}",
+            self.mask,
+            self.socket.display()
+        );
+        let up = &self.up;
+        out.push_str("ts-auth plan (nothing below has been run)\n");
+        match self.up_when {
+            UpWhen::OnNeedsLogin => {
+                out.push_str(&format!("1. watch the IPN bus ({watch})\n"));
+                out.push_str(&format!(
+                    "2. only if tailscaled reports NeedsLogin: run {up}, then watch again\n"
+                ));
+            }
+            UpWhen::AtOnce => {
+                out.push_str(&format!("1. run {up} at once\n"));
+                out.push_str(&format!("2. watch the IPN bus ({watch})\n"));
+            }
+        }
+        out.push_str(&format!(
+            "3. until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
+            self.timeout
+        ));
+        if let Some(set) = &self.set {
+            out.push_str(&format!(
+                "3b. once Running (whether or not up ran): run {set}\n"
+            ));
+        }
+        if self.guard {
+            out.push_str("4. report readiness on TS_READY_FD, then stay on the same watch and exit 1 if tailscaled leaves Running\n");
+        } else {
+            out.push_str("4. report readiness on TS_READY_FD if set, then exit 0\n");
+        }
+        if self.interactive {
+            out.push_str(
+                "note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n",
+            );
+        }
+        out
+    }
+}
+
 /// Brings tailscaled to Running. Returns when Running is reached (not in guard mode), or when
 /// guarding ends: `Ok(())` on a requested stop, an error when tailscaled left Running.
 pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
-    let api = LocalApi::new(settings.socket.clone());
-    let deadline = Instant::now() + settings.boot_timeout;
+    let plan = Plan::new(settings, mode);
+    let api = LocalApi::new(plan.socket.clone());
+    let deadline = Instant::now() + plan.timeout;
     let login = Login {
-        settings,
+        plan: &plan,
         api: &api,
         deadline,
         did_login: false,
     };
     let mut stop = StopSignals::install();
-    tokio::select! {
+    let watch = tokio::select! {
         reached = login.until_running_then_set() => reached?,
         sig = stop.recv() => return Err(AuthError::Interrupted(sig)),
-    }
+    };
     if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
         tracing::warn!("could not report readiness on TS_READY_FD: {e}");
     }
-    if !mode.guard {
+    if !plan.guard {
         tracing::info!("tailscaled is Running");
         return Ok(());
     }
     tokio::select! {
-        left = guard(api) => left,
+        left = guard(api, plan.mask, watch) => left,
         sig = stop.recv() => {
             tracing::debug!("{sig} received, stopping the guard");
             Ok(())
@@ -74,7 +199,7 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
 }
 
 struct Login<'a> {
-    settings: &'a Settings,
+    plan: &'a Plan,
     api: &'a LocalApi,
     deadline: Instant,
     /// The auth step runs at most once per process, as in the reference.
@@ -83,37 +208,41 @@ struct Login<'a> {
 
 impl Login<'_> {
     /// Running, then (TS_AUTH_ONCE) `tailscale set` with the preferences the environment owns,
-    /// whether or not `up` ran on this boot (D19).
-    async fn until_running_then_set(self) -> Result<(), AuthError> {
-        let (settings, deadline) = (self.settings, self.deadline);
-        self.until_running().await?;
-        if settings.auth_once {
+    /// whether or not `up` ran on this boot (D19). Returns the watch that saw Running, for the
+    /// guard to go on with (one watch less per boot).
+    async fn until_running_then_set(self) -> Result<BusWatch, AuthError> {
+        let (plan, deadline) = (self.plan, self.deadline);
+        let watch = self.until_running().await?;
+        if let Some(set) = &plan.set {
             tracing::info!("Running 'tailscale set'");
-            run_cli(&argv::tailscale_set(settings), "set", deadline)
+            run_cli(set, "set", deadline)
                 .await
                 .map_err(AuthError::Set)?;
         }
-        Ok(())
+        Ok(watch)
     }
 
-    async fn until_running(mut self) -> Result<(), AuthError> {
-        let mut watch = self.watch(MASK_FIRST_WATCH, AuthError::Watch).await?;
-        if !self.settings.auth_once {
-            watch = self.auth_step(watch).await?;
-        }
+    /// The login watches ask for the state only (README D26): no netmap, whatever the tailnet.
+    /// Without TS_AUTH_ONCE `up` runs at once, and the first watch starts after it: a watch
+    /// opened before would only be closed again unread (the reference opens and closes one).
+    async fn until_running(mut self) -> Result<BusWatch, AuthError> {
+        let mut watch = match self.plan.up_when {
+            UpWhen::OnNeedsLogin => self.watch(AuthError::Watch).await?,
+            UpWhen::AtOnce => {
+                self.did_login = true;
+                self.tailscale_up().await?;
+                self.watch(AuthError::Rewatch).await?
+            }
+        };
         loop {
             let notify = match tokio::time::timeout_at(self.deadline, watch.next()).await {
-                Err(_) => return Err(AuthError::Deadline(self.settings.boot_timeout)),
+                Err(_) => return Err(AuthError::Deadline(self.plan.timeout)),
                 Ok(Ok(Some(n))) => n,
-                Ok(Ok(None)) => {
-                    return Err(AuthError::Read(
-                        "EOF (tailscaled closed the IPN bus stream)".into(),
-                    ))
-                }
-                Ok(Err(e)) => return Err(AuthError::Read(e.to_string())),
+                Ok(Ok(None)) => return Err(AuthError::BusClosed),
+                Ok(Err(e)) => return Err(AuthError::Read(e)),
             };
             if let Some(msg) = &notify.err_message {
-                tracing::warn!("tailscaled reported an error: {msg}");
+                tracing::warn!("tailscaled reported an error: {}", outside(msg));
             }
             match notify.backend_state() {
                 // After our own login the re-watch may still say NeedsLogin: nothing to do.
@@ -124,21 +253,18 @@ impl Login<'_> {
                 Some(BackendState::NeedsMachineAuth) => {
                     tracing::info!("machine authorization required, please visit the admin panel")
                 }
-                Some(BackendState::Running) => return Ok(()),
+                Some(BackendState::Running) => return Ok(watch),
                 Some(other) => tracing::info!("tailscaled in state {:?}, waiting", other.name()),
                 None => {}
             }
         }
     }
 
-    async fn watch(
-        &self,
-        mask: u64,
-        wrap: fn(LocalApiError) -> AuthError,
-    ) -> Result<BusWatch, AuthError> {
-        match tokio::time::timeout_at(self.deadline, self.api.watch_ipn_bus(mask)).await {
+    async fn watch(&self, wrap: fn(LocalApiError) -> AuthError) -> Result<BusWatch, AuthError> {
+        let opened = self.api.watch_ipn_bus(self.plan.mask);
+        match tokio::time::timeout_at(self.deadline, opened).await {
             Ok(result) => result.map_err(wrap),
-            Err(_) => Err(AuthError::Deadline(self.settings.boot_timeout)),
+            Err(_) => Err(AuthError::Deadline(self.plan.timeout)),
         }
     }
 
@@ -151,42 +277,48 @@ impl Login<'_> {
         self.did_login = true;
         drop(watch);
         self.tailscale_up().await?;
-        self.watch(MASK_STEADY, AuthError::Rewatch).await
+        self.watch(AuthError::Rewatch).await
     }
 
     async fn tailscale_up(&self) -> Result<(), AuthError> {
-        let cmd = argv::tailscale_up(self.settings, self.settings.auth_key.as_ref());
         tracing::info!("Running 'tailscale up'");
-        run_cli(&cmd, "up", self.deadline)
+        run_cli(&self.plan.up, "up", self.deadline)
             .await
             .map_err(AuthError::Up)
     }
 }
 
-/// Runs a `tailscale` command to completion before `deadline`; the error is worded as today's
-/// image words it (`tailscale up failed: exit status 1`).
-async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<(), String> {
+/// Runs a `tailscale` command to completion before `deadline`, through the one spawn path (no
+/// descriptor of ours reaches it, it dies with us, the deadline kills its whole group); the
+/// error is worded as today's image words it (`tailscale up failed: exit status 1`).
+async fn run_cli(
+    cmd: &argv::Command,
+    sub: &'static str,
+    deadline: Instant,
+) -> Result<(), CliError> {
+    use ts_localapi::command::{self, Output, RunError};
     tracing::debug!("{cmd}");
-    let path = ts_common::process::look_path(&cmd.program).ok_or_else(|| {
-        format!(
-            "exec: \"{}\": executable file not found in $PATH",
-            cmd.program
-        )
-    })?;
-    let mut child = tokio::process::Command::new(path)
-        .args(cmd.argv())
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("starting tailscale {sub}: {e}"))?;
-    let status = match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => return Err(format!("waiting for tailscale {sub}: {e}")),
-        Err(_) => {
-            // As the reference's context does: kill it at the deadline.
-            let _ = child.kill().await;
-            return Err(format!("tailscale {sub} failed: signal: killed"));
+    let path = ts_common::process::look_path(&cmd.program)
+        .ok_or_else(|| CliError::NotFound(cmd.program.clone()))?;
+    // argv[0] is the resolved path, as the reference's exec.Command gives it.
+    let mut resolved = cmd.clone();
+    resolved.program = path.display().to_string();
+    let status = match command::run_until(&resolved, deadline, Output::Inherit).await {
+        Ok(done) => done.status,
+        // As the reference's context does: killed at the deadline.
+        Err(RunError::Timeout { .. }) => {
+            return Err(CliError::Failed {
+                sub,
+                how: "signal: killed".into(),
+            })
         }
+        Err(RunError::Spawn(e)) => {
+            return Err(CliError::Start {
+                sub,
+                source: e.into_io(),
+            })
+        }
+        Err(RunError::Wait { source, .. }) => return Err(CliError::Wait { sub, source }),
     };
     if status.success() {
         return Ok(());
@@ -202,55 +334,26 @@ async fn run_cli(cmd: &argv::Command, sub: &str, deadline: Instant) -> Result<()
         ),
         _ => "unknown status".into(),
     };
-    Err(format!("tailscale {sub} failed: {how}"))
+    Err(CliError::Failed { sub, how })
 }
 
-/// Follows the bus after Running: any other state ends the container.
-async fn guard(api: LocalApi) -> Result<(), AuthError> {
-    let mut follower = Follower::new(api, MASK_STEADY);
+/// Follows the bus after Running, on the watch that saw it (and on new ones when a stream
+/// ends): any other state ends the container.
+async fn guard(api: LocalApi, mask: u64, watch: BusWatch) -> Result<(), AuthError> {
+    let mut follower = Follower::resume(api, mask, watch);
     loop {
-        let notify: Notify = follower
-            .next()
-            .await
-            .map_err(|e| AuthError::Read(e.to_string()))?;
+        let notify: Notify = follower.next().await.map_err(AuthError::Read)?;
         notify.check_still_running()?;
     }
 }
 
-/// The `--explain` plan.
+/// The `--explain` plan: the [`Plan`] [`run`] follows.
 pub fn explain(settings: &Settings, mode: Mode) -> String {
-    let up = argv::tailscale_up(settings, settings.auth_key.as_ref());
-    let mut out = String::new();
-    out.push_str(&format!(
-        "ts-auth plan (nothing below has been run)\n1. watch the IPN bus on {} (GET /localapi/v0/watch-ipn-bus?mask={MASK_FIRST_WATCH})\n",
-        settings.socket.display()
-    ));
-    if settings.auth_once {
-        out.push_str(&format!(
-            "2. only if tailscaled reports NeedsLogin: run {up}\n"
-        ));
-    } else {
-        out.push_str(&format!("2. run {up} at once\n"));
+    Plan::new(settings, mode).explain()
+}
+
+impl ts_common::cli::Failure for AuthError {
+    fn exit_code(&self) -> i32 {
+        AuthError::exit_code(self)
     }
-    out.push_str(&format!(
-        "3. re-watch (mask={MASK_STEADY}) until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
-        settings.boot_timeout
-    ));
-    if settings.auth_once {
-        out.push_str(&format!(
-            "3b. once Running (whether or not up ran): run {}\n",
-            argv::tailscale_set(settings)
-        ));
-    }
-    if mode.guard {
-        out.push_str("4. report readiness on TS_READY_FD, then stay and exit 1 if tailscaled leaves Running\n");
-    } else {
-        out.push_str("4. report readiness on TS_READY_FD if set, then exit 0\n");
-    }
-    if settings.auth_key.is_none() && !settings.oauth_login() {
-        out.push_str(
-            "note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n",
-        );
-    }
-    out
 }

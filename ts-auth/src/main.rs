@@ -14,7 +14,8 @@
 //! which); 2 invalid configuration.
 
 use clap::Parser;
-use ts_common::exit;
+use std::process::ExitCode;
+use ts_common::cli;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,9 +28,6 @@ flag would show them in the process list).",
     after_help = ts_common::cli::EXIT_CODES_HELP
 )]
 struct Cli {
-    /// Print the plan (the exact `tailscale up` argv, key redacted) and exit without running anything.
-    #[arg(long)]
-    explain: bool,
     /// After Running, report readiness and stay; exit 1 when tailscaled leaves Running (ts-init uses this).
     #[arg(long)]
     guard: bool,
@@ -63,48 +61,33 @@ struct Cli {
     /// File descriptor to write one newline to once Running is reached (with --guard) [env: TS_READY_FD]
     #[arg(long, value_name = "FD")]
     ready_fd: Option<String>,
+    #[command(flatten)]
+    common: cli::CommonArgs,
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = ts_common::cli::overrides(&[
-        ("TS_SOCKET", cli.socket.as_ref()),
-        ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
-        ("TS_ACCEPT_DNS", cli.accept_dns.as_ref()),
-        ("TS_ROUTES", cli.routes.as_ref()),
-        ("TS_HOSTNAME", cli.hostname.as_ref()),
-        ("TS_CLIENT_ID", cli.client_id.as_ref()),
-        ("TS_AUDIENCE", cli.audience.as_ref()),
-        ("TS_EXTRA_ARGS", cli.extra_args.as_ref()),
-        ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
-        ("TS_READY_FD", cli.ready_fd.as_ref()),
-    ]);
-    let settings = match ts_common::cli::load_settings("ts-auth", &overrides) {
-        Ok(s) => s,
-        Err(code) => std::process::exit(code),
-    };
+    let phase = cli.common.phase(
+        "ts-auth",
+        &[
+            ("TS_SOCKET", cli.socket.as_ref()),
+            ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
+            ("TS_ACCEPT_DNS", cli.accept_dns.as_ref()),
+            ("TS_ROUTES", cli.routes.as_ref()),
+            ("TS_HOSTNAME", cli.hostname.as_ref()),
+            ("TS_CLIENT_ID", cli.client_id.as_ref()),
+            ("TS_AUDIENCE", cli.audience.as_ref()),
+            ("TS_EXTRA_ARGS", cli.extra_args.as_ref()),
+            ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
+            ("TS_READY_FD", cli.ready_fd.as_ref()),
+        ],
+    );
     let mode = ts_auth::Mode { guard: cli.guard };
-    if cli.explain {
-        print!("{}", ts_auth::explain(&settings, mode));
-        std::process::exit(exit::SUCCESS);
-    }
-    ts_common::cli::warn_unsupported(&settings);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            std::process::exit(exit::FAILURE);
+    ts_localapi::run_phase(phase, |settings, explain| async move {
+        if explain {
+            print!("{}", ts_auth::explain(&settings, mode));
+            return Ok(());
         }
-    };
-    let code = match runtime.block_on(ts_auth::run(&settings, mode)) {
-        Ok(()) => exit::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            exit::FAILURE
-        }
-    };
-    std::process::exit(code);
+        ts_auth::run(&settings, mode).await
+    })
 }

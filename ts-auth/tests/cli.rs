@@ -68,8 +68,11 @@ fn bad_flag_value_is_a_usage_error() {
 #[test]
 fn unreachable_tailscaled_fails_with_a_clear_message() {
     let dir = std::env::temp_dir().join(format!("ts-auth-nosock-{}", std::process::id()));
+    // With TS_AUTH_ONCE the bus is watched first (without it `tailscale up` runs first and
+    // reports the missing daemon itself).
     let out = ts_auth()
         .env("TS_SOCKET", dir.join("missing.sock"))
+        .env("TS_AUTH_ONCE", "true")
         .env("TS_BOOT_TIMEOUT", "2s")
         .output()
         .expect("run");

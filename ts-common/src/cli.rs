@@ -36,6 +36,111 @@ pub fn load_settings(bin: &'static str, overrides: &[Override]) -> Result<Settin
     }
 }
 
+/// The flags every tsboot binary has, for `#[command(flatten)]`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// Print the plan (what would run or change, from the plan that runs) to stdout and change nothing
+    #[arg(long, global = true)]
+    pub explain: bool,
+
+    /// Log format, text or json [env: TS_LOG_FORMAT]
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
+}
+
+impl CommonArgs {
+    /// The phase to hand to [`run_phase`]: `name`, and the variables its flags stand for
+    /// (`flags`, the binary's own, plus the common ones).
+    pub fn phase(&self, name: &'static str, flags: &[(&'static str, Option<&String>)]) -> Phase {
+        let mut pairs = flags.to_vec();
+        pairs.push(("TS_LOG_FORMAT", self.log_format.as_ref()));
+        Phase {
+            name,
+            overrides: overrides(&pairs),
+            explain: self.explain,
+        }
+    }
+}
+
+/// A phase binary's invocation: its name (in every log line), the variables its flags stand
+/// for, and whether it only explains.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub name: &'static str,
+    pub overrides: Vec<Override>,
+    pub explain: bool,
+}
+
+/// An error that ends a phase: it says why (logged once, by [`run_phase`]) and carries the exit
+/// status it ends the process with.
+pub trait Failure: std::fmt::Display {
+    /// 1 unless the error says otherwise (2 for configuration the phase itself refuses).
+    fn exit_code(&self) -> i32 {
+        crate::exit::FAILURE
+    }
+    /// The log lines that say why; one error line by default.
+    fn log(&self) {
+        tracing::error!("{self}");
+    }
+}
+
+/// The one entry of every phase binary (ts-init, PID 1, has its own: see its `run`): loads the
+/// settings (flags over the environment) and installs logging; refuses invalid configuration
+/// with exit 2; outside `--explain`, checks the readiness fd and makes it close-on-exec before
+/// anything is opened or started (no child may inherit it: its EOF is how the supervisor
+/// learns "never ready"); warns about unsupported variables; runs `body`; and turns its
+/// outcome into the exit status — the one way a phase exits.
+pub fn run_phase<E: Failure>(
+    phase: Phase,
+    body: impl FnOnce(Settings, bool) -> Result<(), E>,
+) -> std::process::ExitCode {
+    let code = match load_settings(phase.name, &phase.overrides) {
+        Err(code) => code,
+        Ok(settings) => match claim(&settings, phase.explain) {
+            Err(code) => code,
+            Ok(()) => {
+                warn_unsupported(&settings);
+                match body(settings, phase.explain) {
+                    Ok(()) => crate::exit::SUCCESS,
+                    Err(e) => {
+                        e.log();
+                        e.exit_code()
+                    }
+                }
+            }
+        },
+    };
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn claim(settings: &Settings, explain: bool) -> Result<(), i32> {
+    if explain {
+        // Nothing is reported on it: an explained plan only names it.
+        return Ok(());
+    }
+    crate::process::claim_ready_fd(settings.ready_fd).map_err(|err| {
+        tracing::error!("invalid configuration: {err}");
+        crate::exit::USAGE
+    })
+}
+
+/// A failure that was already logged where it happened, carrying only its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logged(pub i32);
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl Failure for Logged {
+    fn exit_code(&self) -> i32 {
+        self.0
+    }
+    fn log(&self) {}
+}
+
 /// Collects `(variable, value)` overrides from optional flag values.
 pub fn overrides(pairs: &[(&'static str, Option<&String>)]) -> Vec<Override> {
     pairs
@@ -73,22 +178,6 @@ pub fn plan(line: impl AsRef<str>) {
     println!("{}", line.as_ref());
 }
 
-/// Runs `f` on a current-thread runtime, as every long-lived phase does (they wait on I/O; one
-/// thread is enough and keeps memory low). `Err` is the exit code when no runtime can be built.
-#[cfg(feature = "localapi")]
-pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, i32> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Ok(rt.block_on(f)),
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            Err(crate::exit::FAILURE)
-        }
-    }
-}
-
 /// The flags every long-lived watcher phase has, for `#[command(flatten)]`.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct WatcherArgs {
@@ -103,20 +192,20 @@ pub struct WatcherArgs {
     /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
     #[arg(long)]
     pub guard: bool,
-
-    /// Print the plan to stdout and change nothing
-    #[arg(long)]
-    pub explain: bool,
 }
 
 impl WatcherArgs {
-    /// The variables these flags stand for, plus `more` (the phase's own flags).
-    pub fn overrides(&self, more: &[(&'static str, Option<&String>)]) -> Vec<Override> {
+    /// The variables these flags stand for, plus `more` (the phase's own flags), for
+    /// [`CommonArgs::phase`].
+    pub fn flags<'a>(
+        &'a self,
+        more: &[(&'static str, Option<&'a String>)],
+    ) -> Vec<(&'static str, Option<&'a String>)> {
         let mut pairs = vec![
             ("TS_SOCKET", self.socket.as_ref()),
             ("TS_READY_FD", self.ready_fd.as_ref()),
         ];
         pairs.extend_from_slice(more);
-        overrides(&pairs)
+        pairs
     }
 }

@@ -9,6 +9,9 @@
 use crate::settings::LogFormat;
 use std::fmt::Write as _;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -17,22 +20,151 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-/// Installs the global logger for binary `bin`. Safe to call more than once (later calls are
-/// ignored), so a `main` may log a settings error before the real format is known.
+/// Installs the global logger for binary `bin`, writing each line to stderr as it comes. Safe
+/// to call more than once (later calls are ignored), so a `main` may log a settings error
+/// before the real format is known.
 pub fn init(bin: &'static str, format: LogFormat) {
+    install(bin, format, Sink::Direct);
+}
+
+/// How many lines [`init_nonblocking`] holds while stderr is not being read; beyond them lines
+/// are dropped and counted.
+pub const QUEUE_LINES: usize = 256;
+
+/// Like [`init`], but the caller never waits for stderr: lines go to a bounded queue that one
+/// writer thread empties. When whoever reads the container's log stalls, the writer blocks,
+/// not the caller; once the queue is full further lines are dropped and counted, and the
+/// writer says `N log lines dropped` as soon as it can write again. For ts-init, PID 1, whose
+/// event loop must keep reaping and handling signals whatever happens to its log. Call it after
+/// the signal mask is set: the writer thread inherits it. Falls back to [`init`] if no thread
+/// can be started.
+pub fn init_nonblocking(bin: &'static str, format: LogFormat) {
+    match Queue::start(bin, format) {
+        Ok(queue) => install(bin, format, Sink::Queue(queue)),
+        Err(_) => init(bin, format),
+    }
+}
+
+/// Waits until the lines queued by [`init_nonblocking`] are written, at most `limit` (a
+/// stalled stderr must not keep a process from exiting). Without a queue there is nothing to
+/// wait for.
+pub fn flush(limit: std::time::Duration) {
+    if let Some(shared) = QUEUE.get() {
+        shared.wait_idle(limit);
+    }
+}
+
+fn install(bin: &'static str, format: LogFormat, sink: Sink) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.is_empty())
         .and_then(|v| v.parse::<Targets>().ok())
         .unwrap_or_else(|| Targets::new().with_default(Level::INFO));
     let _ = tracing_subscriber::registry()
-        .with(LineLayer { bin, format }.with_filter(filter))
+        .with(LineLayer { bin, format, sink }.with_filter(filter))
         .try_init();
+}
+
+/// Where finished lines go.
+enum Sink {
+    /// Written at once, one `write` per line.
+    Direct,
+    /// Handed to the writer thread; see [`init_nonblocking`].
+    Queue(Queue),
+}
+
+/// The state the writer thread and the loggers share.
+struct Shared {
+    /// Lines dropped since the last report.
+    dropped: AtomicU64,
+    /// Lines queued or being written.
+    pending: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl Shared {
+    fn done_one(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
+            self.idle.notify_all();
+        }
+    }
+
+    fn wait_idle(&self, limit: std::time::Duration) {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .idle
+            .wait_timeout_while(pending, limit, |n| *n > 0)
+            .map_err(|e| e.into_inner());
+    }
+}
+
+/// The one queue of a process ([`flush`] finds it here).
+static QUEUE: OnceLock<Arc<Shared>> = OnceLock::new();
+
+struct Queue {
+    tx: SyncSender<String>,
+    shared: Arc<Shared>,
+}
+
+impl Queue {
+    fn start(bin: &'static str, format: LogFormat) -> std::io::Result<Queue> {
+        let (tx, rx) = sync_channel::<String>(QUEUE_LINES);
+        let shared = Arc::new(Shared {
+            dropped: AtomicU64::new(0),
+            pending: Mutex::new(0),
+            idle: Condvar::new(),
+        });
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            // It formats one short line at a time: a small stack is plenty.
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                for line in rx {
+                    write_line(line.as_bytes());
+                    let dropped = writer.dropped.swap(0, Ordering::Relaxed);
+                    if dropped > 0 {
+                        let report = Fields {
+                            message: format!(
+                                "{dropped} log lines dropped (stderr was not being read)"
+                            ),
+                            extra: Vec::new(),
+                        };
+                        write_line(format_line(bin, format, Level::WARN, &report).as_bytes());
+                    }
+                    writer.done_one();
+                }
+            })?;
+        let _ = QUEUE.set(Arc::clone(&shared));
+        Ok(Queue { tx, shared })
+    }
+
+    fn push(&self, line: String) {
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match self.tx.try_send(line) {
+            Ok(()) => *pending += 1,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One `write` per line so lines from several processes sharing stderr do not interleave.
+fn write_line(line: &[u8]) {
+    let _ = std::io::stderr().lock().write_all(line);
 }
 
 struct LineLayer {
     bin: &'static str,
     format: LogFormat,
+    sink: Sink,
 }
 
 #[derive(Default)]
@@ -64,12 +196,18 @@ impl<S: Subscriber> Layer<S> for LineLayer {
         let mut fields = Fields::default();
         event.record(&mut fields);
         let level = *event.metadata().level();
-        let line = match self.format {
-            LogFormat::Text => text_line(self.bin, level, &fields),
-            LogFormat::Json => json_line(self.bin, level, &fields),
-        };
-        // One write per line so lines from several processes sharing stderr do not interleave.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let line = format_line(self.bin, self.format, level, &fields);
+        match &self.sink {
+            Sink::Direct => write_line(line.as_bytes()),
+            Sink::Queue(queue) => queue.push(line),
+        }
+    }
+}
+
+fn format_line(bin: &str, format: LogFormat, level: Level, fields: &Fields) -> String {
+    match format {
+        LogFormat::Text => text_line(bin, level, fields),
+        LogFormat::Json => json_line(bin, level, fields),
     }
 }
 
@@ -117,6 +255,39 @@ fn json_line(bin: &str, level: Level, fields: &Fields) -> String {
     let mut line = serde_json::Value::Object(obj).to_string();
     line.push('\n');
     line
+}
+
+/// Most characters of one piece of outside text a log line carries.
+pub const OUTSIDE_MAX: usize = 300;
+
+/// Text from outside tsboot (an API server's message, tailscaled's `ErrMessage` or error
+/// answers, a command's stderr) made fit for one log line: trimmed, control characters
+/// (newlines included) escaped so the text can neither end the line nor forge the next one,
+/// and cut after [`OUTSIDE_MAX`] characters, saying how much was left out.
+pub fn outside(text: &str) -> String {
+    outside_max(text, OUTSIDE_MAX)
+}
+
+/// [`outside`] with another bound, for a shorter excerpt.
+pub fn outside_max(text: &str, max: usize) -> String {
+    let text = text.trim();
+    let mut out = String::new();
+    let end = text
+        .char_indices()
+        .nth(max)
+        .map_or(text.len(), |(at, _)| at);
+    for c in text[..end].chars() {
+        // U+2028/U+2029 end a line for some log viewers although they are not controls.
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if end < text.len() {
+        let _ = write!(out, "… ({} more bytes)", text.len() - end);
+    }
+    out
 }
 
 /// UTC calendar time of a Unix timestamp (Howard Hinnant's days-from-civil inverse).
@@ -182,5 +353,30 @@ mod tests {
         assert_eq!(v["bin"], "ts-auth");
         assert_eq!(v["level"], "warn");
         assert_eq!(v["msg"], "hello \"world\"");
+    }
+
+    #[test]
+    fn outside_text_is_one_bounded_line() {
+        assert_eq!(outside("  etag mismatch\n"), "etag mismatch");
+        assert_eq!(outside("a\u{1b}[31mb"), "a\\u{1b}[31mb");
+        assert_eq!(
+            outside("bad\nboot: forged\r\tx"),
+            "bad\\nboot: forged\\r\\tx"
+        );
+        assert_eq!(outside("a\u{2028}b"), "a\\u{2028}b");
+        let long = format!("é{}", "x".repeat(10 << 20));
+        let cut = outside(&long);
+        assert!(cut.starts_with("éxx"), "{cut}");
+        assert!(
+            cut.ends_with(&format!("… ({} more bytes)", long.len() - 2 - 299)),
+            "{cut}"
+        );
+        assert_eq!(
+            cut.chars().count(),
+            OUTSIDE_MAX + "… (10485461 more bytes)".chars().count()
+        );
+        assert!(!outside(&format!("{long}\n")).contains('\n'));
+        assert_eq!(outside_max("abcdef", 3), "abc… (3 more bytes)");
+        assert_eq!(outside_max("\u{fffd}x", 10), "\u{fffd}x");
     }
 }

@@ -3,13 +3,17 @@
 //!
 //! Spawning never waits: in ts-init exactly one loop owns `waitpid` (see ts-init's reaper), so
 //! the helpers here return the pid and leave the status to whoever owns the wait.
+#![allow(
+    unsafe_code,
+    reason = "a child's setup between fork and exec and the readiness fd are system calls std does not wrap"
+)]
 
 use nix::sys::wait::WaitStatus;
 use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 /// The fd number a long-lived child finds its readiness pipe at.
 pub const CHILD_READY_FD: RawFd = 3;
@@ -38,7 +42,18 @@ pub enum SpawnError {
     #[error(
         "{program}: executable file not found in $PATH (install it or put its directory on PATH)"
     )]
-    NotFound { program: String },
+    NotFound {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting {program} failed: {source}; {}", fd_limit_advice(*limit))]
+    FdLimit {
+        program: String,
+        limit: u64,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting {program} failed: {source}")]
     Start {
         program: String,
@@ -119,36 +134,59 @@ pub struct SpawnSpec<'a> {
 /// The fd number of [`SpawnSpec::result_fd`] inside the child.
 pub const CHILD_RESULT_FD: RawFd = 4;
 
-/// Starts a child in its own process group, with default signal dispositions, an empty signal
-/// mask (both done by std before exec), no inherited fds but stdio and the ones in `spec`.
-/// Returns its pid; the caller's reaper owns the wait.
-pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
-    let mut cmd = std::process::Command::new(spec.path);
+/// The one way every tsboot process starts a child: ts-init's phases and tailscaled
+/// ([`spawn`]), and the commands the phases run (`tailscale up`, `iptables`, `nft`), which take
+/// this `Command` (converted to tokio's where they are async). The child gets:
+/// * its own process group, so the whole of it can be signalled and killed together;
+/// * stdin from /dev/null;
+/// * an empty signal mask and every signal at its default disposition: ts-init blocks every
+///   signal (it reads them from a signalfd) and may have been started with some ignored, and
+///   an ignored signal stays ignored across exec;
+/// * `SIGKILL` when the thread that started it dies (`PR_SET_PDEATHSIG`), so nothing outlives
+///   a killed parent even when ts-init is not PID 1 and the kernel would not do it. It is the
+///   *thread* that counts: every tsboot process starts children from its main thread (ts-init
+///   is single-threaded apart from its log writer, the phases run one current-thread runtime
+///   on the main thread), which lives as long as the process;
+/// * no descriptor but stdio and the ones in `fds` (`(ours, theirs)` pairs): everything else is
+///   made close-on-exec, whatever the parent inherited or opened without that flag.
+///
+pub fn command(path: &Path, args: &[String], fds: &[(RawFd, RawFd)]) -> Command {
+    let mut cmd = Command::new(path);
     // argv[0] stays the resolved path, which is what a script's `$0` shows (the reference's
     // test fakes record it).
-    cmd.args(&spec.args).process_group(0).stdin(Stdio::null());
+    cmd.args(args).process_group(0).stdin(Stdio::null());
+    let moves: Vec<(RawFd, RawFd)> = fds.to_vec();
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec. It allocates nothing (the
+    // `moves` vector was built before the fork) and only makes async-signal-safe calls
+    // (sigprocmask, signal, prctl, getppid, fcntl, dup2, close_range).
+    unsafe {
+        cmd.pre_exec(move || {
+            reset_signals();
+            die_with_parent(parent)?;
+            move_fds(&moves)?;
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Starts a child for ts-init with [`command`]'s hygiene plus the readiness and result fds of
+/// `spec`. Returns its pid; the caller's reaper owns the wait.
+pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
+    let mut fds: Vec<(RawFd, RawFd)> = Vec::new();
+    if let Some(fd) = spec.ready_fd {
+        fds.push((fd.as_raw_fd(), CHILD_READY_FD));
+    }
+    if let Some(fd) = spec.result_fd {
+        fds.push((fd.as_raw_fd(), CHILD_RESULT_FD));
+    }
+    let mut cmd = command(spec.path, &spec.args, &fds);
     for var in spec.env_remove {
         cmd.env_remove(var);
     }
     for (k, v) in &spec.env_set {
         cmd.env(k, v);
-    }
-    let mut moves: Vec<(RawFd, RawFd)> = Vec::new();
-    if let Some(fd) = spec.ready_fd {
-        moves.push((fd.as_raw_fd(), CHILD_READY_FD));
-    }
-    if let Some(fd) = spec.result_fd {
-        moves.push((fd.as_raw_fd(), CHILD_RESULT_FD));
-    }
-    // SAFETY: the closure runs between fork and exec and only calls async-signal-safe
-    // functions (sigprocmask, signal, fcntl, dup2).
-    unsafe {
-        cmd.pre_exec(move || {
-            reset_signals();
-            move_fds(&moves)?;
-            close_inherited_fds(&moves);
-            Ok(())
-        });
     }
     match cmd.spawn() {
         Ok(child) => {
@@ -157,53 +195,99 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
             drop(child);
             Ok(pid)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(SpawnError::NotFound {
-            program: spec.program.to_string(),
-        }),
-        Err(source) => Err(SpawnError::Start {
-            program: spec.program.to_string(),
-            source,
-        }),
+        Err(e) => Err(SpawnError::from_io(spec.program, e)),
     }
 }
 
-/// Closes every fd above stdio except the ones just moved into place: whatever ts-init itself
-/// inherited without close-on-exec (a shell's job-control pipe, say) must not reach its
-/// children.
-fn close_inherited_fds(moves: &[(RawFd, RawFd)]) {
-    let keep = |fd: RawFd| moves.iter().any(|(_, to)| *to == fd);
-    for fd in [CHILD_READY_FD, CHILD_RESULT_FD] {
-        if !keep(fd) {
-            // SAFETY: close(2) is async-signal-safe; EBADF for an fd that is not open is fine.
-            unsafe { nix::libc::close(fd) };
+impl SpawnError {
+    /// Classifies a failed spawn of `program`: not found, out of descriptors (named with the
+    /// open-file limit, the usual cause in a container), or anything else.
+    pub fn from_io(program: &str, source: std::io::Error) -> SpawnError {
+        let program = program.to_string();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return SpawnError::NotFound { program, source };
+        }
+        let out_of_fds = matches!(
+            source.raw_os_error(),
+            Some(nix::libc::EMFILE | nix::libc::ENFILE)
+        ) || (source.raw_os_error() == Some(nix::libc::EINVAL)
+            && open_file_limit().is_some_and(|limit| limit <= u64::from(FIRST_SPARE_FD as u32)));
+        match open_file_limit() {
+            Some(limit) if out_of_fds => SpawnError::FdLimit {
+                program,
+                limit,
+                source,
+            },
+            _ => SpawnError::Start { program, source },
         }
     }
-    let first = CHILD_RESULT_FD as nix::libc::c_uint + 1;
-    // SAFETY: close_range(2) (Linux 5.9+) is a plain syscall; on older kernels it fails with
-    // ENOSYS and the loop below does the same work.
-    let done = unsafe {
-        nix::libc::syscall(
-            nix::libc::SYS_close_range,
-            first,
-            nix::libc::c_uint::MAX,
-            0 as nix::libc::c_uint,
-        )
-    } == 0;
-    if !done {
-        // SAFETY: sysconf and close are async-signal-safe.
-        let max =
-            unsafe { nix::libc::sysconf(nix::libc::_SC_OPEN_MAX) }.clamp(1024, 1 << 16) as RawFd;
-        for fd in first as RawFd..max {
-            unsafe { nix::libc::close(fd) };
+}
+
+impl SpawnError {
+    /// The operating system's error underneath, for callers whose own error type carries one.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            SpawnError::NotFound { source, .. }
+            | SpawnError::FdLimit { source, .. }
+            | SpawnError::Start { source, .. } => source,
         }
     }
+}
+
+/// The soft open-file limit (`ulimit -n`), if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
+}
+
+/// The fewest open files tsboot's processes are allowed to run with: ts-init alone holds a
+/// signalfd, a pipe per starting phase, an inotify fd, and each spawn briefly needs a few more;
+/// the phases hold a runtime and LocalAPI connections.
+pub const MIN_OPEN_FILES: u64 = 64;
+
+/// Makes sure at least [`MIN_OPEN_FILES`] descriptors may be opened: raises the soft limit
+/// when the hard one allows; otherwise says which limit is too low and how to raise it.
+pub fn ensure_open_file_limit() -> Result<(), String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return Ok(());
+    };
+    if soft >= MIN_OPEN_FILES {
+        return Ok(());
+    }
+    if hard >= MIN_OPEN_FILES && setrlimit(Resource::RLIMIT_NOFILE, MIN_OPEN_FILES, hard).is_ok() {
+        return Ok(());
+    }
+    Err(fd_limit_advice(soft))
+}
+
+/// `what` failed with `errno`; running out of descriptors also names the open-file limit.
+pub fn describe_errno(what: &str, errno: nix::errno::Errno) -> String {
+    match (errno, open_file_limit()) {
+        (nix::errno::Errno::EMFILE | nix::errno::Errno::ENFILE, Some(limit)) => {
+            format!("{what}: {errno}; {}", fd_limit_advice(limit))
+        }
+        _ => format!("{what}: {errno}"),
+    }
+}
+
+fn fd_limit_advice(limit: u64) -> String {
+    format!(
+        "the open-file limit is too low (ulimit -n = {limit}; tsboot needs at least \
+         {MIN_OPEN_FILES}): raise it, e.g. docker run --ulimit nofile=1024:1024, or the \
+         container runtime's nofile rlimit"
+    )
 }
 
 /// A child must not inherit ts-init's blocked mask (every signal is blocked there and read from
 /// a signalfd) nor any disposition set to "ignore" by whoever started ts-init, or SIGTERM would
-/// never reach it. std does not reset these, so every child gets an empty mask and defaults.
+/// never reach it. std empties the mask and resets SIGPIPE before exec, but leaves every other
+/// ignored signal ignored (handlers are reset by exec itself); emptying the mask here too keeps
+/// the guarantee independent of std's internals.
 pub fn reset_signals() {
-    // SAFETY: plain libc calls on valid arguments.
+    // SAFETY: sigemptyset writes the set we own; sigprocmask reads it. Both are
+    // async-signal-safe.
     unsafe {
         let mut empty: nix::libc::sigset_t = std::mem::zeroed();
         nix::libc::sigemptyset(&mut empty);
@@ -225,22 +309,102 @@ pub fn reset_dispositions() {
     }
 }
 
-/// Puts each `(from, to)` fd at `to` without close-on-exec, even when sources and targets
-/// overlap (first every source is duplicated above the targets).
+/// In the child: SIGKILL when the parent's spawning thread dies. If the parent is already gone
+/// (it died between fork and here, and the child was re-parented), the child must not run.
+fn die_with_parent(parent: nix::unistd::Pid) -> std::io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    if unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if nix::unistd::getppid() != parent {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// The lowest fd number [`move_fds`] parks a descriptor at: above both child targets.
+const FIRST_SPARE_FD: RawFd = CHILD_RESULT_FD + 1;
+
+/// In the child: puts each `(from, to)` fd at `to` without close-on-exec, even when sources and
+/// targets overlap, and marks every other descriptor above stdio close-on-exec.
 fn move_fds(moves: &[(RawFd, RawFd)]) -> std::io::Result<()> {
-    let mut temps = [0 as RawFd; 4];
-    for (i, (from, _)) in moves.iter().enumerate() {
-        // F_DUPFD to >= 10 keeps the temporaries clear of the targets (3 and 4).
-        let tmp = unsafe { nix::libc::fcntl(*from, nix::libc::F_DUPFD, 10) };
+    let mut temps = [0 as RawFd; 2];
+    for (i, (from, _)) in moves.iter().enumerate().take(temps.len()) {
+        // SAFETY: F_DUPFD duplicates an fd the parent handed us; async-signal-safe.
+        let tmp = unsafe { nix::libc::fcntl(*from, nix::libc::F_DUPFD, FIRST_SPARE_FD) };
         if tmp < 0 {
             return Err(std::io::Error::last_os_error());
         }
         temps[i] = tmp;
     }
-    for (i, (_, to)) in moves.iter().enumerate() {
+    cloexec_from(3);
+    for (i, (_, to)) in moves.iter().enumerate().take(temps.len()) {
+        // SAFETY: dup2 onto a target number; the copy it makes has close-on-exec cleared.
         if unsafe { nix::libc::dup2(temps[i], *to) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `first` up close-on-exec: whatever the parent inherited or
+/// opened without that flag (a shell's job-control pipe, a readiness fd) must not reach the
+/// program about to run. Marking instead of closing keeps std's own exec-error pipe working.
+fn cloexec_from(first: RawFd) {
+    const CLOSE_RANGE_CLOEXEC: nix::libc::c_uint = 1 << 2;
+    // SAFETY: close_range(2) is a plain syscall on integer arguments (Linux 5.11+ for the
+    // flag); on older kernels it fails and the loop below does the same work.
+    let done = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            first as nix::libc::c_uint,
+            nix::libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !done {
+        // SAFETY: sysconf and fcntl(F_SETFD) are async-signal-safe; EBADF for an fd that is
+        // not open is expected and ignored.
+        unsafe {
+            let max = nix::libc::sysconf(nix::libc::_SC_OPEN_MAX).clamp(1024, 1 << 16) as RawFd;
+            for fd in first..max {
+                nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// Checks the readiness fd a supervisor handed over (`TS_READY_FD` / `--ready-fd`) before
+/// anything else is opened, and marks it close-on-exec so no child of this process inherits it
+/// (its EOF is how the supervisor learns "never ready"). An fd that is stdio, not open, or not
+/// writable is a configuration error: writing to it and closing it would break this process.
+pub fn claim_ready_fd(fd: Option<i32>) -> Result<(), crate::SettingsError> {
+    let Some(fd) = fd else { return Ok(()) };
+    let invalid = |why: &str| crate::SettingsError::Invalid {
+        var: "TS_READY_FD",
+        value: fd.to_string(),
+        why: why.to_string(),
+    };
+    if (0..=2).contains(&fd) {
+        return Err(invalid(
+            "0, 1 and 2 are stdin, stdout and stderr; the readiness fd must be another one",
+        ));
+    }
+    // SAFETY: F_GETFL only reads the flags of an fd number; EBADF if it is not open.
+    let flags = unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFL) };
+    if flags < 0 {
+        return Err(invalid(
+            "not an open file descriptor: whoever sets TS_READY_FD must also hand that fd over",
+        ));
+    }
+    if flags & nix::libc::O_ACCMODE == nix::libc::O_RDONLY {
+        return Err(invalid(
+            "open for reading only; the readiness fd must be writable",
+        ));
+    }
+    // SAFETY: F_SETFD on an fd just checked to be open.
+    if unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) } < 0 {
+        return Err(invalid("cannot be made close-on-exec"));
     }
     Ok(())
 }

@@ -590,13 +590,23 @@ impl Settings {
 
         let ready_fd = match env.get("TS_READY_FD") {
             None | Some("") => None,
-            Some(v) => Some(v.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(|| {
-                SettingsError::Invalid {
-                    var: "TS_READY_FD",
-                    value: v.to_string(),
-                    why: "not a file descriptor number (a non-negative integer)".into(),
+            Some(v) => {
+                let fd = v.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(|| {
+                    SettingsError::Invalid {
+                        var: "TS_READY_FD",
+                        value: v.to_string(),
+                        why: "not a file descriptor number (a non-negative integer)".into(),
+                    }
+                })?;
+                if fd <= 2 {
+                    return Err(SettingsError::Invalid {
+                        var: "TS_READY_FD",
+                        value: v.to_string(),
+                        why: "0, 1 and 2 are stdin, stdout and stderr; the readiness fd must be another one".into(),
+                    });
                 }
-            })?),
+                Some(fd)
+            }
         };
 
         let kube_service = match env.get("KUBERNETES_SERVICE_HOST") {
@@ -606,8 +616,18 @@ impl Settings {
             }),
             _ => None,
         };
+        let kube_secret = env.string("TS_KUBE_SECRET", DEFAULT_KUBE_SECRET);
+        if let Some(service) = &kube_service {
+            places::check_kube(service, &kube_secret)?;
+        }
 
         let socket = PathBuf::from(env.string("TS_SOCKET", DEFAULT_SOCKET));
+        places::check_socket(&socket)?;
+        places::check_hostname(&hostname)?;
+        let socks5_server = env.string("TS_SOCKS5_SERVER", "");
+        places::check_listen("TS_SOCKS5_SERVER", &socks5_server)?;
+        let outbound_http_proxy_listen = env.string("TS_OUTBOUND_HTTP_PROXY_LISTEN", "");
+        places::check_listen("TS_OUTBOUND_HTTP_PROXY_LISTEN", &outbound_http_proxy_listen)?;
         let local = LocalEndpoints::from_env(&env, &socket)?;
 
         let unsupported_vars = env
@@ -645,9 +665,9 @@ impl Settings {
             id_token: login.id_token,
             audience: login.audience,
             debug_addr_port,
-            kube_secret: env.string("TS_KUBE_SECRET", DEFAULT_KUBE_SECRET),
-            socks5_server: env.string("TS_SOCKS5_SERVER", ""),
-            outbound_http_proxy_listen: env.string("TS_OUTBOUND_HTTP_PROXY_LISTEN", ""),
+            kube_secret,
+            socks5_server,
+            outbound_http_proxy_listen,
             socket,
             auth_once,
             root: PathBuf::from(env.string("TS_TEST_ONLY_ROOT", "/")),
@@ -970,6 +990,7 @@ fn parse_routes(routes: &str) -> Result<Vec<IpPrefix>, SettingsError> {
 }
 
 mod endpoint;
+mod places;
 pub use endpoint::{ListenAddr, LocalEndpoints, DEFAULT_LOCAL_ADDR_PORT, STATUS_DIR_NAME};
 
 #[cfg(test)]

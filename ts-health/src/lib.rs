@@ -17,9 +17,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY, USERMETRICS_PATH};
 use ts_common::settings::{ListenAddr, Settings};
 use ts_common::status;
+use ts_localapi::localapi::{
+    Follower, LocalApi, LocalApiError, MASK_LEAN, STATUS_SELF_PATH, USERMETRICS_PATH,
+};
 use verdict::NodeView;
 
 /// How long a scrape waits for tailscaled's user metrics before answering with tsboot's alone.
@@ -211,7 +213,7 @@ fn display(addr: &SocketAddr) -> String {
 
 /// Serves until SIGTERM/SIGINT: binds, reports readiness, follows the bus, answers requests.
 pub async fn run(cfg: &Config) -> Result<(), HealthError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     let bound = bind_all(cfg)?;
     let shared = Arc::new(Shared {
         node: Mutex::new(NodeView::default()),
@@ -258,7 +260,7 @@ pub async fn run(cfg: &Config) -> Result<(), HealthError> {
 async fn follow_node(shared: Arc<Shared>) {
     let mut first = true;
     loop {
-        let mut follower = Follower::new(shared.api.clone(), MASK_STEADY);
+        let mut follower = Follower::new(shared.api.clone(), MASK_LEAN).with_self_status();
         let why = loop {
             match follower.next().await {
                 Ok(msg) => {
@@ -271,9 +273,6 @@ async fn follow_node(shared: Arc<Shared>) {
                     if let Some(me) = msg.self_identity() {
                         node.addresses = me.addresses;
                     }
-                }
-                Err(e @ LocalApiError::Decode { .. }) => {
-                    tracing::warn!("skipping an IPN bus message: {e}");
                 }
                 Err(e) => break e,
             }
@@ -452,7 +451,7 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
         ));
     }
     out.push(format!(
-        "  node state and addresses: GET /localapi/v0/watch-ipn-bus?mask={MASK_STEADY} on {}",
+        "  node state and addresses: GET /localapi/v0/watch-ipn-bus?mask={MASK_LEAN} (and GET {STATUS_SELF_PATH} at each watch) on {}",
         cfg.socket.display()
     ));
     out.push(format!(
@@ -470,24 +469,20 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
     });
     let reports = status::read_all(&cfg.status_dir);
     let node = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut w = LocalApi::new(&cfg.socket)
-            .watch_ipn_bus(MASK_STEADY)
-            .await?;
-        w.next().await
+        Follower::new(LocalApi::new(&cfg.socket), MASK_LEAN)
+            .with_self_status()
+            .next()
+            .await
     })
     .await;
     let view = match node {
-        Ok(Ok(Some(msg))) => NodeView {
+        Ok(Ok(msg)) => NodeView {
             connected: true,
             state: msg.backend_state(),
             addresses: msg
                 .self_identity()
                 .map(|me| me.addresses)
                 .unwrap_or_default(),
-            ..NodeView::default()
-        },
-        Ok(Ok(None)) => NodeView {
-            not_connected: "tailscaled ended the stream at once".into(),
             ..NodeView::default()
         },
         Ok(Err(e)) => NodeView {
@@ -504,4 +499,10 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
         Err(why) => format!("  now: /healthz would answer 503: {why}"),
     });
     out
+}
+
+impl ts_common::cli::Failure for HealthError {
+    fn exit_code(&self) -> i32 {
+        HealthError::exit_code(self)
+    }
 }

@@ -21,8 +21,8 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use ts_common::{cli, exit};
-use ts_health::{Config, HealthError};
+use ts_common::cli;
+use ts_health::Config;
 
 const ABOUT: &str = "Serve /healthz and /metrics for a tsboot container";
 
@@ -59,57 +59,32 @@ struct Args {
     #[arg(long, value_name = "FD")]
     ready_fd: Option<String>,
 
-    /// Print the plan (listeners, sources, the verdict right now) and start nothing
-    #[arg(long)]
-    explain: bool,
+    #[command(flatten)]
+    common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
-    let overrides = cli::overrides(&[
-        ("TS_ENABLE_HEALTH_CHECK", args.enable_health_check.as_ref()),
-        ("TS_ENABLE_METRICS", args.enable_metrics.as_ref()),
-        ("TS_LOCAL_ADDR_PORT", args.local_addr_port.as_ref()),
-        (
-            "TS_HEALTHCHECK_ADDR_PORT",
-            args.healthcheck_addr_port.as_ref(),
-        ),
-        ("TS_SOCKET", args.socket.as_ref()),
-        ("TS_READY_FD", args.ready_fd.as_ref()),
-    ]);
-    let code = match cli::load_settings("ts-health", &overrides) {
-        Err(code) => code,
-        Ok(settings) => {
-            cli::warn_unsupported(&settings);
-            match Config::from_settings(&settings) {
-                Err(e) => exit_code(Err(e)),
-                Ok(cfg) => run(&cfg, args.explain),
-            }
+    let phase = args.common.phase(
+        "ts-health",
+        &[
+            ("TS_ENABLE_HEALTH_CHECK", args.enable_health_check.as_ref()),
+            ("TS_ENABLE_METRICS", args.enable_metrics.as_ref()),
+            ("TS_LOCAL_ADDR_PORT", args.local_addr_port.as_ref()),
+            (
+                "TS_HEALTHCHECK_ADDR_PORT",
+                args.healthcheck_addr_port.as_ref(),
+            ),
+            ("TS_SOCKET", args.socket.as_ref()),
+            ("TS_READY_FD", args.ready_fd.as_ref()),
+        ],
+    );
+    ts_localapi::run_phase(phase, |settings, explain| async move {
+        let cfg = Config::from_settings(&settings)?;
+        if explain {
+            ts_health::explain(&cfg).await.iter().for_each(cli::plan);
+            return Ok(());
         }
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-fn run(cfg: &Config, explain: bool) -> i32 {
-    if explain {
-        return match cli::block_on(ts_health::explain(cfg)) {
-            Ok(lines) => {
-                lines.iter().for_each(cli::plan);
-                exit::SUCCESS
-            }
-            Err(code) => code,
-        };
-    }
-    cli::block_on(ts_health::run(cfg)).map_or_else(|code| code, exit_code)
-}
-
-/// The one place a result becomes an exit status.
-fn exit_code(result: Result<(), HealthError>) -> i32 {
-    match result {
-        Ok(()) => exit::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            e.exit_code()
-        }
-    }
+        ts_health::run(&cfg).await
+    })
 }

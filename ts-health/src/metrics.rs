@@ -219,7 +219,7 @@ mod tests {
     fn families_have_help_and_type_and_samples() {
         let node = NodeView {
             connected: true,
-            state: Some(ts_common::notify::BackendState::Running),
+            state: Some(ts_localapi::notify::BackendState::Running),
             addresses: vec!["100.64.0.1/32".parse().expect("prefix")],
             rewatches: 2,
             ..NodeView::default()

@@ -2,9 +2,9 @@
 //! and the reports the phases publish (see `ts_common::status`). Pure, so every state is
 //! tested without a process.
 
-use ts_common::notify::BackendState;
 use ts_common::settings::IpPrefix;
 use ts_common::status::{Report, INIT_NAME};
+use ts_localapi::notify::BackendState;
 
 /// The node as the last IPN-bus messages described it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

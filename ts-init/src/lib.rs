@@ -13,7 +13,8 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use supervisor::{Event, Exit, Role, Supervisor};
+use supervisor::{Event, Exit, Role, Stopped, Supervisor};
+use ts_common::preflight::PreflightResult;
 use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, DAEMON_ENV_REMOVE, UNDER_INIT_VAR};
 use ts_common::settings::{Override, Settings};
 use ts_common::status::{self, PhaseState};
@@ -57,26 +58,57 @@ const PHASES_STOP: Duration = Duration::from_secs(2);
 /// After SIGKILL, how long to wait for the kernel to hand the statuses back.
 const KILL_SETTLE: Duration = Duration::from_secs(5);
 
+/// How long the last log lines may take to reach a stalled stderr before ts-init exits anyway.
+const LOG_FLUSH: Duration = Duration::from_secs(1);
+
 /// Runs ts-init; returns the exit status.
 pub fn run(overrides: Vec<Override>, explain: bool) -> i32 {
-    // Signal intake comes first: before any child exists or any thread could be started.
-    let supervisor = match Supervisor::new() {
-        Ok(s) => s,
-        Err(e) => {
-            ts_common::logging::init("ts-init", ts_common::settings::LogFormat::Text);
-            tracing::error!("cannot set up signal handling: {e}");
-            return exit::FAILURE;
-        }
+    // Judged before ts-init opens anything: the configuration, then the readiness fd as it was
+    // inherited (once the signalfd exists, a TS_READY_FD naming its number would look open),
+    // then the open-file limit.
+    let loaded =
+        Settings::load(&overrides).and_then(|s| process::claim_ready_fd(s.ready_fd).map(|()| s));
+    let fd_limit = process::ensure_open_file_limit();
+    // Signal intake comes next: before any child exists or any thread is started (the log
+    // writer below is one), so every thread and every child's window inherits the mask.
+    let supervisor = Supervisor::new();
+    let format = match &loaded {
+        Ok(s) => s.log_format,
+        Err(_) => Settings::log_format_only(&overrides),
     };
-    let settings = match ts_common::cli::load_settings("ts-init", &overrides) {
-        Ok(s) => s,
-        Err(code) => {
+    ts_common::logging::init_nonblocking("ts-init", format);
+    let code = match (supervisor, loaded, fd_limit) {
+        (Err(e), _, _) => {
+            tracing::error!("Exiting with status 1: cannot set up signal handling: {e}");
+            exit::FAILURE
+        }
+        (_, Err(err), _) => {
+            tracing::error!("invalid configuration: {err}");
             tracing::error!(
-                "Exiting with status {code}: invalid configuration, nothing was started"
+                "Exiting with status {}: invalid configuration, nothing was started",
+                exit::USAGE
             );
-            return code;
+            exit::USAGE
         }
+        (_, _, Err(why)) if !explain => {
+            tracing::error!(
+                "Exiting with status {}: {why}; nothing was started",
+                exit::USAGE
+            );
+            exit::USAGE
+        }
+        (Ok(supervisor), Ok(settings), _) => boot(supervisor, settings, overrides, explain),
     };
+    ts_common::logging::flush(LOG_FLUSH);
+    code
+}
+
+fn boot(
+    supervisor: Supervisor,
+    settings: Settings,
+    overrides: Vec<Override>,
+    explain: bool,
+) -> i32 {
     let plan = BootPlan::new(&settings, overrides);
     if explain {
         print!("{}", plan.explain(&settings));
@@ -109,13 +141,6 @@ struct Boot {
     guard: Guard,
 }
 
-/// What the preflight hands back through its result fd.
-#[derive(serde::Deserialize)]
-struct PreflightResult {
-    can_patch: bool,
-    authkey: Option<String>,
-}
-
 impl Boot {
     fn run(&mut self) -> Cause {
         if let Err(cause) = self.startup() {
@@ -146,8 +171,8 @@ impl Boot {
         if let Some(preflight) = self.plan.preflight.clone() {
             let result = self.run_preflight(&preflight)?;
             can_patch = result.can_patch;
-            if let Some(key) = result.authkey.filter(|k| !k.is_empty()) {
-                auth_env.push(("TS_AUTHKEY".to_string(), key));
+            if let Some(key) = result.authkey {
+                auth_env.push(("TS_AUTHKEY".to_string(), key.expose().to_string()));
             }
         }
 
@@ -310,7 +335,7 @@ impl Boot {
         }
         let status = status.unwrap_or(WaitStatus::StillAlive);
         check_success(Role::Preflight, &status)?;
-        serde_json::from_slice::<PreflightResult>(&reader.data).map_err(|e| {
+        PreflightResult::from_bytes(&reader.data).map_err(|e| {
             Cause::Failed(format!(
                 "ts-kubestate preflight returned an unreadable result ({e}); is ts-kubestate from the same tsboot release as ts-init?"
             ))
@@ -518,9 +543,11 @@ impl Boot {
                     tracing::debug!("ts-auth finished (a watcher guards the Running state)");
                 }
                 Event::Exited(e) if e.role == Role::Auth => {
+                    // What ended it is in its status: its own log line says whether tailscaled
+                    // left Running; a signal means something else killed it.
                     let cause = Cause::Failed(format!(
-                        "ts-auth (guard of the Running state) exited ({}): tailscaled left Running",
-                        describe(&e.status)
+                        "ts-auth (guard of the Running state) {}",
+                        ended(&e.status)
                     ));
                     return self.settle(cause);
                 }
@@ -578,43 +605,46 @@ impl Boot {
             let grace_end = grace_start + self.settings.shutdown_grace;
             // Watchers and the guard go first, so they do not report tailscaled's departure as
             // an error; tailscaled follows once they are gone (or after a short wait).
+            let mut stopped = Stopped::Done;
             if self.sup.tailscaled_alive() && self.sup.live_children() > 1 {
                 self.sup.signal_children_except_tailscaled(Signal::SIGTERM);
                 let phases_stop = self.plan.phases_stop(&self.settings, PHASES_STOP);
                 let phases_end = (Instant::now() + phases_stop).min(grace_end);
-                while self.sup.live_children() > usize::from(self.sup.tailscaled_alive()) {
-                    match self.sup.next_event(&[], Some(phases_end)) {
-                        Ok(Event::Timeout) | Err(_) => break,
-                        Ok(Event::Exited(e)) => {
-                            tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status))
-                        }
-                        Ok(_) => {}
-                    }
+                stopped = self.sup.wait_stopped(phases_end, |sup| {
+                    sup.live_children() <= usize::from(sup.tailscaled_alive())
+                });
+            }
+            if !matches!(stopped, Stopped::LoopFailed(_)) {
+                if self.sup.tailscaled_alive() {
+                    self.settle_state(grace_start);
                 }
+                self.sup.signal_children(Signal::SIGTERM);
+                stopped = self
+                    .sup
+                    .wait_stopped(grace_end, |sup| sup.live_children() == 0);
             }
-            if self.sup.tailscaled_alive() {
-                self.settle_state(grace_start);
-            }
-            self.sup.signal_children(Signal::SIGTERM);
-            while self.sup.live_children() > 0 {
-                match self.sup.next_event(&[], Some(grace_end)) {
-                    Ok(Event::Timeout) | Err(_) => break,
-                    Ok(Event::Exited(e)) => {
-                        tracing::debug!("{} stopped ({})", e.role.name(), describe(&e.status))
-                    }
-                    Ok(Event::Shutdown(sig)) => {
-                        tracing::info!("{} received while already shutting down", sig.as_str())
-                    }
-                    Ok(Event::Readable(_)) => {}
+            let left = if self.sup.tailscaled_alive() {
+                ", including tailscaled"
+            } else {
+                ""
+            };
+            match stopped {
+                Stopped::Done => {}
+                Stopped::DeadlinePassed => {
+                    tailscaled_killed = self.sup.tailscaled_alive();
+                    tracing::warn!(
+                        "shutdown grace of {:?} (TS_SHUTDOWN_GRACE) passed; sending SIGKILL to what is left{left}",
+                        self.settings.shutdown_grace,
+                    );
                 }
-            }
-            if self.sup.live_children() > 0 {
-                tailscaled_killed = self.sup.tailscaled_alive();
-                tracing::warn!(
-                    "shutdown grace of {:?} (TS_SHUTDOWN_GRACE) passed; sending SIGKILL to what is left{}",
-                    self.settings.shutdown_grace,
-                    if tailscaled_killed { ", including tailscaled" } else { "" }
-                );
+                Stopped::LoopFailed(e) => {
+                    // Without the event loop nothing can be waited for: this is not the grace
+                    // running out, and it is said as what it is.
+                    tailscaled_killed = self.sup.tailscaled_alive();
+                    tracing::error!(
+                        "waiting for the children to stop failed ({e}); sending SIGKILL to what is left{left}"
+                    );
+                }
             }
         }
         self.sup.kill_leftovers();
@@ -679,9 +709,17 @@ impl Boot {
                     tracing::info!("{} received while already shutting down", sig.as_str())
                 }
                 Ok(Event::Readable(_)) => {}
-                Ok(Event::Timeout) | Err(_) => {
+                Ok(Event::Timeout) => {
                     tracing::warn!(
                         "{} did not finish in time; stopping it",
+                        Role::Settle.name()
+                    );
+                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "waiting for {} failed ({e}); stopping it",
                         Role::Settle.name()
                     );
                     let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
@@ -736,6 +774,14 @@ fn with_guard(mut phase: Phase, guard: bool) -> Phase {
     phase
 }
 
+/// How a long-lived phase ended, for the line that says why the container stops.
+fn ended(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Signaled(..) => format!("was {}", describe(status)),
+        _ => format!("exited ({}); its log above says why", describe(status)),
+    }
+}
+
 fn check_success(role: Role, status: &WaitStatus) -> Result<(), Cause> {
     match status {
         WaitStatus::Exited(_, 0) => Ok(()),
@@ -755,7 +801,7 @@ fn socket_ready(socket: &Path) -> bool {
 /// A close-on-exec pipe whose read end (ours) does not block; the child's end stays blocking.
 fn pipe() -> Result<(OwnedFd, OwnedFd), Cause> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fail = |e: nix::errno::Errno| Cause::Failed(format!("cannot create a pipe: {e}"));
+    let fail = |e| Cause::Failed(process::describe_errno("cannot create a pipe", e));
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(fail)?;
     fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(fail)?;
     Ok((read_end, write_end))

@@ -28,9 +28,6 @@ tailscaled's own status (128+N if killed by signal N) when it exits on its own; 
 failed watcher, or tailscaled leaving Running; 2 invalid configuration (nothing was started)."
 )]
 struct Cli {
-    /// Print the boot plan (phases, command lines, auth key redacted) and exit without starting anything.
-    #[arg(long)]
-    explain: bool,
     /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
     #[arg(long, value_name = "PATH")]
     socket: Option<String>,
@@ -40,18 +37,22 @@ struct Cli {
     /// Time tailscaled gets after SIGTERM before SIGKILL, e.g. 20s [env: TS_SHUTDOWN_GRACE]
     #[arg(long, value_name = "DURATION")]
     shutdown_grace: Option<String>,
-    /// Log format, text or json [env: TS_LOG_FORMAT]
-    #[arg(long, value_name = "FORMAT")]
-    log_format: Option<String>,
+    #[command(flatten)]
+    common: ts_common::cli::CommonArgs,
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let overrides = ts_common::cli::overrides(&[
-        ("TS_SOCKET", cli.socket.as_ref()),
-        ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
-        ("TS_SHUTDOWN_GRACE", cli.shutdown_grace.as_ref()),
-        ("TS_LOG_FORMAT", cli.log_format.as_ref()),
-    ]);
-    std::process::exit(ts_init::run(overrides, cli.explain));
+    // ts-init does not go through `cli::run_phase`: as PID 1 it must block signals before its
+    // log writer thread exists, and judge TS_READY_FD before its signalfd exists.
+    let phase = cli.common.phase(
+        "ts-init",
+        &[
+            ("TS_SOCKET", cli.socket.as_ref()),
+            ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
+            ("TS_SHUTDOWN_GRACE", cli.shutdown_grace.as_ref()),
+        ],
+    );
+    let code = ts_init::run(phase.overrides, phase.explain);
+    std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

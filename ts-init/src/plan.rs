@@ -71,6 +71,23 @@ pub enum Guard {
     Serve,
 }
 
+impl Guard {
+    /// The phase's binary.
+    pub fn program(self) -> &'static str {
+        match self {
+            Guard::Auth => "ts-auth",
+            Guard::ProxyRules => "ts-proxy-rules",
+            Guard::KubeState => "ts-kubestate",
+            Guard::Serve => "ts-serve",
+        }
+    }
+
+    /// How `--explain` names it: `ts-auth (--guard)`.
+    fn flag(self) -> String {
+        format!("{} ({GUARD_FLAG})", self.program())
+    }
+}
+
 /// The health and metrics endpoint's binary (and its role name).
 pub const HEALTH_PROGRAM: &str = "ts-health";
 
@@ -259,16 +276,19 @@ impl BootPlan {
             w,
             "{n}. log \"Startup complete, waiting for shutdown signal\""
         );
-        let guard = match (
-            self.proxy_rules.is_some(),
-            self.kubestate.is_some(),
-            self.serve.is_some(),
-        ) {
-            (true, _, _) => "ts-proxy-rules (--guard)",
-            (false, true, true) => "ts-kubestate (--guard) if the preflight reports patch permission, else ts-serve (--guard)",
-            (false, true, false) => "ts-kubestate (--guard) if the preflight reports patch permission, else ts-auth (--guard)",
-            (false, false, true) => "ts-serve (--guard)",
-            (false, false, false) => "ts-auth (--guard), which stays resident",
+        // The same decision the boot makes once the preflight answered, for both answers.
+        let (with_patch, without) = (self.guard(true), self.guard(false));
+        let guard = if with_patch == without {
+            match with_patch {
+                Guard::Auth => format!("{}, which stays resident", with_patch.flag()),
+                other => other.flag(),
+            }
+        } else {
+            format!(
+                "{} if the preflight reports patch permission, else {}",
+                with_patch.flag(),
+                without.flag()
+            )
         };
         let _ = writeln!(
             w,
@@ -313,4 +333,48 @@ fn health_endpoints(settings: &Settings) -> String {
         ));
     }
     parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard_line(vars: &[(&str, &str)]) -> String {
+        let settings = Settings::from_vars(vars.iter().copied()).expect("settings");
+        let plan = BootPlan::new(&settings, Vec::new());
+        plan.explain(&settings)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("guard of the Running state (exit 1 when tailscaled leaves it): ")
+                    .map(str::to_string)
+            })
+            .expect("a guard line")
+    }
+
+    #[test]
+    fn explain_names_the_guard_the_boot_picks() {
+        let kube = [
+            ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+        ];
+        assert_eq!(guard_line(&[]), "ts-auth (--guard), which stays resident");
+        assert_eq!(
+            guard_line(&[("TS_USERSPACE", "false"), ("TS_DEST_IP", "10.0.0.5")]),
+            "ts-proxy-rules (--guard)"
+        );
+        assert_eq!(
+            guard_line(&[("TS_SERVE_CONFIG", "/s.json")]),
+            "ts-serve (--guard)"
+        );
+        assert_eq!(
+            guard_line(&kube),
+            "ts-kubestate (--guard) if the preflight reports patch permission, else ts-auth (--guard)"
+        );
+        let mut kube_serve = kube.to_vec();
+        kube_serve.push(("TS_SERVE_CONFIG", "/s.json"));
+        assert_eq!(
+            guard_line(&kube_serve),
+            "ts-kubestate (--guard) if the preflight reports patch permission, else ts-serve (--guard)"
+        );
+    }
 }

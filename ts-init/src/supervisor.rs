@@ -62,6 +62,17 @@ pub enum Event {
     Timeout,
 }
 
+/// How a wait for children to stop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// What was waited for happened.
+    Done,
+    /// The deadline passed first.
+    DeadlinePassed,
+    /// The event loop itself failed (the signalfd or poll): nothing more can be waited for.
+    LoopFailed(Errno),
+}
+
 struct Child {
     role: Role,
     /// Each child leads its own process group, so its helpers can be stopped with it.
@@ -219,6 +230,30 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// During shutdown: handles events until `done` holds or `until` passes. Exits are logged
+    /// as stopped; a second SIGTERM is only noted. A failing event loop is reported as such,
+    /// never as the deadline passing.
+    pub fn wait_stopped(&mut self, until: Instant, done: impl Fn(&Supervisor) -> bool) -> Stopped {
+        while !done(self) {
+            match self.next_event(&[], Some(until)) {
+                Ok(Event::Timeout) => return Stopped::DeadlinePassed,
+                Err(e) => return Stopped::LoopFailed(e),
+                Ok(Event::Exited(e)) => {
+                    tracing::debug!(
+                        "{} stopped ({})",
+                        e.role.name(),
+                        process::describe(&e.status)
+                    )
+                }
+                Ok(Event::Shutdown(sig)) => {
+                    tracing::info!("{} received while already shutting down", sig.as_str())
+                }
+                Ok(Event::Readable(_)) => {}
+            }
+        }
+        Stopped::Done
     }
 
     fn take_exit(&mut self) -> Option<Exit> {
@@ -385,7 +420,8 @@ impl Supervisor {
 
 /// True while we have any child at all (known or adopted).
 fn has_children() -> bool {
-    // waitid with WNOWAIT would tell us too, but ECHILD from a non-reaping probe is simplest.
+    // A probe that reaps nothing (WNOWAIT) and does not block (WNOHANG): it succeeds while any
+    // child exists, exited or not, and fails with ECHILD once there is none.
     nix::sys::wait::waitid(
         nix::sys::wait::Id::All,
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
@@ -413,4 +449,60 @@ fn adopted_children() -> Vec<Pid> {
         })
         .map(Pid::from_raw)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A child that lives until killed, in its own group.
+    fn sleeper(sup: &mut Supervisor) -> Pid {
+        let sleep = process::look_path("sleep").expect("sleep");
+        sup.spawn(
+            Role::Prep,
+            SpawnSpec {
+                program: "sleep",
+                path: &sleep,
+                args: vec!["30".into()],
+                env_remove: &[],
+                env_set: Vec::new(),
+                ready_fd: None,
+                result_fd: None,
+            },
+        )
+        .expect("spawn sleep")
+    }
+
+    fn stop(pid: Pid) {
+        let _ = killpg(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    }
+
+    #[test]
+    fn a_failing_event_loop_is_not_the_deadline_passing() {
+        let mut sup = Supervisor::new().expect("supervisor");
+        let pid = sleeper(&mut sup);
+        let until = Instant::now() + Duration::from_millis(300);
+        assert_eq!(
+            sup.wait_stopped(until, |s| s.live_children() == 0),
+            Stopped::DeadlinePassed
+        );
+        // Break the loop the way a closed signalfd would: its number now reads as a directory.
+        let dir = std::fs::File::open("/").expect("open /");
+        #[allow(
+            unsafe_code,
+            reason = "replacing an fd number in place needs the raw call"
+        )]
+        // SAFETY: dup2 onto the signalfd's number, which `sup` keeps owning (it closes the
+        // duplicate on drop).
+        let rc = unsafe { nix::libc::dup2(dir.as_raw_fd(), sup.sigfd.as_raw_fd()) };
+        assert!(rc >= 0, "dup2");
+        let until = Instant::now() + Duration::from_secs(30);
+        assert_eq!(
+            sup.wait_stopped(until, |s| s.live_children() == 0),
+            Stopped::LoopFailed(Errno::EISDIR)
+        );
+        stop(pid);
+    }
 }

@@ -5,8 +5,8 @@ use crate::explain::Explainer;
 use crate::{preflight, settle, watch};
 use ts_common::cli::plan;
 use ts_common::exit;
-use ts_common::kube::{KubeClient, KubeRequest};
 use ts_common::settings::{Settings, REDACTED};
+use ts_kube::{describe, KubeClient, KubeRequest};
 
 /// What the binary was asked to do.
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +45,7 @@ async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
-            return crate::kube_exit_code(&e);
+            return e.exit_code();
         }
     };
     let secret = settings.kube_secret.as_str();
@@ -72,7 +72,7 @@ async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> i3
     let ns = crate::KubeOps::namespace(&ex).to_string();
     plan(format!(
         "  repeat {} (100 ms, doubling to 1 s apart) until the state keys are all present or all absent, at most {timeout:?}",
-        KubeRequest::get_secret(&ns, &settings.kube_secret).describe()
+        describe(&KubeRequest::get_secret(&ns, &settings.kube_secret))
     ));
     let now = match crate::KubeOps::get_secret(&ex, &settings.kube_secret).await {
         Ok(None) => "the secret does not exist: nothing to wait for".to_string(),
@@ -137,11 +137,11 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) ->
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
-            return crate::kube_exit_code(&e);
+            return e.exit_code();
         }
     };
     // Handlers first, so a SIGTERM during the permission check is a clean stop too.
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     let result = async {
         let can_patch = watch::resolve_can_patch(&client, &settings.kube_secret, can_patch).await?;
         let shutdown = async {
@@ -277,33 +277,33 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
     }
     let ns = crate::KubeOps::namespace(&ex).to_string();
     plan(format!(
-        "  then, following the IPN bus at {} (mask {}):",
+        "  then, following the IPN bus at {} (mask {}, this device from GET {} at each watch):",
         settings.socket.display(),
-        ts_common::localapi::MASK_STEADY
+        ts_localapi::localapi::MASK_LEAN,
+        ts_localapi::localapi::STATUS_SELF_PATH
     ));
     if settings.auth_once {
         plan("  on the first Running state (TS_AUTH_ONCE): log \"Deleting authkey from kube secret\" and");
         plan(format!(
             "     {}  (404/422: already gone)",
-            KubeRequest::remove_key(&ns, secret, "authkey").describe()
+            describe(&KubeRequest::remove_key(&ns, secret, "authkey"))
         ));
     }
     plan("  on every change of the node's (StableID, Name), values from the bus (not known now):");
     plan(format!(
         "     {}  (4xx: skip the write)",
-        KubeRequest::get_secret(&ns, secret).describe()
+        describe(&KubeRequest::get_secret(&ns, secret))
     ));
     plan(format!(
         "     {}",
-        KubeRequest::patch_string_data(
+        describe(&KubeRequest::patch_string_data(
             &ns,
             secret,
             &[
                 ("device_fqdn", "<SelfNode.Name>"),
                 ("device_id", "<SelfNode.StableID>")
             ]
-        )
-        .describe()
+        ))
     ));
     plan(match settings.ready_fd {
         Some(fd) => format!("  after the first reconcile: one newline on fd {fd} (readiness)"),

@@ -7,7 +7,7 @@ use crate::KubeOps;
 use k8s_openapi::api::core::v1::Secret;
 use std::cell::Cell;
 use ts_common::cli::plan;
-use ts_common::kube::{KubeClient, KubeError, KubeRequest};
+use ts_kube::{describe, KubeClient, KubeError, KubeRequest};
 
 /// Prints calls; forwards reads to the real client when there is one.
 pub struct Explainer {
@@ -26,10 +26,10 @@ impl Explainer {
         }
     }
 
-    fn show(&self, req: &KubeRequest, note: &str) {
+    fn show(&self, req: &Result<KubeRequest, KubeError>, note: &str) {
         let n = self.step.get() + 1;
         self.step.set(n);
-        plan(format!("  {n}. {}{note}", req.describe()));
+        plan(format!("  {n}. {}{note}", describe(req)));
     }
 
     fn answer<T>(&self, result: &Result<T, KubeError>, ok: impl FnOnce(&T) -> String) {

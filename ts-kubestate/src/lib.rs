@@ -8,7 +8,7 @@
 //!   every identity change.
 //!
 //! Every call follows the status table of the README's deviation table; the calls themselves (and the shared
-//! bounded retry) live in [`ts_common::kube`]. Both modes are written against [`KubeOps`], so
+//! bounded retry) live in [`ts_kube`]. Both modes are written against [`KubeOps`], so
 //! `--explain` runs the same code with [`explain::Explainer`], which performs the reads and
 //! only prints the writes.
 
@@ -19,7 +19,7 @@ pub mod settle;
 pub mod watch;
 
 use k8s_openapi::api::core::v1::Secret;
-use ts_common::kube::{KubeClient, KubeError};
+use ts_kube::{KubeClient, KubeError};
 
 /// The Kubernetes calls ts-kubestate makes. Implemented by the real client and by the
 /// `--explain` printer.
@@ -48,14 +48,5 @@ impl KubeOps for KubeClient {
     }
     async fn remove_key(&self, name: &str, key: &str) -> Result<(), KubeError> {
         KubeClient::remove_key(self, name, key).await
-    }
-}
-
-/// Exit status for a failure caused by `err`: 2 for invalid configuration, else 1.
-pub fn kube_exit_code(err: &KubeError) -> i32 {
-    if err.is_usage() {
-        ts_common::exit::USAGE
-    } else {
-        ts_common::exit::FAILURE
     }
 }

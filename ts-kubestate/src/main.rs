@@ -29,9 +29,10 @@
 //! to fix: RBAC, token, CA, tailscaled gone), 2 invalid configuration.
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 use ts_common::cli;
 use ts_common::exit;
-use ts_common::settings::{parse_bool, parse_duration};
+use ts_common::settings::{parse_bool, parse_duration, Settings};
 use ts_kubestate::app::{self, Action};
 
 #[derive(Parser, Debug)]
@@ -65,9 +66,8 @@ struct Cli {
     #[arg(long, value_name = "DIR", global = true)]
     root: Option<String>,
 
-    /// Print the Kubernetes calls this mode would make (reads are made, writes are not sent) and exit
-    #[arg(long, global = true)]
-    explain: bool,
+    #[command(flatten)]
+    common: cli::CommonArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,30 +95,39 @@ enum Mode {
     },
 }
 
-fn main() {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    std::process::exit(run(cli));
+    let phase = cli.common.phase(
+        "ts-kubestate",
+        &[
+            ("TS_KUBE_SECRET", cli.secret.as_ref()),
+            ("TS_SOCKET", cli.socket.as_ref()),
+            ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
+            ("TS_READY_FD", cli.ready_fd.as_ref()),
+            ("TS_TEST_ONLY_ROOT", cli.root.as_ref()),
+        ],
+    );
+    let mode = cli.mode;
+    ts_localapi::run_phase(phase, |settings, explain| async move {
+        let action = action(mode, &settings)?;
+        match app::run(&settings, action, explain).await {
+            exit::SUCCESS => Ok(()),
+            code => Err(cli::Logged(code)),
+        }
+    })
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn run(cli: Cli) -> i32 {
-    let overrides = cli::overrides(&[
-        ("TS_KUBE_SECRET", cli.secret.as_ref()),
-        ("TS_SOCKET", cli.socket.as_ref()),
-        ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
-        ("TS_READY_FD", cli.ready_fd.as_ref()),
-        ("TS_TEST_ONLY_ROOT", cli.root.as_ref()),
-    ]);
-    let settings = match cli::load_settings("ts-kubestate", &overrides) {
-        Ok(s) => s,
-        Err(code) => return code,
+/// What the subcommand asks for; a flag value it cannot use is refused (exit 2).
+fn action(mode: Option<Mode>, settings: &Settings) -> Result<Action, cli::Logged> {
+    let usage = |why: String| {
+        tracing::error!("invalid configuration: {why}");
+        cli::Logged(exit::USAGE)
     };
-    cli::warn_unsupported(&settings);
-    let mode = cli.mode.unwrap_or(Mode::Watch {
+    let mode = mode.unwrap_or(Mode::Watch {
         can_patch: None,
         guard: false,
     });
-    let action = match mode {
+    Ok(match mode {
         Mode::Preflight { result_fd } => Action::Preflight { result_fd },
         Mode::Settle { timeout: None } => Action::Settle {
             timeout: settings.shutdown_grace / 2,
@@ -128,10 +137,9 @@ async fn run(cli: Cli) -> i32 {
         } => match parse_duration(&value) {
             Some(timeout) => Action::Settle { timeout },
             None => {
-                tracing::error!(
-                    "invalid configuration: --timeout={value:?} is not a duration: use e.g. 10s or 500ms"
-                );
-                return exit::USAGE;
+                return Err(usage(format!(
+                    "--timeout={value:?} is not a duration: use e.g. 10s or 500ms"
+                )))
             }
         },
         Mode::Watch {
@@ -150,12 +158,10 @@ async fn run(cli: Cli) -> i32 {
                 guard,
             },
             None => {
-                tracing::error!(
-                    "invalid configuration: --can-patch={value:?} is not a boolean: use true or false"
-                );
-                return exit::USAGE;
+                return Err(usage(format!(
+                    "--can-patch={value:?} is not a boolean: use true or false"
+                )))
             }
         },
-    };
-    app::run(&settings, action, cli.explain).await
+    })
 }

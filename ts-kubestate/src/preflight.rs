@@ -18,9 +18,10 @@
 
 use crate::KubeOps;
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
-use ts_common::kube::{secret_value, KubeError};
+use ts_common::preflight::PreflightResult;
 use ts_common::settings::AuthKey;
 use ts_common::Settings;
+use ts_kube::{secret_value, KubeError};
 
 /// What the preflight found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,12 +35,13 @@ pub struct PreflightOutcome {
 }
 
 impl PreflightOutcome {
-    /// `{"can_patch":true|false,"authkey":"<key>"|null}` plus a newline: the result-fd protocol.
+    /// The line for ts-init's result pipe ([`PreflightResult`], the one type both sides use).
     pub fn result_line(&self) -> String {
-        let key = self.authkey.as_ref().map(AuthKey::expose);
-        // Serialising an Option<&str> cannot fail; `null` is the honest fallback anyway.
-        let key = serde_json::to_string(&key).unwrap_or_else(|_| "null".into());
-        format!("{{\"can_patch\":{},\"authkey\":{key}}}\n", self.can_patch)
+        PreflightResult {
+            can_patch: self.can_patch,
+            authkey: self.authkey.clone(),
+        }
+        .to_line()
     }
 
     /// The outcome for humans (the key redacted).
@@ -93,7 +95,7 @@ pub enum PreflightError {
 impl PreflightError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            PreflightError::Kube(e) => crate::kube_exit_code(e),
+            PreflightError::Kube(e) => e.exit_code(),
             _ => ts_common::exit::FAILURE,
         }
     }
@@ -215,11 +217,16 @@ pub fn join_errors(errs: &[String]) -> String {
 }
 
 /// Writes the result line to `fd` and closes it.
+#[allow(
+    unsafe_code,
+    reason = "the --result-fd number handed over by ts-init becomes an owned file"
+)]
 pub fn write_result(fd: RawFd, outcome: &PreflightOutcome) -> Result<(), PreflightError> {
     use std::io::Write as _;
     let err = |source| PreflightError::ResultFd { fd, source };
     // Taking ownership of an fd that is not open would be undefined; check it first.
     nix::fcntl::fcntl(
+        // SAFETY: borrowed only for this one F_GETFD, which fails cleanly if it is not open.
         unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
         nix::fcntl::FcntlArg::F_GETFD,
     )

@@ -11,6 +11,7 @@
 use crate::KubeOps;
 use std::time::Duration;
 use tokio::time::Instant;
+use ts_kube::Backoff;
 
 /// Keys tailscaled's profile store writes together (its `ipn` state keys).
 const CURRENT_PROFILE: &str = "_current-profile";
@@ -18,9 +19,11 @@ const KNOWN_PROFILES: &str = "_profiles";
 const MACHINE_KEY: &str = "_machinekey";
 const PROFILE_PREFIX: &str = "profile-";
 
-/// First and largest pause between two reads of the secret.
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// The pause between two reads of the secret: 100 ms doubling up to 1 s.
+const PAUSE: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(1),
+};
 
 /// How the wait ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,9 +55,9 @@ pub fn has_consistent_state<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool
 
 /// Reads the secret until its state is consistent or `deadline` passes.
 pub async fn run<K: KubeOps>(kube: &K, secret: &str, deadline: Instant) -> Settled {
-    let mut pause = FIRST_PAUSE;
-    let mut logged = false;
+    let mut reads: u32 = 0;
     loop {
+        reads += 1;
         let read = tokio::time::timeout_at(deadline, kube.get_secret(secret)).await;
         let found = match read {
             Err(_) => return Settled::TimedOut,
@@ -66,16 +69,15 @@ pub async fn run<K: KubeOps>(kube: &K, secret: &str, deadline: Instant) -> Settl
         if has_consistent_state(keys) {
             return Settled::Consistent;
         }
-        if !logged {
+        if reads == 1 {
             tracing::info!("Waiting for tailscaled to finish writing state to Secret {secret:?}");
-            logged = true;
         }
+        let pause = PAUSE.delay(reads);
         if Instant::now() + pause >= deadline {
             tokio::time::sleep_until(deadline).await;
             return Settled::TimedOut;
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

@@ -1,8 +1,10 @@
 //! The device-info watcher (the README's boot order; docs/kubernetes.md §3), started by
 //! ts-init once tailscaled is Running.
 //!
-//! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone).
-//! On the first Running state, with `TS_AUTH_ONCE` it removes `authkey` (JSON patch; 404 and
+//! It follows the IPN bus (re-watching when a stream ends, exiting when tailscaled is gone) in a
+//! reader task of its own ([`ts_localapi::node`]): the writes take the latest state when they are
+//! ready for it, so a flapping identity is coalesced and the guard of the Running state never
+//! waits for a write that keeps failing. On the first Running state, with `TS_AUTH_ONCE` it removes `authkey` (JSON patch; 404 and
 //! 422 mean "already gone"). On every change of the node's (StableID, Name) it checks the
 //! secret with a GET and then writes `device_fqdn` and `device_id` with a strategic-merge
 //! `stringData` patch: only those keys, never a read-modify-write, so tailscaled's own keys
@@ -16,17 +18,18 @@
 
 use crate::KubeOps;
 use std::future::Future;
-use std::hash::{BuildHasher as _, Hasher as _};
 use std::time::Duration;
-use ts_common::kube::KubeError;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
 use ts_common::Settings;
+use ts_kube::{Backoff, KubeError};
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN};
+use ts_localapi::node::{NodeState, NodeWatch, Options, WatchEnd};
+use ts_localapi::notify::BackendState;
 
-/// First wait of the after-startup retry.
-pub const RETRY_FIRST: Duration = Duration::from_millis(100);
-/// Ceiling of the after-startup retry.
-pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// The after-startup retry of a write: 100 ms doubling up to 30 s, jittered.
+pub const RETRY: Backoff = Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(30),
+};
 
 /// How the watcher ended without error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,13 +55,23 @@ pub enum WatchError {
     #[error("watching tailscaled's IPN bus: {0}")]
     Bus(#[source] LocalApiError),
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
+}
+
+impl From<WatchEnd> for WatchError {
+    fn from(end: WatchEnd) -> Self {
+        match end {
+            WatchEnd::LeftRunning(left) => WatchError::LeftRunning(left),
+            WatchEnd::Bus(e @ LocalApiError::Gone { .. }) => WatchError::BusGone(e),
+            WatchEnd::Bus(e) => WatchError::Bus(e),
+        }
+    }
 }
 
 impl WatchError {
     pub fn exit_code(&self) -> i32 {
         match self {
-            WatchError::Kube(e) => crate::kube_exit_code(e),
+            WatchError::Kube(e) => e.exit_code(),
             _ => ts_common::exit::FAILURE,
         }
     }
@@ -114,34 +127,37 @@ pub async fn run<K: KubeOps>(
         settings.socket.display(),
         kube.namespace()
     );
-    let mut follower = Follower::new(LocalApi::new(&settings.socket), MASK_STEADY);
+    let mut node = NodeWatch::spawn(
+        LocalApi::new(&settings.socket),
+        Options {
+            mask: MASK_LEAN,
+            guard,
+            resolve: None,
+        },
+    );
     let mut rec = Reconciler::new(kube, secret, settings.auth_once);
-    let main = async {
-        loop {
-            let msg = match follower.next().await {
-                Ok(msg) => msg,
-                Err(e @ LocalApiError::Gone { .. }) => return Err(WatchError::BusGone(e)),
-                Err(e @ LocalApiError::Decode { .. }) => {
-                    tracing::warn!("skipping an IPN bus message: {e}");
-                    continue;
-                }
-                Err(e) => return Err(WatchError::Bus(e)),
-            };
-            if guard {
-                msg.check_still_running()?;
-            }
-            let was_ready = rec.reconciled;
-            rec.on_notify(&msg).await?;
-            if rec.reconciled && !was_ready {
-                report_ready(settings);
-            }
-        }
-    };
+    let main = follow(&mut node, &mut rec, settings);
     tokio::select! {
         result = main => result,
         _ = shutdown => {
             tracing::info!("shutdown requested; exiting");
             Ok(WatchExit::Shutdown)
+        }
+    }
+}
+
+/// Reconciles on every change, forever; returns only with an error.
+async fn follow<K: KubeOps>(
+    node: &mut NodeWatch,
+    rec: &mut Reconciler<'_, K>,
+    settings: &Settings,
+) -> Result<WatchExit, WatchError> {
+    loop {
+        let st = node.changed().await?;
+        let was_ready = rec.reconciled;
+        node.guarded(rec.on_state(&st)).await??;
+        if rec.reconciled && !was_ready {
+            report_ready(settings);
         }
     }
 }
@@ -152,7 +168,7 @@ fn report_ready(settings: &Settings) {
     }
 }
 
-/// The watcher's state between bus messages.
+/// The watcher's state between reconciles.
 pub struct Reconciler<'a, K> {
     kube: &'a K,
     secret: &'a str,
@@ -182,12 +198,12 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
         }
     }
 
-    /// Applies one bus message.
-    pub async fn on_notify(&mut self, msg: &Notify) -> Result<(), WatchError> {
-        if let Some(id) = msg.self_identity() {
-            self.seen = Some((id.stable_id, id.name));
+    /// Brings the secret in line with the node as the bus last told it.
+    pub async fn on_state(&mut self, st: &NodeState) -> Result<(), WatchError> {
+        if let Some(id) = &st.me {
+            self.seen = Some((id.stable_id.clone(), id.name.clone()));
         }
-        if msg.backend_state() == Some(BackendState::Running) && !self.running {
+        if st.state == Some(BackendState::Running) && !self.running {
             self.running = true;
             if self.auth_once {
                 ts_common::status::track(self.remove_authkey()).await?;
@@ -212,16 +228,17 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
         tracing::info!("Deleting authkey from kube secret");
         match self.kube.remove_key(self.secret, "authkey").await {
             Ok(()) => Ok(()),
-            // 404: no secret; 422: the key is already absent. Either way it is gone.
-            Err(e) if matches!(e.status_code(), Some(404 | 422)) => {
-                tracing::info!(
-                    "authkey already absent from secret {:?} ({})",
-                    self.secret,
-                    e.status_code().unwrap_or(0)
-                );
-                Ok(())
-            }
-            Err(e) => Err(WatchError::DeleteAuthKey(e)),
+            Err(e) => match e.status_code() {
+                // 404: no secret; 422: the key is already absent. Either way it is gone.
+                Some(code @ (404 | 422)) => {
+                    tracing::info!(
+                        "authkey already absent from secret {:?} ({code})",
+                        self.secret
+                    );
+                    Ok(())
+                }
+                _ => Err(WatchError::DeleteAuthKey(e)),
+            },
         }
     }
 
@@ -248,7 +265,7 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
                 return Err(WatchError::StoreDeviceInfo(err));
             }
             retry += 1;
-            let delay = jittered(capped_backoff(retry));
+            let delay = RETRY.jittered(retry);
             tracing::warn!(
                 "storing device info in secret {:?} failed: {err}; retrying in {}ms (retry {retry})",
                 self.secret,
@@ -298,37 +315,21 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
     }
 }
 
-/// 100 ms doubling up to 30 s.
-pub fn capped_backoff(retry: u32) -> Duration {
-    let factor = 1u32 << retry.saturating_sub(1).min(16);
-    RETRY_FIRST.saturating_mul(factor).min(RETRY_MAX)
-}
-
-/// Between half and all of `d`, so many pods do not retry in lockstep.
-fn jittered(d: Duration) -> Duration {
-    // RandomState is seeded randomly per instance: enough entropy for jitter, no extra crate.
-    let r = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    let half = d / 2;
-    half + half.mul_f64((r % 1000) as f64 / 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_is_capped_and_jitter_bounded() {
-        assert_eq!(capped_backoff(1), Duration::from_millis(100));
-        assert_eq!(capped_backoff(2), Duration::from_millis(200));
-        assert_eq!(capped_backoff(9), Duration::from_millis(25_600));
-        assert_eq!(capped_backoff(10), RETRY_MAX);
-        assert_eq!(capped_backoff(100), RETRY_MAX);
+        assert_eq!(RETRY.delay(1), Duration::from_millis(100));
+        assert_eq!(RETRY.delay(2), Duration::from_millis(200));
+        assert_eq!(RETRY.delay(9), Duration::from_millis(25_600));
+        assert_eq!(RETRY.delay(10), RETRY.max);
+        assert_eq!(RETRY.delay(100), RETRY.max);
         for _ in 0..100 {
-            let j = jittered(Duration::from_secs(10));
+            let j = RETRY.jittered(9);
             assert!(
-                j >= Duration::from_secs(5) && j <= Duration::from_secs(10),
+                j >= Duration::from_millis(12_800) && j <= Duration::from_millis(25_600),
                 "{j:?}"
             );
         }

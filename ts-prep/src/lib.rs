@@ -507,3 +507,11 @@ pub fn run(settings: &Settings, host: &mut dyn Host) -> Result<Report, PrepError
 
 #[cfg(test)]
 mod tests;
+
+impl ts_common::cli::Failure for PrepError {
+    fn log(&self) {
+        for line in self.log_lines() {
+            tracing::error!("{line}");
+        }
+    }
+}

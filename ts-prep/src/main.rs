@@ -21,8 +21,8 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use ts_common::{cli, exit};
-use ts_prep::{PrepError, RealHost};
+use ts_common::cli;
+use ts_prep::RealHost;
 
 const ABOUT: &str = "Prepare the host for kernel-mode tailscaled: /dev/net/tun and IP forwarding";
 
@@ -63,46 +63,30 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     root: Option<String>,
 
-    /// Print the plan (tun node, each sysctl and its value) to stdout and change nothing
-    #[arg(long)]
-    explain: bool,
+    #[command(flatten)]
+    common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
-    let overrides = cli::overrides(&[
-        ("TS_USERSPACE", args.userspace.as_ref()),
-        ("TS_ROUTES", args.routes.as_ref()),
-        ("TS_DEST_IP", args.dest_ip.as_ref()),
-        ("TS_TEST_ONLY_ROOT", args.root.as_ref()),
-    ]);
-    let code = match cli::load_settings("ts-prep", &overrides) {
-        Err(code) => code,
-        Ok(settings) => {
-            cli::warn_unsupported(&settings);
-            if args.explain {
-                // Planning only needs the read-only probe: --explain cannot change anything.
-                for line in ts_prep::plan(&settings, &RealHost).explain() {
-                    cli::plan(line);
-                }
-                exit::SUCCESS
-            } else {
-                exit_code(ts_prep::run(&settings, &mut RealHost).map(drop))
-            }
+    let phase = args.common.phase(
+        "ts-prep",
+        &[
+            ("TS_USERSPACE", args.userspace.as_ref()),
+            ("TS_ROUTES", args.routes.as_ref()),
+            ("TS_DEST_IP", args.dest_ip.as_ref()),
+            ("TS_TEST_ONLY_ROOT", args.root.as_ref()),
+        ],
+    );
+    cli::run_phase(phase, |settings, explain| {
+        if explain {
+            // Planning only needs the read-only probe: --explain cannot change anything.
+            ts_prep::plan(&settings, &RealHost)
+                .explain()
+                .iter()
+                .for_each(cli::plan);
+            return Ok(());
         }
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// The one place a result becomes an exit status (and its failure lines are logged).
-fn exit_code(result: Result<(), PrepError>) -> i32 {
-    match result {
-        Ok(()) => exit::SUCCESS,
-        Err(err) => {
-            for line in err.log_lines() {
-                tracing::error!("{line}");
-            }
-            exit::FAILURE
-        }
-    }
+        ts_prep::run(&settings, &mut RealHost).map(drop)
+    })
 }

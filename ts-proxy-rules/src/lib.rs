@@ -19,7 +19,7 @@
 //!
 //! Addresses come from every bus era (D10): seed `NetMap.Addresses`, `NetMap.SelfNode.Addresses`
 //! (v1.50+), `SelfChange` (v1.100+), through [`Notify::self_identity`]; peers through
-//! [`ts_common::peers`].
+//! [`ts_localapi::peers`].
 
 pub mod firewall;
 pub mod rules;
@@ -31,10 +31,11 @@ use std::convert::Infallible;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{single_ip, Notify};
-use ts_common::peers::{PeerDelta, Peers, MASK_PEER_CHANGES};
 use ts_common::settings::{FirewallMode, IpPrefix, Settings, TailnetTarget};
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN};
+use ts_localapi::node::{NodeState, NodeWatch, Options, Resolution, WatchEnd};
+use ts_localapi::notify::single_ip;
+use ts_localapi::peers::MASK_PEER_CHANGES;
 
 /// `TS_DEST_IP`, parsed and verbatim.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,11 +80,24 @@ impl Config {
         })
     }
 
-    /// The bus mask: peers too when a name must be resolved.
+    /// The bus mask: peers too when a name must be resolved (the one watch of a boot whose
+    /// cost grows with the tailnet: README D26).
     pub fn mask(&self) -> u64 {
         match self.target {
             Some(TailnetTarget::Fqdn(_)) => MASK_PEER_CHANGES,
-            _ => MASK_STEADY,
+            _ => MASK_LEAN,
+        }
+    }
+
+    /// How the reader task watches.
+    pub fn watch_options(&self) -> Options {
+        Options {
+            mask: self.mask(),
+            guard: self.guard,
+            resolve: match &self.target {
+                Some(TailnetTarget::Fqdn(name)) => Some(name.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -124,7 +138,7 @@ pub enum ProxyError {
     #[error("reading the output of {command}: {why}")]
     Listing { command: String, why: String },
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("reporting readiness on TS_READY_FD={fd}: {source} (was the fd really passed to this process?)")]
@@ -133,6 +147,15 @@ pub enum ProxyError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<WatchEnd> for ProxyError {
+    fn from(end: WatchEnd) -> Self {
+        match end {
+            WatchEnd::LeftRunning(left) => ProxyError::LeftRunning(left),
+            WatchEnd::Bus(e) => ProxyError::Bus(e),
+        }
+    }
 }
 
 impl ProxyError {
@@ -268,7 +291,8 @@ pub async fn apply<F: Firewall>(
 #[derive(Default)]
 struct Watch {
     addresses: Option<Vec<IpPrefix>>,
-    peers: Peers,
+    /// The last lookup of the name the reader task reported.
+    target: Option<Resolution>,
     /// The last answer for a name (kept while the peer is missing from a netmap).
     resolved: Option<Vec<IpAddr>>,
     /// The last "name not found" note, so it is logged once per change.
@@ -278,29 +302,27 @@ struct Watch {
 }
 
 impl Watch {
-    /// Folds `msg` in; `true` when something the rules depend on may have changed.
-    fn update(&mut self, cfg: &Config, msg: &Notify, line: &[u8]) -> bool {
+    /// Takes in the node's latest state; `true` when something the rules depend on may have
+    /// changed.
+    fn update(&mut self, cfg: &Config, node: &NodeState) -> bool {
         let mut changed = false;
-        if let Some(me) = msg.self_identity() {
+        if let Some(me) = &node.me {
             changed |= self.addresses.as_ref() != Some(&me.addresses);
-            self.addresses = Some(me.addresses);
+            self.addresses = Some(me.addresses.clone());
         }
-        if let Some(TailnetTarget::Fqdn(name)) = &cfg.target {
-            match PeerDelta::from_line(line) {
-                Ok(delta) => {
-                    if self.peers.apply(&delta) {
-                        changed |= self.resolve(name);
-                    }
-                }
-                Err(e) => tracing::warn!("reading the peers of an IPN bus message: {e}"),
+        if let (Some(TailnetTarget::Fqdn(name)), Some(found)) = (&cfg.target, &node.target) {
+            if self.target.as_ref() != Some(found) {
+                self.target = Some(found.clone());
+                changed |= self.resolve(name, found);
             }
         }
         changed
     }
 
-    fn resolve(&mut self, name: &str) -> bool {
-        match self.peers.resolve(name) {
+    fn resolve(&mut self, name: &str, found: &Resolution) -> bool {
+        match &found.addresses {
             Some(ips) if !ips.is_empty() => {
+                let ips = ips.clone();
                 self.unresolved_note = None;
                 if self.resolved.as_ref() != Some(&ips) {
                     tracing::info!("TS_TAILNET_TARGET_FQDN={name} is [{}]", join_ips(&ips));
@@ -312,7 +334,7 @@ impl Watch {
             _ => {
                 let note = format!(
                     "TS_TAILNET_TARGET_FQDN={name} matches no peer with an address in the netmap ({} peers); it either does not exist or is not reachable because of ACLs; {}",
-                    self.peers.len(),
+                    found.peers,
                     match &self.resolved {
                         Some(ips) => format!("keeping the rules for [{}]", join_ips(ips)),
                         None => "no egress rules until it appears".into(),
@@ -341,9 +363,11 @@ impl Watch {
 
 /// Follows the IPN bus and reconciles on every change of the node's addresses or the target,
 /// forever. Returns only with an error: tailscaled gone, no address of a needed family, a
-/// firewall command failing.
+/// firewall command failing. The bus is read by a task of its own ([`NodeWatch`]): changes
+/// that arrive while a reconcile runs are coalesced into the next one, and the guard ends the
+/// watcher even while a firewall command hangs (the command is killed).
 pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, ProxyError> {
-    let mut follower = Follower::new(LocalApi::new(&cfg.socket), cfg.mask());
+    let mut node = NodeWatch::spawn(LocalApi::new(&cfg.socket), cfg.watch_options());
     let mut ready_fd = cfg.ready_fd;
     let mut st = Watch::default();
     tracing::info!(
@@ -354,11 +378,8 @@ pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, 
         fw.inspect_hint()
     );
     loop {
-        let (msg, line) = follower.next_with_line().await.map_err(ProxyError::Bus)?;
-        if cfg.guard {
-            msg.check_still_running()?;
-        }
-        if !st.update(cfg, &msg, &line) && st.applied.is_some() {
+        let now = node.changed().await?;
+        if !st.update(cfg, &now) && st.applied.is_some() {
             continue;
         }
         let Some(addresses) = st.addresses.clone() else {
@@ -366,7 +387,9 @@ pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, 
         };
         let egress = st.egress(cfg);
         let ipv6_nat = match &egress {
-            Egress::To(ips) if ips.iter().any(IpAddr::is_ipv6) => fw.ipv6_nat().await,
+            Egress::To(ips) if ips.iter().any(IpAddr::is_ipv6) => {
+                node.guarded(fw.ipv6_nat()).await?
+            }
             _ => false,
         };
         let want = wanted(cfg, &addresses, &egress, ipv6_nat)?;
@@ -375,7 +398,9 @@ pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, 
         }
         let mut families: BTreeSet<Family> = want.iter().map(Rule::family).collect();
         families.extend(st.families.iter().copied());
-        let changes = ts_common::status::track(apply(fw, &families, &want)).await?;
+        let changes = node
+            .guarded(ts_common::status::track(apply(fw, &families, &want)))
+            .await??;
         let summary = if want.is_empty() {
             "no rules".to_string()
         } else {
@@ -444,7 +469,7 @@ pub async fn driver<R: Runner>(cfg: &Config, mut runner: R) -> (Choice, Driver<R
 /// [`watch`] until SIGTERM or SIGINT (then `Ok`). The handlers are installed before the first
 /// connection so a shutdown during startup is a clean exit too.
 pub async fn run_until_signal<R: Runner>(cfg: &Config, runner: R) -> Result<(), ProxyError> {
-    let mut stop = ts_common::signals::StopSignals::install();
+    let mut stop = ts_localapi::signals::StopSignals::install();
     tokio::select! {
         r = async {
             let (_, mut fw) = driver(cfg, runner).await;
@@ -542,16 +567,17 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
         None => "  readiness: none (TS_READY_FD / --ready-fd unset)".to_string(),
     });
     out.push("  exit: 0 on SIGTERM/SIGINT; 1 when tailscaled is gone, the node has no address of a needed family, or a firewall command fails or hangs; 2 on invalid configuration".to_string());
-    let current = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut w = LocalApi::new(&cfg.socket).watch_ipn_bus(cfg.mask()).await?;
-        w.next_with_line().await
-    })
+    let opts = cfg.watch_options();
+    let current = tokio::time::timeout(
+        Duration::from_secs(2),
+        ts_localapi::node::first_state(LocalApi::new(&cfg.socket), &opts),
+    )
     .await;
     match current {
-        Ok(Ok(Some((msg, line)))) => match msg.self_identity() {
+        Ok(Ok(now)) => match &now.me {
             Some(me) => {
                 let mut st = Watch::default();
-                st.update(cfg, &msg, &line);
+                st.update(cfg, &now);
                 let egress = st.egress(cfg);
                 match wanted(cfg, &me.addresses, &egress, true) {
                     Ok(want) => {
@@ -575,7 +601,6 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
             }
             None => out.push("  now: tailscaled has no netmap yet (not logged in?)".to_string()),
         },
-        Ok(Ok(None)) => out.push("  now: tailscaled ended the stream at once".to_string()),
         Ok(Err(e)) => out.push(format!("  now: {e}")),
         Err(_) => out.push("  now: tailscaled did not answer within 2s".to_string()),
     }
@@ -584,3 +609,9 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+impl ts_common::cli::Failure for ProxyError {
+    fn exit_code(&self) -> i32 {
+        ProxyError::exit_code(self)
+    }
+}

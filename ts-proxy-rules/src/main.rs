@@ -25,9 +25,9 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use ts_common::{cli, exit};
+use ts_common::cli;
 use ts_proxy_rules::firewall::SystemRunner;
-use ts_proxy_rules::{Config, ProxyError};
+use ts_proxy_rules::Config;
 
 const ABOUT: &str = "Keep the DNAT rule to TS_DEST_IP and the egress rules to a tailnet target";
 
@@ -57,83 +57,36 @@ struct Args {
     #[arg(long, value_name = "MODE")]
     firewall_mode: Option<String>,
 
-    /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long, value_name = "PATH")]
-    socket: Option<String>,
+    #[command(flatten)]
+    watcher: cli::WatcherArgs,
 
-    /// Write one newline to this fd after the first reconcile, then close it [env: TS_READY_FD]
-    #[arg(long, value_name = "FD")]
-    ready_fd: Option<String>,
-
-    /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
-    #[arg(long)]
-    guard: bool,
-
-    /// Print the plan (backend, the rules it keeps, socket, readiness) to stdout and change nothing
-    #[arg(long)]
-    explain: bool,
+    #[command(flatten)]
+    common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
-    let overrides = cli::overrides(&[
-        ("TS_DEST_IP", args.dest_ip.as_ref()),
-        ("TS_TAILNET_TARGET_IP", args.tailnet_target_ip.as_ref()),
-        ("TS_TAILNET_TARGET_FQDN", args.tailnet_target_fqdn.as_ref()),
-        ("TS_DEBUG_FIREWALL_MODE", args.firewall_mode.as_ref()),
-        ("TS_SOCKET", args.socket.as_ref()),
-        ("TS_READY_FD", args.ready_fd.as_ref()),
-    ]);
-    let code = match cli::load_settings("ts-proxy-rules", &overrides) {
-        Err(code) => code,
-        Ok(settings) => {
-            cli::warn_unsupported(&settings);
-            ts_common::status::init(&settings, "ts-proxy-rules");
-            match Config::from_settings(&settings) {
-                Err(e) => exit_code(Err(e)),
-                Ok(cfg) => run(
-                    &Config {
-                        guard: args.guard,
-                        ..cfg
-                    },
-                    args.explain,
-                ),
-            }
+    let phase = args.common.phase(
+        "ts-proxy-rules",
+        &args.watcher.flags(&[
+            ("TS_DEST_IP", args.dest_ip.as_ref()),
+            ("TS_TAILNET_TARGET_IP", args.tailnet_target_ip.as_ref()),
+            ("TS_TAILNET_TARGET_FQDN", args.tailnet_target_fqdn.as_ref()),
+            ("TS_DEBUG_FIREWALL_MODE", args.firewall_mode.as_ref()),
+        ]),
+    );
+    let guard = args.watcher.guard;
+    ts_localapi::run_phase(phase, |settings, explain| async move {
+        ts_common::status::init(&settings, "ts-proxy-rules");
+        let cfg = Config {
+            guard,
+            ..Config::from_settings(&settings)?
+        };
+        if explain {
+            let lines = ts_proxy_rules::explain(&cfg, SystemRunner::default()).await;
+            lines.iter().for_each(cli::plan);
+            return Ok(());
         }
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-fn run(cfg: &Config, explain: bool) -> i32 {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            return exit::FAILURE;
-        }
-    };
-    if explain {
-        for line in rt.block_on(ts_proxy_rules::explain(cfg, SystemRunner::default())) {
-            cli::plan(line);
-        }
-        return exit::SUCCESS;
-    }
-    exit_code(rt.block_on(ts_proxy_rules::run_until_signal(
-        cfg,
-        SystemRunner::default(),
-    )))
-}
-
-/// The one place a result becomes an exit status.
-fn exit_code(result: Result<(), ProxyError>) -> i32 {
-    match result {
-        Ok(()) => exit::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            e.exit_code()
-        }
-    }
+        ts_proxy_rules::run_until_signal(&cfg, SystemRunner::default()).await
+    })
 }

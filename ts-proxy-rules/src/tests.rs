@@ -464,6 +464,21 @@ fn iptables_failure_names_the_command_and_its_stderr() {
 }
 
 #[test]
+fn a_tools_stderr_cannot_forge_a_log_line() {
+    block_on(async {
+        let script = "printf 'bad\\nboot: 2026/01/01 00:00:00 ts-init: forged\\n' >&2; exit 3";
+        let cmd = Command::new("sh").arg("-c").arg(script);
+        let err = fw::SystemRunner::default().run(&cmd).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("exit status 3: bad\\nboot: 2026/01/01"),
+            "{msg}"
+        );
+    });
+}
+
+#[test]
 fn system_runner_reports_a_missing_program_and_kills_a_hung_one() {
     block_on(async {
         let cmd = Command::new("/nonexistent/iptables").arg("-S");
@@ -513,7 +528,11 @@ fn config_needs_something_to_do() {
     .unwrap();
     let c = Config::from_settings(&s).unwrap();
     assert_eq!(c.dest.as_ref().map(|d| d.raw.as_str()), Some("fd00::5"));
-    assert_eq!(c.mask(), 10);
+    assert_eq!(
+        c.mask(),
+        ts_localapi::localapi::MASK_LEAN,
+        "the state, no netmap"
+    );
     let s = Settings::from_vars([
         ("TS_USERSPACE", "false"),
         ("TS_TAILNET_TARGET_FQDN", "db.ts.net."),
@@ -523,7 +542,7 @@ fn config_needs_something_to_do() {
     let c = Config::from_settings(&s).unwrap();
     assert_eq!(c.target, Some(TailnetTarget::Fqdn("db.ts.net.".into())));
     assert_eq!(c.firewall_mode, Some(FirewallMode::Nftables));
-    assert_eq!(c.mask(), 4096 | 10, "peers are needed for a name");
+    assert_eq!(c.mask(), 8192 | 4096 | 8 | 2, "peers are needed for a name");
 }
 
 fn arb_addr() -> impl Strategy<Value = String> {
@@ -903,12 +922,4 @@ fn auto_follows_the_rules_in_use() {
     );
     assert_eq!(b, Backend::Iptables, "{why}");
     assert!(why.contains("nft not found"), "{why}");
-}
-
-#[test]
-fn bounded_escapes_and_cuts() {
-    assert_eq!(fw::bounded("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\nc");
-    let long = "x".repeat(5000);
-    let cut = fw::bounded(&long);
-    assert!(cut.len() < 2100 && cut.ends_with('…'), "{}", cut.len());
 }

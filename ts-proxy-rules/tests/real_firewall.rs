@@ -641,6 +641,7 @@ fn serve_once(target: &Netns) -> std::sync::mpsc::Receiver<(SocketAddr, i32)> {
     rx
 }
 
+#[allow(unsafe_code, reason = "TCP_MAXSEG has no safe getter")]
 fn tcp_maxseg(s: &TcpStream) -> i32 {
     use std::os::fd::AsRawFd as _;
     let mut v: nix::libc::c_int = 0;

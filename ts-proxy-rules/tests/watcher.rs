@@ -107,14 +107,18 @@ fn whole_steady_state_streams() {
         p.wait_log(&format!("DNAT rule {B4} -> {DEST} in place"));
         p.expect_ready();
         assert_eq!(scene.rules("iptables"), [rule(B4, 32, DEST)], "{era}");
-        assert_eq!(
-            scene.records(),
-            [
-                insert("iptables", A4, DEST),
-                insert("iptables", B4, DEST),
-                delete("iptables", A4, DEST)
-            ],
-            "{era}"
+        // The stream arrives in one burst: the first address may be coalesced away (the
+        // reconcile takes the latest state), or applied and then replaced. Never a pile-up.
+        let records = scene.records();
+        assert!(
+            records == [insert("iptables", B4, DEST)]
+                || records
+                    == [
+                        insert("iptables", A4, DEST),
+                        insert("iptables", B4, DEST),
+                        delete("iptables", A4, DEST)
+                    ],
+            "{era}: {records:?}"
         );
         // Leaving Running is ts-init's business; the watcher keeps its rule and keeps going.
         assert!(p.try_code().is_none(), "{}", p.log());
@@ -390,7 +394,7 @@ fn explain_prints_the_plan_and_runs_nothing() {
         "firewall backend: iptables (TS_DEBUG_FIREWALL_MODE unset: iptables, tailscaled's default)",
         "iptables -t nat -I PREROUTING 1 -d <tailnet IP> -j DNAT --to-destination 10.0.0.5",
         "iptables -t nat -S PREROUTING",
-        "watch-ipn-bus?mask=10",
+        "watch-ipn-bus?mask=8194",
         &scene.fake.socket.display().to_string(),
         "fd 3",
         &format!("now: tailnet addresses [{A4}/32"),
@@ -453,7 +457,7 @@ fn a_name_not_in_the_netmap_is_not_ready_until_it_appears() {
             .fake
             .requests()
             .iter()
-            .any(|r| r.contains("watch-ipn-bus?mask=4106")),
+            .any(|r| r.contains("watch-ipn-bus?mask=12298")),
         "{:?}",
         scene.fake.requests()
     );

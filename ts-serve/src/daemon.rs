@@ -14,8 +14,8 @@
 use crate::serve_config::{conflict, ServeConfig};
 use http::Method;
 use serde::Deserialize;
-use ts_common::localapi::{LocalApi, LocalApiError, Reply};
-use ts_common::notify::DnsConfig;
+use ts_localapi::localapi::{LocalApi, LocalApiError, Reply};
+use ts_localapi::notify::DnsConfig;
 
 pub const SERVE_CONFIG_PATH: &str = "/localapi/v0/serve-config";
 pub const PREFS_PATH: &str = "/localapi/v0/prefs";
@@ -54,7 +54,7 @@ fn refused(method: &'static str, path: &'static str, reply: &Reply) -> DaemonErr
         error: String,
     }
     let body = match serde_json::from_slice::<JsonError>(&reply.body) {
-        Ok(e) => ts_common::localapi::bounded_text(e.error.as_bytes(), ERROR_EXCERPT),
+        Ok(e) => ts_common::logging::outside_max(&e.error, ERROR_EXCERPT),
         Err(_) => reply.body_excerpt(ERROR_EXCERPT),
     };
     DaemonError::Refused {

@@ -143,6 +143,10 @@ fn poll_timer() -> tokio::time::Interval {
     t
 }
 
+#[allow(
+    unsafe_code,
+    reason = "registering the inotify descriptor with the runtime is an unsafe call"
+)]
 fn watch_dir(dir: &Path) -> Result<AsyncFd<InotifyFd>, String> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| format!("cannot create an inotify instance: {e}"))?;

@@ -27,9 +27,10 @@ use serve_config::{Desired, ServeConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use ts_common::localapi::{Follower, LocalApi, LocalApiError, MASK_STEADY};
-use ts_common::notify::{BackendState, Notify};
 use ts_common::settings::{ServeSettings, Settings};
+use ts_localapi::localapi::{LocalApi, LocalApiError, MASK_LEAN, STATUS_SELF_PATH};
+use ts_localapi::node::{NodeState, NodeWatch, Options, WatchEnd};
+use ts_localapi::notify::BackendState;
 
 /// After tailscaled refused a config (or could not be asked), try again this much later.
 pub const RETRY: Duration = Duration::from_secs(5);
@@ -69,7 +70,7 @@ pub enum ServeError {
     #[error("TS_SERVE_CONFIG is not set, so there is no serve config to apply: set TS_SERVE_CONFIG (or --config) to the path of an ipn.ServeConfig JSON file")]
     NoConfig,
     #[error(transparent)]
-    LeftRunning(#[from] ts_common::notify::LeftRunning),
+    LeftRunning(#[from] ts_localapi::notify::LeftRunning),
     #[error("watching tailscaled: {0}")]
     Bus(#[source] LocalApiError),
     #[error("serve proxy: failed to unset the previous serve config: {0}")]
@@ -80,6 +81,15 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<WatchEnd> for ServeError {
+    fn from(end: WatchEnd) -> Self {
+        match end {
+            WatchEnd::LeftRunning(left) => ServeError::LeftRunning(left),
+            WatchEnd::Bus(e) => ServeError::Bus(e),
+        }
+    }
 }
 
 impl ServeError {
@@ -140,6 +150,9 @@ struct Watcher<'a> {
     running: bool,
     /// `None` until tailscaled told us; `Some(None)` when the node has no certificate domain.
     cert_domain: Option<Option<String>>,
+    /// The certificate domains and the self-change count of the last state seen.
+    seen_domains: Option<Vec<String>>,
+    seen_self_changes: u64,
     cleared: bool,
     /// What tailscaled was last made to serve (by this process).
     applied: Option<ServeConfig>,
@@ -154,29 +167,32 @@ struct Watcher<'a> {
 }
 
 impl Watcher<'_> {
-    /// A bus message: state, certificate domain. Returns whether a reconcile is due.
-    async fn on_notify(&mut self, msg: &Notify) -> Result<bool, ServeError> {
-        if self.cfg.guard && self.running {
-            msg.check_still_running()?;
-        }
+    /// The node's latest state: running, certificate domain. Returns whether a reconcile is
+    /// due.
+    async fn on_state(&mut self, st: &NodeState) -> bool {
         let mut due = false;
-        if let Some(state) = msg.backend_state() {
+        if let Some(state) = st.state {
             let now = state == BackendState::Running;
             due |= now && !self.running;
             self.running = now;
         }
-        let domains = match msg.cert_domains() {
-            Some(d) => Some(d.to_vec()),
+        let self_changed = st.self_changes != self.seen_self_changes;
+        self.seen_self_changes = st.self_changes;
+        let domains = if st.cert_domains.is_some() && st.cert_domains != self.seen_domains {
+            self.seen_domains.clone_from(&st.cert_domains);
+            st.cert_domains.clone()
+        } else if self_changed && self.cert_domain.is_some() {
             // A HEAD daemon sends only the self node at runtime; the domains may have changed
             // with it, and the dns-config endpoint has them.
-            None if msg.self_change.is_some() => match self.daemon.cert_domains().await {
+            match self.daemon.cert_domains().await {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::warn!("serve proxy: reading the certificate domains: {e}");
                     None
                 }
-            },
-            None => None,
+            }
+        } else {
+            None
         };
         if let Some(domains) = domains {
             let first = domains.first().cloned();
@@ -191,7 +207,7 @@ impl Watcher<'_> {
                 due = true;
             }
         }
-        Ok(due)
+        due
     }
 
     fn can_reconcile(&self) -> bool {
@@ -344,28 +360,6 @@ impl Watcher<'_> {
     }
 }
 
-/// Follows the bus in a task of its own, so the main loop can wait on several things at once
-/// without ever dropping a half-read message.
-fn spawn_bus(socket: PathBuf) -> mpsc::Receiver<Result<Notify, LocalApiError>> {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut follower = Follower::new(LocalApi::new(&socket), MASK_STEADY);
-        loop {
-            let msg = follower.next().await;
-            let fatal = matches!(
-                msg,
-                Err(LocalApiError::Gone { .. }
-                    | LocalApiError::Connect { .. }
-                    | LocalApiError::Status { .. })
-            );
-            if tx.send(msg).await.is_err() || fatal {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 /// Watches the file in a task of its own; each possible change is one message (coalesced).
 fn spawn_files(cfg: &Config) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
@@ -394,14 +388,25 @@ fn spawn_files(cfg: &Config) -> mpsc::Receiver<()> {
 
 /// Runs until SIGTERM/SIGINT (then withdraws services and returns `Ok`) or a fatal error.
 pub async fn run_until_signal(cfg: &Config) -> Result<(), ServeError> {
-    let mut stop = ts_common::signals::StopSignals::install();
-    let mut bus = spawn_bus(cfg.socket.clone());
+    let mut stop = ts_localapi::signals::StopSignals::install();
+    // The bus is read by a task of its own: the guard never waits for a reconcile, and changes
+    // that arrive during one are coalesced into the next.
+    let mut node = NodeWatch::spawn(
+        LocalApi::new(&cfg.socket),
+        Options {
+            mask: MASK_LEAN,
+            guard: cfg.guard,
+            resolve: None,
+        },
+    );
     let mut files = spawn_files(cfg);
     let mut w = Watcher {
         cfg,
         daemon: Daemon::new(LocalApi::new(&cfg.socket)),
         running: false,
         cert_domain: None,
+        seen_domains: None,
+        seen_self_changes: 0,
         cleared: false,
         applied: None,
         advertised: None,
@@ -425,23 +430,15 @@ pub async fn run_until_signal(cfg: &Config) -> Result<(), ServeError> {
                 }
                 return Ok(());
             }
-            msg = bus.recv() => match msg {
-                Some(Ok(msg)) => w.on_notify(&msg).await?,
-                Some(Err(e @ LocalApiError::Decode { .. })) => {
-                    tracing::warn!("{e}");
-                    false
-                }
-                Some(Err(e)) => return Err(ServeError::Bus(e)),
-                None => return Err(ServeError::Bus(LocalApiError::EmptyStreams {
-                    socket: cfg.socket.clone(),
-                    times: 0,
-                })),
-            },
+            st = node.changed() => {
+                let st = st?;
+                node.guarded(w.on_state(&st)).await?
+            }
             Some(()) = files.recv() => true,
             _ = sleep_until(retry_at) => true,
         };
         if due {
-            w.reconcile().await?;
+            node.guarded(w.reconcile()).await??;
         }
     }
 }
@@ -461,7 +458,7 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
         "ts-serve plan (nothing is changed by --explain):".to_string(),
         format!("  serve config file: {} (TS_SERVE_CONFIG)", cfg.path.display()),
         format!(
-            "  wait for Running on GET /localapi/v0/watch-ipn-bus?mask={MASK_STEADY} at {}",
+            "  wait for Running on GET /localapi/v0/watch-ipn-bus?mask={MASK_LEAN} (certificate domains from GET {STATUS_SELF_PATH}) at {}",
             cfg.socket.display()
         ),
         "  then once: POST /localapi/v0/serve-config {} (unset the previous config)".to_string(),
@@ -508,3 +505,9 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+
+impl ts_common::cli::Failure for ServeError {
+    fn exit_code(&self) -> i32 {
+        ServeError::exit_code(self)
+    }
+}

@@ -22,8 +22,8 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use ts_common::{cli, exit};
-use ts_serve::{Config, ServeError};
+use ts_common::cli;
+use ts_serve::Config;
 
 const ABOUT: &str = "Apply TS_SERVE_CONFIG (Tailscale Serve) to tailscaled and keep it applied";
 
@@ -42,51 +42,30 @@ struct Args {
 
     #[command(flatten)]
     watcher: cli::WatcherArgs,
+
+    #[command(flatten)]
+    common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
-    let overrides = args
-        .watcher
-        .overrides(&[("TS_SERVE_CONFIG", args.config.as_ref())]);
-    let code = match cli::load_settings("ts-serve", &overrides) {
-        Err(code) => code,
-        Ok(settings) => {
-            cli::warn_unsupported(&settings);
-            ts_common::status::init(&settings, "ts-serve");
-            match Config::from_settings(&settings) {
-                Err(e) => exit_code(Err(e)),
-                Ok(cfg) => run(
-                    &Config {
-                        guard: args.watcher.guard,
-                        ..cfg
-                    },
-                    args.watcher.explain,
-                ),
-            }
+    let phase = args.common.phase(
+        "ts-serve",
+        &args
+            .watcher
+            .flags(&[("TS_SERVE_CONFIG", args.config.as_ref())]),
+    );
+    let guard = args.watcher.guard;
+    ts_localapi::run_phase(phase, |settings, explain| async move {
+        ts_common::status::init(&settings, "ts-serve");
+        let cfg = Config {
+            guard,
+            ..Config::from_settings(&settings)?
+        };
+        if explain {
+            ts_serve::explain(&cfg).await.iter().for_each(cli::plan);
+            return Ok(());
         }
-    };
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-#[tokio::main(flavor = "current_thread")]
-async fn run(cfg: &Config, explain: bool) -> i32 {
-    if explain {
-        for line in ts_serve::explain(cfg).await {
-            cli::plan(line);
-        }
-        return exit::SUCCESS;
-    }
-    exit_code(ts_serve::run_until_signal(cfg).await)
-}
-
-/// The one place a result becomes an exit status.
-fn exit_code(result: Result<(), ServeError>) -> i32 {
-    match result {
-        Ok(()) => exit::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            e.exit_code()
-        }
-    }
+        ts_serve::run_until_signal(&cfg).await
+    })
 }

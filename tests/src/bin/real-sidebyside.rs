@@ -137,6 +137,10 @@ fn main() {
     }
 }
 
+#[allow(
+    unsafe_code,
+    reason = "fork(2) into the wrapper's PID namespace has no safe wrapper"
+)]
 /// Boots `wrapper` as PID 1 of its own PID namespace, floods it with `n` orphans, and returns
 /// how many of them are still zombies (children of the wrapper in state Z) 2 s later.
 fn orphan_flood(lab: &Lab, wrapper: Wrapper, n: usize) -> usize {

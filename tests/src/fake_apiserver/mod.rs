@@ -177,6 +177,9 @@ pub enum FaultAction {
     DelayMs(u64),
     /// Never answer (the connection stays open until the server stops).
     Hang,
+    /// Answer with this status and a `Status` body carrying this `message` (a huge one, or
+    /// one with newlines: what a hostile or broken API server may send).
+    StatusMessage { code: u16, message: String },
 }
 
 /// A fault for the next `times` matching requests (`None`: all of them).
@@ -527,6 +530,19 @@ impl FakeApiServer {
         });
     }
 
+    /// Answers the next `times` matching requests with `status` and a `Status` body whose
+    /// `message` is `message`.
+    pub fn fail_next_with(&self, matcher: Match, status: u16, message: &str, times: u32) {
+        self.add_fault(Fault {
+            matcher,
+            action: FaultAction::StatusMessage {
+                code: status,
+                message: message.to_string(),
+            },
+            times: Some(times),
+        });
+    }
+
     /// Delays the next `times` matching requests by `delay`, then serves them.
     pub fn delay_next(&self, matcher: Match, delay: Duration, times: u32) {
         self.add_fault(Fault {
@@ -689,7 +705,7 @@ impl Answer {
 }
 
 /// The message a real server gives for an injected status on this request.
-fn injected(code: u16, method: &str, target: &Target) -> Answer {
+fn injected(code: u16, method: &str, target: &Target, message: Option<&str>) -> Answer {
     let (name, kind) = match target {
         Target::Secret { name, .. } => (name.as_str(), "secrets"),
         Target::Secrets { .. } => ("", "secrets"),
@@ -697,7 +713,7 @@ fn injected(code: u16, method: &str, target: &Target) -> Answer {
         Target::Other => ("", ""),
     };
     let details = (!kind.is_empty()).then_some((name, kind));
-    let message = match code {
+    let default = match code {
         401 => "Unauthorized".to_string(),
         403 => forbidden_message(verb_of(method), kind, name, "default"),
         404 => format!("{kind} {name:?} not found"),
@@ -710,7 +726,7 @@ fn injected(code: u16, method: &str, target: &Target) -> Answer {
         504 => "the server was unable to return a response in the time allotted".to_string(),
         _ => "Internal error occurred: injected fault".to_string(),
     };
-    Answer::fail(code, &message, details)
+    Answer::fail(code, message.unwrap_or(&default), details)
 }
 
 fn forbidden_message(verb: &str, resource: &str, name: &str, ns: &str) -> String {
@@ -819,7 +835,10 @@ async fn handle(
             let _ = shutdown.wait_for(|stop| *stop).await;
             return Ok(respond(Answer::fail(503, "server shutting down", None)));
         }
-        Some(FaultAction::Status(code)) => injected(code, &method, &target),
+        Some(FaultAction::Status(code)) => injected(code, &method, &target, None),
+        Some(FaultAction::StatusMessage { code, message }) => {
+            injected(code, &method, &target, Some(&message))
+        }
         Some(FaultAction::DelayMs(ms)) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             serve(&shared, &recorded, &target, &body)

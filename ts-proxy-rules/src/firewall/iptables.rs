@@ -17,7 +17,7 @@ use crate::rules::{Direction, Family, Rule, TUN};
 use crate::ProxyError;
 use std::net::IpAddr;
 use ts_common::argv::{self, Command, RuleOp};
-use ts_common::notify::single_ip;
+use ts_localapi::notify::single_ip;
 
 /// The comment that marks tsboot's egress rules.
 pub const EGRESS_TAG: &str = "tsboot-egress";

@@ -20,6 +20,7 @@ use crate::ProxyError;
 use std::future::Future;
 use std::time::Duration;
 use ts_common::argv::Command;
+use ts_common::logging::outside;
 use ts_common::settings::FirewallMode;
 
 /// How long one iptables or nft command may take before it is killed and the reconcile fails.
@@ -48,21 +49,27 @@ impl Default for SystemRunner {
 
 impl Runner for SystemRunner {
     async fn run(&mut self, cmd: &Command) -> Result<String, ProxyError> {
-        let child = tokio::process::Command::new(&cmd.program)
-            .args(cmd.argv())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .output();
-        let output = match tokio::time::timeout(self.timeout, child).await {
-            Ok(r) => r.map_err(|source| ProxyError::Spawn {
-                command: cmd.display_redacted(),
-                program: cmd.program.clone(),
-                source,
-            })?,
-            Err(_) => {
+        use ts_localapi::command::{self, Output, RunError};
+        let output = match command::run(cmd, self.timeout, Output::Capture).await {
+            Ok(done) => done,
+            Err(RunError::Timeout { .. }) => {
                 return Err(ProxyError::Timeout {
                     command: cmd.display_redacted(),
                     after: self.timeout,
+                })
+            }
+            Err(RunError::Spawn(e)) => {
+                return Err(ProxyError::Spawn {
+                    command: cmd.display_redacted(),
+                    program: cmd.program.clone(),
+                    source: e.into_io(),
+                })
+            }
+            Err(RunError::Wait { source, .. }) => {
+                return Err(ProxyError::Spawn {
+                    command: cmd.display_redacted(),
+                    program: cmd.program.clone(),
+                    source,
                 })
             }
         };
@@ -71,37 +78,16 @@ impl Runner for SystemRunner {
                 command: cmd.display_redacted(),
                 program: cmd.program.clone(),
                 status: describe_status(&output.status),
-                stderr: bounded(&String::from_utf8_lossy(&output.stderr)),
+                stderr: outside(&String::from_utf8_lossy(&output.stderr)),
             });
         }
         // The reference let iptables write to its stderr; keep such warnings visible.
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !stderr.trim().is_empty() {
-            tracing::warn!("{}: {}", cmd.display_redacted(), bounded(stderr.trim()));
+            tracing::warn!("{}: {}", cmd.display_redacted(), outside(&stderr));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
-}
-
-/// At most this much of a tool's stderr goes into an error or a log line.
-const STDERR_LIMIT: usize = 2000;
-
-/// `text` cut to [`STDERR_LIMIT`] bytes (on a character boundary), control characters other
-/// than newlines escaped, so a tool's output cannot flood or forge log lines.
-pub fn bounded(text: &str) -> String {
-    let mut out = String::new();
-    for c in text.chars() {
-        if out.len() >= STDERR_LIMIT {
-            out.push('…');
-            break;
-        }
-        match c {
-            '\n' | '\t' => out.push(c),
-            c if c.is_control() => out.extend(c.escape_default()),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn describe_status(status: &std::process::ExitStatus) -> String {

@@ -10,20 +10,40 @@
 //! 403 to any other Host (a hex-encoded socket path, as a generic unix-socket URI would put
 //! there, included).
 
-use crate::notify::{Notify, NotifyError};
+use crate::notify::{Notify, PeerMode, Status};
+use crate::stream::{self, Parsed};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use hyperlocal::{UnixConnector, Uri as UnixUri};
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use ts_common::logging::{outside, outside_max};
+
+/// `NotifyInitialState`: the first message carries the state (docs/localapi.md §2.3).
+pub const NOTIFY_INITIAL_STATE: u64 = 1 << 1;
+/// `NotifyInitialNetMap`: the first message carries the whole netmap, every peer included.
+pub const NOTIFY_INITIAL_NETMAP: u64 = 1 << 3;
+/// `NotifyNoNetMap` (v1.98+): no netmap on runtime messages (Linux daemons send none anyway;
+/// older daemons ignore the bit and keep sending whole netmaps, which the parser streams).
+pub const NOTIFY_NO_NETMAP: u64 = 1 << 13;
+/// `NotifyInitialStatus` (v1.100+): the first message carries `ipnstate.Status`, peers included.
+pub const NOTIFY_INITIAL_STATUS: u64 = 1 << 14;
 
 /// Seed containerboot's first watch: InitialNetMap | InitialPrefs | InitialState.
 pub const MASK_FIRST_WATCH: u64 = 14;
-/// Re-watch / steady state: InitialNetMap | InitialState.
+/// Seed containerboot's re-watch: InitialNetMap | InitialState.
 pub const MASK_STEADY: u64 = 10;
+/// tsboot's watches (README D26): the state, and no netmap at all. This device comes from
+/// `GET /localapi/v0/status?peers=false` read at the start of each watch
+/// ([`Follower::with_self_status`]) and from the runtime messages (`SelfChange`, or a seed-era
+/// netmap), so what tailscaled sends per watch does not grow with the tailnet.
+pub const MASK_LEAN: u64 = NOTIFY_INITIAL_STATE | NOTIFY_NO_NETMAP;
+/// `GET` this for the node's status without its peers.
+pub const STATUS_SELF_PATH: &str = "/localapi/v0/status?peers=false";
 
 /// The only Host tailscaled accepts besides an empty one.
 pub const HOST: &str = "local-tailscaled.sock";
@@ -32,14 +52,11 @@ pub const WATCH_PATH: &str = "/localapi/v0/watch-ipn-bus";
 /// Path of tailscaled's user-facing metrics (Prometheus text exposition).
 pub const USERMETRICS_PATH: &str = "/localapi/v0/usermetrics";
 
-/// A bus message larger than this is refused instead of growing the buffer without bound.
-/// Real netmaps of large tailnets reach a few MiB.
-pub const MAX_MESSAGE: usize = 64 << 20;
 /// Error bodies are read up to this size.
 const MAX_ERROR_BODY: usize = 64 << 10;
-/// After a big message the buffer is shrunk back to this, so one large netmap does not pin
-/// its memory for the life of a long-running watcher.
-const KEEP_CAPACITY: usize = 64 << 10;
+/// Malformed lines logged one by one before only every [`MALFORMED_LOG_EVERY`]th is.
+const MALFORMED_LOG_FIRST: u64 = 5;
+const MALFORMED_LOG_EVERY: u64 = 1000;
 
 /// Consecutive re-watches that end without a single message before [`Follower`] decides the
 /// daemon is going away (it still accepts connections but closes every stream).
@@ -65,7 +82,7 @@ pub enum LocalApiError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("tailscaled answered GET {path} with {code}: {body:?}{hint}")]
+    #[error("tailscaled answered GET {path} with {code}: \"{body}\"{hint}")]
     Status {
         path: String,
         code: u16,
@@ -73,22 +90,27 @@ pub enum LocalApiError {
         /// What to check for well-known codes.
         hint: &'static str,
     },
+    /// The request could not be built (a header value the http crate refuses).
+    #[error("building the LocalAPI request for {path}: {source}")]
+    Build {
+        path: String,
+        #[source]
+        source: http::Error,
+    },
     #[error("reading the IPN bus from {socket}: {source}")]
     Read {
         socket: PathBuf,
         #[source]
         source: hyper::Error,
     },
-    #[error("an IPN bus message from {socket} exceeds {limit} bytes without a newline; is the socket really tailscaled's?")]
-    TooLarge { socket: PathBuf, limit: usize },
-    #[error("tailscaled at {socket} ended the IPN bus stream {times} times in a row without sending anything")]
-    EmptyStreams { socket: PathBuf, times: u32 },
-    #[error("decoding an IPN bus message from {socket}: {source}")]
-    Decode {
+    #[error("cannot start the IPN bus parser for {socket}: {source}")]
+    Parser {
         socket: PathBuf,
         #[source]
-        source: NotifyError,
+        source: std::io::Error,
     },
+    #[error("tailscaled at {socket} ended the IPN bus stream {times} times in a row without sending anything")]
+    EmptyStreams { socket: PathBuf, times: u32 },
     #[error(
         "tailscaled at {socket} did not answer {method} {path} within {timeout:?}; is it stuck?"
     )]
@@ -126,7 +148,16 @@ impl LocalApi {
 
     /// Opens `GET /localapi/v0/watch-ipn-bus?mask=<mask>`. Returns once tailscaled has sent the
     /// response headers, i.e. once the watcher is registered: no event after this call is lost.
+    /// Messages are parsed as [`Notify`] (peers skipped) while they stream in.
     pub async fn watch_ipn_bus(&self, mask: u64) -> Result<BusWatch, LocalApiError> {
+        self.watch_ipn_bus_as(mask).await
+    }
+
+    /// [`LocalApi::watch_ipn_bus`], parsing messages as `T` (e.g. with their peers).
+    pub async fn watch_ipn_bus_as<T: BusMessage>(
+        &self,
+        mask: u64,
+    ) -> Result<BusWatch<T>, LocalApiError> {
         // No idle pool: a watch is one endless request, and a finished one must close its
         // connection (that is how tailscaled learns the watcher is gone).
         let client: Client<UnixConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
@@ -156,12 +187,15 @@ impl LocalApi {
                 hint: status_hint(status.as_u16()),
             });
         }
+        let (chunks, messages) =
+            stream::spawn_parser::<T>().map_err(|source| LocalApiError::Parser {
+                socket: self.socket.clone(),
+                source,
+            })?;
         Ok(BusWatch {
             socket: self.socket.clone(),
-            body,
-            buf: Vec::new(),
-            scanned: 0,
-            ended: false,
+            messages,
+            pump: Some(tokio::spawn(pump(body, chunks))),
         })
     }
 }
@@ -183,13 +217,10 @@ impl LocalApi {
     }
 }
 
-/// A request that could not even be built (a header value the http crate refuses).
-fn build_error(path: &str, e: http::Error) -> LocalApiError {
-    LocalApiError::Status {
+fn build_error(path: &str, source: http::Error) -> LocalApiError {
+    LocalApiError::Build {
         path: path.to_string(),
-        code: 0,
-        body: e.to_string(),
-        hint: "",
+        source,
     }
 }
 
@@ -225,94 +256,121 @@ async fn read_error_body(body: &mut Incoming) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).trim_end().to_string()
+    outside(&String::from_utf8_lossy(&out))
+}
+
+/// What a bus watch can be parsed into: a [`Notify`] with or without its peers.
+pub trait BusMessage: DeserializeOwned + Send + 'static {
+    /// True for the last message of a stream the server cut because we lagged.
+    fn is_fell_behind(&self) -> bool;
+    /// Takes in the node's status (read with [`STATUS_SELF_PATH`]) unless the message has one.
+    fn add_status(&mut self, status: &[u8]) -> Result<(), serde_json::Error>;
+}
+
+impl<M: PeerMode> BusMessage for Notify<M> {
+    fn is_fell_behind(&self) -> bool {
+        Notify::is_fell_behind(self)
+    }
+
+    fn add_status(&mut self, status: &[u8]) -> Result<(), serde_json::Error> {
+        if self.initial_status.is_none() {
+            self.initial_status = Some(serde_json::from_slice::<Status<M>>(status)?);
+        }
+        Ok(())
+    }
+}
+
+/// Moves the body's bytes to the parser as they arrive; the parser's end closing ends it.
+async fn pump(
+    mut body: Incoming,
+    chunks: tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<(), hyper::Error> {
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if !data.is_empty() && chunks.send(data).await.is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The one rule for a line of the bus that is not a message, in every watcher (README
+/// "Watching tailscaled"): skipped, counted, and logged without its content (a line may be
+/// anything, of any size): each of the first few, then every thousandth.
+fn skip_malformed(socket: &Path, len: u64, error: &serde_json::Error) {
+    let n = MALFORMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n <= MALFORMED_LOG_FIRST || n.is_multiple_of(MALFORMED_LOG_EVERY) {
+        tracing::warn!(
+            "skipping a malformed IPN bus message from {} ({len} bytes: {}); {n} skipped so far",
+            socket.display(),
+            outside_max(&error.to_string(), 200)
+        );
+    }
+}
+
+/// Malformed lines skipped by this process so far.
+static MALFORMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many malformed bus lines this process has skipped.
+pub fn malformed_lines() -> u64 {
+    MALFORMED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// An open IPN bus stream. Dropping it closes the connection.
-pub struct BusWatch {
+pub struct BusWatch<T = Notify> {
     socket: PathBuf,
-    body: Incoming,
-    /// Bytes received but not yet returned as a message.
-    buf: Vec<u8>,
-    /// How much of `buf` is known to hold no newline.
-    scanned: usize,
-    ended: bool,
+    messages: tokio::sync::mpsc::Receiver<Parsed<T>>,
+    /// The task moving the body to the parser; taken once it has ended.
+    pump: Option<tokio::task::JoinHandle<Result<(), hyper::Error>>>,
 }
 
-impl BusWatch {
-    /// The next message; `Ok(None)` once tailscaled ended the stream cleanly. A `Decode` error
-    /// concerns one line only: the stream stays usable and the next call reads the next line.
-    pub async fn next(&mut self) -> Result<Option<Notify>, LocalApiError> {
-        Ok(self.next_with_line().await?.map(|(msg, _)| msg))
+impl<T> Drop for BusWatch<T> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.pump {
+            p.abort();
+        }
     }
+}
 
-    /// Like [`BusWatch::next`], also handing back the line, for a reader that needs fields
-    /// [`Notify`] does not model (peers: [`crate::peers`]).
-    pub async fn next_with_line(&mut self) -> Result<Option<(Notify, Vec<u8>)>, LocalApiError> {
+impl<T: BusMessage> BusWatch<T> {
+    /// The next message; `Ok(None)` once tailscaled ended the stream cleanly. A line that is
+    /// not a message is skipped (see [`skip_malformed`]); only the stream failing is an error.
+    pub async fn next(&mut self) -> Result<Option<T>, LocalApiError> {
         loop {
-            if let Some(line) = self.take_line() {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
+            match self.messages.recv().await {
+                Some(Parsed::Message(msg)) => return Ok(Some(msg)),
+                Some(Parsed::Malformed { len, error }) => {
+                    // A line cut short by a broken connection is the connection's fault.
+                    if self.pump.as_ref().is_some_and(|p| p.is_finished()) {
+                        self.stream_result().await?;
+                    }
+                    skip_malformed(&self.socket, len, &error);
                 }
-                return match Notify::from_line(&line) {
-                    Ok(msg) => Ok(Some((msg, line))),
-                    Err(source) => Err(LocalApiError::Decode {
-                        socket: self.socket.clone(),
-                        source,
-                    }),
-                };
-            }
-            if self.ended {
-                return Ok(None);
-            }
-            match self.body.frame().await {
                 None => {
-                    self.ended = true;
-                    // Go's decoder accepts a last value without a newline; so do we.
-                    if !self.buf.is_empty() {
-                        self.buf.push(b'\n');
-                    }
-                }
-                Some(Err(source)) => {
-                    self.ended = true;
-                    self.buf.clear();
-                    return Err(LocalApiError::Read {
-                        socket: self.socket.clone(),
-                        source,
-                    });
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                    if self.buf.len() > MAX_MESSAGE && !self.buf[self.scanned..].contains(&b'\n') {
-                        self.ended = true;
-                        self.buf = Vec::new();
-                        return Err(LocalApiError::TooLarge {
-                            socket: self.socket.clone(),
-                            limit: MAX_MESSAGE,
-                        });
-                    }
+                    self.stream_result().await?;
+                    return Ok(None);
                 }
             }
         }
     }
 
-    /// Removes and returns the first complete line (without its `\n`), if any.
-    fn take_line(&mut self) -> Option<Vec<u8>> {
-        let pos = self.buf[self.scanned..].iter().position(|&b| b == b'\n');
-        let Some(pos) = pos else {
-            self.scanned = self.buf.len();
-            return None;
+    /// How the body ended (once: later calls say `Ok`).
+    async fn stream_result(&mut self) -> Result<(), LocalApiError> {
+        let Some(pump) = self.pump.take() else {
+            return Ok(());
         };
-        let end = self.scanned + pos;
-        let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-        line.pop();
-        self.scanned = 0;
-        if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() < KEEP_CAPACITY {
-            self.buf.shrink_to(KEEP_CAPACITY);
+        match pump.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(LocalApiError::Read {
+                socket: self.socket.clone(),
+                source,
+            }),
+            Err(e) => Err(LocalApiError::Parser {
+                socket: self.socket.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }),
         }
-        Some(line)
     }
 }
 
@@ -323,10 +381,14 @@ impl BusWatch {
 /// full state, so nothing is missed for good — for as long as tailscaled accepts connections.
 /// Once connecting fails (or tailscaled keeps closing streams without sending anything) it
 /// returns [`LocalApiError::Gone`]: tailscaled is gone. One log line per re-watch.
-pub struct Follower {
+pub struct Follower<T = Notify> {
     api: LocalApi,
     mask: u64,
-    watch: Option<BusWatch>,
+    watch: Option<BusWatch<T>>,
+    /// Read the node's status at the start of each watch (see [`Follower::with_self_status`]).
+    self_status: bool,
+    /// The current watch has not delivered its first message yet.
+    first_of_watch: bool,
     /// Re-watches since the last message.
     empty_rewatches: u32,
     /// Why the previous stream ended, for the re-watch log line.
@@ -337,16 +399,44 @@ pub struct Follower {
 }
 
 impl Follower {
+    /// Follows with messages parsed as [`Notify`] (peers skipped).
     pub fn new(api: LocalApi, mask: u64) -> Self {
+        Follower::of(api, mask)
+    }
+}
+
+impl<T: BusMessage> Follower<T> {
+    /// Follows with messages parsed as `T`.
+    pub fn of(api: LocalApi, mask: u64) -> Self {
         Follower {
             api,
             mask,
             watch: None,
+            self_status: false,
+            first_of_watch: false,
             empty_rewatches: 0,
             ended_because: None,
             started: false,
             rewatches: 0,
         }
+    }
+
+    /// Goes on with a watch already open (its first message already read), e.g. the login
+    /// watch of ts-auth becoming the guard's: one watch less.
+    pub fn resume(api: LocalApi, mask: u64, watch: BusWatch<T>) -> Self {
+        let mut f = Follower::of(api, mask);
+        f.watch = Some(watch);
+        f.started = true;
+        f
+    }
+
+    /// With a mask that asks for no netmap ([`MASK_LEAN`]), this device is not in the first
+    /// message: read `GET /localapi/v0/status?peers=false` once the first message of each watch
+    /// has arrived (so the status is at least as new as the watch) and hand it back inside that
+    /// message as its `InitialStatus`. A few KiB, whatever the tailnet's size.
+    pub fn with_self_status(mut self) -> Self {
+        self.self_status = true;
+        self
     }
 
     /// Watches opened again after a stream ended, so far.
@@ -360,15 +450,8 @@ impl Follower {
 
     /// The next message. The first call opens the watch; a failure to connect then is a
     /// `Connect` error (tailscaled not there), a failure on a later re-watch is `Gone`.
-    /// `Status` errors are returned as they are (re-watching would get the same answer), and
-    /// `Decode` errors leave the follower usable.
-    pub async fn next(&mut self) -> Result<Notify, LocalApiError> {
-        Ok(self.next_with_line().await?.0)
-    }
-
-    /// Like [`Follower::next`], also handing back the message's line (see
-    /// [`BusWatch::next_with_line`]).
-    pub async fn next_with_line(&mut self) -> Result<(Notify, Vec<u8>), LocalApiError> {
+    /// `Status` errors are returned as they are (re-watching would get the same answer).
+    pub async fn next(&mut self) -> Result<T, LocalApiError> {
         loop {
             let watch = match self.watch.as_mut() {
                 Some(w) => w,
@@ -378,22 +461,28 @@ impl Follower {
                     }
                     let first = !self.started;
                     self.started = true;
-                    match self.api.watch_ipn_bus(self.mask).await {
-                        Ok(w) => self.watch.insert(w),
+                    match self.api.watch_ipn_bus_as(self.mask).await {
+                        Ok(w) => {
+                            self.first_of_watch = true;
+                            self.watch.insert(w)
+                        }
                         Err(e @ LocalApiError::Status { .. }) => return Err(e),
                         Err(e) if first => return Err(e),
                         Err(e) => return Err(self.gone(e)),
                     }
                 }
             };
-            match watch.next_with_line().await {
-                Ok(Some((msg, line))) => {
+            match watch.next().await {
+                Ok(Some(mut msg)) => {
                     self.empty_rewatches = 0;
                     if msg.is_fell_behind() {
                         self.ended_because =
                             Some("tailscaled cut the stream: the watcher fell behind".into());
                     }
-                    return Ok((msg, line));
+                    if std::mem::take(&mut self.first_of_watch) && self.self_status {
+                        self.add_self_status(&mut msg).await;
+                    }
+                    return Ok(msg);
                 }
                 Ok(None) => {
                     self.watch = None;
@@ -401,7 +490,6 @@ impl Follower {
                         self.ended_because = Some("tailscaled ended the stream".into());
                     }
                 }
-                Err(e @ LocalApiError::Decode { .. }) => return Err(e),
                 Err(e) => {
                     self.watch = None;
                     self.ended_because = Some(e.to_string());
@@ -430,12 +518,30 @@ impl Follower {
         }
         self.empty_rewatches += 1;
         self.rewatches += 1;
-        crate::status::note_rewatch();
+        ts_common::status::note_rewatch();
         tracing::info!(
             "IPN bus watch ended ({why}); watching again with mask={}",
             self.mask
         );
         Ok(())
+    }
+
+    /// See [`Follower::with_self_status`]. Without an answer the watcher still learns this
+    /// device from the next self change; one line says why it could not now.
+    async fn add_self_status(&self, msg: &mut T) {
+        let why = match self
+            .api
+            .call(http::Method::GET, STATUS_SELF_PATH, None, None)
+            .await
+        {
+            Ok(reply) if reply.is_success() => match msg.add_status(&reply.body) {
+                Ok(()) => return,
+                Err(e) => format!("not a status: {}", outside_max(&e.to_string(), 200)),
+            },
+            Ok(reply) => format!("{} {}", reply.status, reply.body_excerpt(200)),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!("reading this node's status from tailscaled (GET {STATUS_SELF_PATH}): {why}; waiting for the next self change");
     }
 
     fn gone(&self, source: LocalApiError) -> LocalApiError {
@@ -468,28 +574,8 @@ impl Reply {
     /// The body as text for an error message: lossy UTF-8, at most `max` characters, control
     /// characters escaped, so a daemon's answer can go into one log line safely.
     pub fn body_excerpt(&self, max: usize) -> String {
-        bounded_text(&self.body, max)
+        outside_max(&String::from_utf8_lossy(&self.body), max)
     }
-}
-
-/// `bytes` as one printable line: lossy UTF-8, trimmed, control characters escaped, cut at
-/// `max` characters (with an ellipsis).
-pub fn bounded_text(bytes: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim();
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 impl LocalApi {
@@ -582,14 +668,6 @@ impl LocalApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bounded_text_escapes_and_cuts() {
-        assert_eq!(bounded_text(b"  etag mismatch\n", 100), "etag mismatch");
-        assert_eq!(bounded_text(b"a\x1b[31mb", 100), "a\\u{1b}[31mb");
-        assert_eq!(bounded_text(b"abcdef", 3), "abc…");
-        assert_eq!(bounded_text(&[0xff, b'x'], 10), "\u{fffd}x");
-    }
 
     #[test]
     fn masks_are_the_references() {

@@ -8,10 +8,13 @@
 //! Types of the fields we do read are checked: a `State` that is not an integer or an address
 //! that is not a prefix is an error, as it would be for the Go client.
 
-use crate::settings::IpPrefix;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
+use ts_common::settings::IpPrefix;
 
 /// The `ErrMessage` a HEAD daemon (v1.102+) sends to a lagging watcher right before it ends the
 /// stream (docs/localapi.md §2.2). A client that sees it should watch again.
@@ -95,9 +98,63 @@ impl fmt::Display for BackendState {
     }
 }
 
+/// Whether a message's peers are read ([`Keep`], by the one watcher that resolves a peer's
+/// name) or skipped unread ([`Skip`], everyone else): a netmap's peer list is most of its
+/// size, and a watcher that skips it never holds any of it (see [`crate::stream`]).
+pub trait PeerMode: Clone + Copy + fmt::Debug + Default + PartialEq + Eq + Send + 'static {
+    const KEEP: bool;
+}
+
+/// Peer fields are skipped while parsing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Skip;
+/// Peer fields are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Keep;
+
+impl PeerMode for Skip {
+    const KEEP: bool = false;
+}
+impl PeerMode for Keep {
+    const KEEP: bool = true;
+}
+
+/// A peer field: its value in [`Keep`] mode (`None` when absent or null), always `None` in
+/// [`Skip`] mode, where the parser steps over it without building anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerField<M, T> {
+    pub value: Option<T>,
+    mode: PhantomData<M>,
+}
+
+impl<M, T> Default for PeerField<M, T> {
+    fn default() -> Self {
+        PeerField {
+            value: None,
+            mode: PhantomData,
+        }
+    }
+}
+
+impl<'de, M: PeerMode, T: Deserialize<'de>> Deserialize<'de> for PeerField<M, T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = if M::KEEP {
+            Option::<T>::deserialize(d)?
+        } else {
+            IgnoredAny::deserialize(d)?;
+            None
+        };
+        Ok(PeerField {
+            value,
+            mode: PhantomData,
+        })
+    }
+}
+
 /// One message of the IPN bus. Every field is a delta: `None` means "unchanged".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct Notify {
+#[serde(bound(deserialize = "M: PeerMode"))]
+pub struct Notify<M = Skip> {
     #[serde(rename = "Version", default)]
     pub version: Option<String>,
     /// HEAD only, first message of a watch with bit 1.
@@ -117,13 +174,22 @@ pub struct Notify {
     #[serde(rename = "BrowseToURL", default)]
     pub browse_to_url: Option<String>,
     #[serde(rename = "NetMap", default)]
-    pub net_map: Option<NetMap>,
+    pub net_map: Option<NetMap<M>>,
     /// HEAD (v1.98+): the self node, sent instead of runtime netmaps.
     #[serde(rename = "SelfChange", default)]
     pub self_change: Option<Node>,
-    /// HEAD (v1.100+): `ipnstate.Status` in the first message of a watch with bit 14.
+    /// HEAD (v1.100+): `ipnstate.Status` in the first message of a watch with bit 14; on a
+    /// watch that asks for no netmap, the status read at its start (see
+    /// [`crate::localapi::Follower::with_self_status`]).
     #[serde(rename = "InitialStatus", default)]
-    pub initial_status: Option<Status>,
+    pub initial_status: Option<Status<M>>,
+    /// v1.98+ with mask bit 12: peers added or changed (whole nodes); with `SelfChange`, every
+    /// peer (a full netmap).
+    #[serde(rename = "PeersChanged", default)]
+    pub peers_changed: PeerField<M, Vec<Node>>,
+    /// v1.98+ with mask bit 12: node IDs of peers gone.
+    #[serde(rename = "PeersRemoved", default)]
+    pub peers_removed: PeerField<M, Vec<i64>>,
 }
 
 /// The few `ipn.Prefs` fields worth logging.
@@ -141,7 +207,8 @@ pub struct Prefs {
 
 /// The parts of `netmap.NetworkMap` containerboot relies on (docs/localapi.md §3.4).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct NetMap {
+#[serde(bound(deserialize = "M: PeerMode"))]
+pub struct NetMap<M = Skip> {
     #[serde(rename = "SelfNode", default)]
     pub self_node: Option<Node>,
     /// Seed..v1.90 only.
@@ -155,6 +222,9 @@ pub struct NetMap {
     pub machine_status: String,
     #[serde(rename = "DNS", default, deserialize_with = "nullable")]
     pub dns: DnsConfig,
+    /// Every peer (seed..v1.98 runtime netmaps, and every first message with bit 8).
+    #[serde(rename = "Peers", default)]
+    pub peers: PeerField<M, Vec<Node>>,
 }
 
 /// The part of `tailcfg.DNSConfig` (`NetMap.DNS`, and the body of `GET /localapi/v0/dns-config`)
@@ -184,7 +254,8 @@ pub struct Node {
 
 /// The parts of `ipnstate.Status` that carry state and identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct Status {
+#[serde(bound(deserialize = "M: PeerMode"))]
+pub struct Status<M = Skip> {
     #[serde(rename = "Version", default, deserialize_with = "nullable")]
     pub version: String,
     /// A state *name* (`"Running"`), see [`BackendState::from_name`].
@@ -199,6 +270,9 @@ pub struct Status {
     pub self_status: Option<PeerStatus>,
     #[serde(rename = "CertDomains", default, deserialize_with = "nullable")]
     pub cert_domains: Vec<String>,
+    /// The peers by node key (empty from `status?peers=false`).
+    #[serde(rename = "Peer", default)]
+    pub peer: PeerField<M, BTreeMap<String, PeerStatus>>,
 }
 
 /// The parts of `ipnstate.PeerStatus` that identify a node.
@@ -207,6 +281,9 @@ pub struct PeerStatus {
     /// The StableNodeID.
     #[serde(rename = "ID", default, deserialize_with = "nullable")]
     pub id: String,
+    /// The numeric node ID (peers' entries; what `PeersRemoved` names).
+    #[serde(rename = "NodeID", default, deserialize_with = "nullable")]
+    pub node_id: i64,
     #[serde(rename = "HostName", default, deserialize_with = "nullable")]
     pub host_name: String,
     /// MagicDNS FQDN with a trailing dot.
@@ -235,8 +312,6 @@ pub enum NotifyError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("malformed IPN bus message ({len} bytes): not a JSON object; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
-    NotObject { len: usize },
 }
 
 /// The one long-lived phase that guards the Running state (ts-auth, or the first watcher
@@ -246,7 +321,7 @@ pub enum NotifyError {
 #[error("tailscaled left running state (now in state {:?}), exiting", .0.name())]
 pub struct LeftRunning(pub BackendState);
 
-impl Notify {
+impl<M: PeerMode> Notify<M> {
     /// For the guard of the Running state: an error when this message reports any other
     /// state (messages without a state say nothing about it).
     pub fn check_still_running(&self) -> Result<(), LeftRunning> {
@@ -256,16 +331,16 @@ impl Notify {
         }
     }
 
-    /// Parses one line of the bus (a trailing `\n` or `\r\n` is fine).
-    pub fn from_line(line: &[u8]) -> Result<Notify, NotifyError> {
-        // serde would also accept a JSON array as a struct; Go's decoder does not.
-        if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(NotifyError::NotObject { len: line.len() });
-        }
-        serde_json::from_slice(line).map_err(|source| NotifyError::Json {
-            len: line.len(),
-            source,
-        })
+    /// Parses one line of the bus (a trailing `\n` or `\r\n` is fine); a JSON object only,
+    /// as Go's decoder wants. The streaming reader ([`crate::stream`]) applies the same rule.
+    /// [`Notify::from_line`] is this for the usual mode (peers skipped).
+    pub fn parse_line(line: &[u8]) -> Result<Notify<M>, NotifyError> {
+        serde_json::from_slice::<crate::stream::Object<Notify<M>>>(line)
+            .map(|o| o.0)
+            .map_err(|source| NotifyError::Json {
+                len: line.len(),
+                source,
+            })
     }
 
     /// `State`, else HEAD's `InitialStatus.BackendState` (a name; unknown names give `None`).
@@ -337,6 +412,13 @@ impl Notify {
     /// True for the last message of a stream the server cut because we lagged.
     pub fn is_fell_behind(&self) -> bool {
         self.err_message.as_deref() == Some(FELL_BEHIND)
+    }
+}
+
+impl Notify {
+    /// One line of the bus, peers skipped (see [`Notify::parse_line`]).
+    pub fn from_line(line: &[u8]) -> Result<Notify, NotifyError> {
+        Notify::<Skip>::parse_line(line)
     }
 }
 

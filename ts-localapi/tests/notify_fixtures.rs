@@ -1,11 +1,11 @@
 //! Every IPN bus fixture (each `.json`, every line of each `.ndjson`) parsed with
-//! `ts_common::notify`, each with its own expectation: state, identity, addresses, errors,
+//! `ts_localapi::notify`, each with its own expectation: state, identity, addresses, errors,
 //! login URL, prefs. A fixture without an expectation fails the test, so new fixtures cannot
 //! slip in untested.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use ts_common::notify::{BackendState, Notify, SelfIdentity, FELL_BEHIND};
+use ts_localapi::notify::{BackendState, Notify, SelfIdentity, FELL_BEHIND};
 
 const A4: &str = "100.101.102.103/32";
 const A6: &str = "fd7a:115c:a1e0:ab12:4843:cd96:6265:6667/128";

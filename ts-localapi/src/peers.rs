@@ -1,7 +1,7 @@
 //! The netmap's peers, for resolving `TS_TAILNET_TARGET_FQDN` (README D22).
 //!
 //! Kept apart from [`crate::notify::Notify`] on purpose: only a watcher that resolves a name
-//! pays for reading peers ([`PeerDelta::from_line`] on the same line), the others keep skipping
+//! pays for reading peers ([`PeerDelta::parse_line`] on the same line), the others keep skipping
 //! them. Every era is read:
 //! * seed..v1.98: every netmap message carries the full `NetMap.Peers`;
 //! * v1.98+ (watch mask bit 12, [`MASK_PEER_CHANGES`]): a full netmap arrives as `SelfChange`
@@ -11,63 +11,22 @@
 //!
 //! `PeerChangedPatch` never changes a name or an address, so it is not asked for.
 
-use crate::localapi::MASK_STEADY;
-use crate::notify::{nullable, present, single_ip, Node};
-use crate::settings::IpPrefix;
-use serde::Deserialize;
+use crate::localapi::{NOTIFY_INITIAL_NETMAP, NOTIFY_INITIAL_STATE, NOTIFY_NO_NETMAP};
+use crate::notify::{single_ip, Keep, Node, Notify};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use ts_common::settings::IpPrefix;
 
 /// `NotifyPeerChanges`: deliver `PeersChanged` / `PeersRemoved` (v1.98+; older daemons ignore it).
 pub const NOTIFY_PEER_CHANGES: u64 = 1 << 12;
-/// The steady-state watch plus peer changes: what a watcher resolving a name asks for.
-pub const MASK_PEER_CHANGES: u64 = MASK_STEADY | NOTIFY_PEER_CHANGES;
+/// What a watcher resolving a name asks for: the state, every peer once (the initial netmap)
+/// and peer changes after, but no runtime netmap where the daemon can leave it out. The only
+/// watch of a boot whose cost grows with the tailnet (README D26).
+pub const MASK_PEER_CHANGES: u64 =
+    NOTIFY_INITIAL_STATE | NOTIFY_INITIAL_NETMAP | NOTIFY_PEER_CHANGES | NOTIFY_NO_NETMAP;
 
-/// The peer fields of one bus message.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct PeerDelta {
-    #[serde(rename = "NetMap", default)]
-    net_map: Option<NetMapPeers>,
-    /// Present (a full netmap on v1.98+) or not (a delta).
-    #[serde(rename = "SelfChange", default, deserialize_with = "present")]
-    self_change: bool,
-    #[serde(rename = "PeersChanged", default)]
-    peers_changed: Option<Vec<Node>>,
-    #[serde(rename = "PeersRemoved", default)]
-    peers_removed: Option<Vec<i64>>,
-    #[serde(rename = "InitialStatus", default)]
-    initial_status: Option<StatusPeers>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-struct NetMapPeers {
-    #[serde(rename = "Peers", default)]
-    peers: Option<Vec<Node>>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-struct StatusPeers {
-    #[serde(rename = "Peer", default)]
-    peer: Option<BTreeMap<String, StatusPeer>>,
-}
-
-/// The parts of `ipnstate.PeerStatus` that name a peer and its addresses.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-struct StatusPeer {
-    #[serde(rename = "NodeID", default, deserialize_with = "nullable")]
-    node_id: i64,
-    #[serde(rename = "DNSName", default, deserialize_with = "nullable")]
-    dns_name: String,
-    #[serde(rename = "TailscaleIPs", default, deserialize_with = "nullable")]
-    tailscale_ips: Vec<IpAddr>,
-}
-
-impl PeerDelta {
-    /// The peer fields of a line [`crate::notify::Notify::from_line`] already accepted.
-    pub fn from_line(line: &[u8]) -> Result<PeerDelta, serde_json::Error> {
-        serde_json::from_slice(line)
-    }
-}
+/// A bus message with its peer fields read (see [`crate::notify::PeerMode`]).
+pub type PeerDelta = Notify<Keep>;
 
 /// One peer as far as name resolution cares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,7 +60,8 @@ impl Peers {
         }
     }
 
-    /// Folds one message in; `true` when it said anything about peers.
+    /// Folds one message in; `true` when it said anything about peers. Peers are folded one at
+    /// a time: only a peer's name and addresses are kept.
     pub fn apply(&mut self, delta: &PeerDelta) -> bool {
         let from_node = |n: &Node| {
             (
@@ -113,7 +73,11 @@ impl Peers {
             )
         };
         let mut touched = false;
-        if let Some(peers) = delta.initial_status.as_ref().and_then(|s| s.peer.as_ref()) {
+        if let Some(peers) = delta
+            .initial_status
+            .as_ref()
+            .and_then(|s| s.peer.value.as_ref())
+        {
             self.replace_all(peers.values().map(|p| {
                 (
                     p.node_id,
@@ -125,12 +89,16 @@ impl Peers {
             }));
             touched = true;
         }
-        if let Some(peers) = delta.net_map.as_ref().and_then(|nm| nm.peers.as_ref()) {
+        if let Some(peers) = delta
+            .net_map
+            .as_ref()
+            .and_then(|nm| nm.peers.value.as_ref())
+        {
             self.replace_all(peers.iter().map(from_node));
             touched = true;
         }
-        if let Some(changed) = &delta.peers_changed {
-            if delta.self_change {
+        if let Some(changed) = &delta.peers_changed.value {
+            if delta.self_change.is_some() {
                 // A full netmap lists every peer: whoever is missing is gone.
                 self.replace_all(changed.iter().map(from_node));
             } else {
@@ -141,7 +109,7 @@ impl Peers {
             }
             touched = true;
         }
-        if let Some(removed) = &delta.peers_removed {
+        if let Some(removed) = &delta.peers_removed.value {
             for id in removed {
                 self.by_id.remove(id);
             }
@@ -181,7 +149,19 @@ mod tests {
     use super::*;
 
     fn delta(json: &str) -> PeerDelta {
-        PeerDelta::from_line(json.as_bytes()).expect("valid")
+        PeerDelta::parse_line(json.as_bytes()).expect("valid")
+    }
+
+    #[test]
+    fn skip_mode_reads_no_peers() {
+        let line = SEED.as_bytes();
+        let skipped = Notify::<crate::notify::Skip>::from_line(line).expect("valid");
+        assert!(skipped.net_map.expect("netmap").peers.value.is_none());
+        let kept = PeerDelta::parse_line(line).expect("valid");
+        assert_eq!(
+            kept.net_map.expect("netmap").peers.value.map(|p| p.len()),
+            Some(2)
+        );
     }
 
     fn ips(list: &[&str]) -> Option<Vec<IpAddr>> {
@@ -274,7 +254,10 @@ mod tests {
             let line = std::fs::read(&path).expect("fixture");
             let line: Vec<u8> = line.into_iter().filter(|b| *b != b'\n').collect();
             let mut p = Peers::default();
-            assert!(p.apply(&PeerDelta::from_line(&line).expect(file)), "{file}");
+            assert!(
+                p.apply(&PeerDelta::parse_line(&line).expect(file)),
+                "{file}"
+            );
             assert_eq!(
                 p.resolve("db-1.tail1234.ts.net"),
                 ips(&["100.90.1.2", "fd7a:115c:a1e0:ab12:4843:cd96:625a:102"]),

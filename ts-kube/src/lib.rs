@@ -1,40 +1,72 @@
-//! The Kubernetes client of tsboot: every call tsboot makes to the API server.
+//! The Kubernetes client of tsboot: every call tsboot makes to the API server
+//! (docs/kubernetes.md).
 //!
 //! Configuration is the pod's in-cluster service account, read under `TS_TEST_ONLY_ROOT`
 //! (`var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt,namespace}`) plus
-//! `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT_HTTPS` (IPv6 hosts bracketed, D14).
-//! The server is verified against `ca.crt` only; verification is never skipped.
+//! `KUBERNETES_SERVICE_HOST` / `KUBERNETES_SERVICE_PORT_HTTPS` (IPv6 hosts bracketed, D14); the
+//! server is verified against `ca.crt` only.
 //!
-//! Departures from the reference (README D12, D13):
-//! * every request has a timeout, and transient faults (409, 429, 5xx, timeouts, connection
-//!   errors) get one shared, bounded retry ([`RetryPolicy`]) used by every call;
-//! * the token file is re-read for every request, so a rotated (projected) token is picked up,
-//!   and a 401 is retried once with a freshly read token.
-//!
-//! Each call returns a typed [`KubeError`] carrying the call, the status and the secret, so the
-//! callers (ts-kubestate) apply the per-call status table of the README ("Kubernetes status handling"). Writes are patches of
-//! the keys tsboot owns, never a read-modify-write of the Secret.
+//! kube-rs builds the requests from k8s-openapi types and sends them. tsboot keeps the token
+//! re-read for every request (D13), the deadline of a request and the one bounded retry (D12),
+//! and reads and decodes answers itself within a size limit (docs/kubernetes.md §4 says why).
+//! Each call returns a typed [`KubeError`] carrying the call, the status and the secret, so
+//! ts-kubestate applies the README's "Kubernetes status handling" table. Writes are patches of
+//! the keys tsboot owns, never a read-modify-write.
 
-use crate::settings::{Settings, SettingsError};
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
+use http_body_util::BodyExt as _;
+use json_patch::jsonptr::PointerBuf;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::Secret;
-use kube::client::{Body, ConfigExt as _};
+use kube::api::{GetParams, Patch, PatchParams};
+use kube::client::{Body, ClientBuilder, ConfigExt as _};
+use kube::core::request::Error as RequestError;
+use kube::Resource as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
+use ts_common::logging::outside;
+use ts_common::settings::{Settings, SettingsError};
 
 /// Directory of the service-account files, relative to `TS_TEST_ONLY_ROOT`.
 pub const SERVICEACCOUNT_DIR: &str = "var/run/secrets/kubernetes.io/serviceaccount";
 /// `fieldManager` of every write, as the reference sends it.
 pub const FIELD_MANAGER: &str = "tailscale-container";
-/// Path of SelfSubjectAccessReview creation.
-pub const SSAR_PATH: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
-/// Content type of a strategic-merge patch.
-pub const STRATEGIC_MERGE_PATCH: &str = "application/strategic-merge-patch+json";
-/// Content type of a JSON patch (RFC 6902).
-pub const JSON_PATCH: &str = "application/json-patch+json";
+/// Longest answer read: a secret holds at most 1 MiB, 1.4 MiB in base64, plus its metadata.
+pub const MAX_ANSWER: usize = 4 << 20;
+
+/// Exponential backoff: `first`, doubling for each further step, never above `max`. The one
+/// backoff of tsboot's Kubernetes calls: the per-call retry, the watcher's retry after startup
+/// and the shutdown wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait before step `n + 1` (steps count from 1).
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(16);
+        self.first.saturating_mul(factor).min(self.max)
+    }
+
+    /// [`Backoff::delay`] cut to a random point between half and all of it, so many pods do
+    /// not retry in lockstep.
+    pub fn jittered(&self, n: u32) -> Duration {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        // RandomState is seeded randomly per instance: enough entropy for jitter.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let half = self.delay(n) / 2;
+        half + half.mul_f64((r % 1000) as f64 / 1000.0)
+    }
+}
 
 /// How hard one call tries before giving up (the shared bounded retry of D12).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,12 +98,11 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait before attempt `attempt + 1` (attempts count from 1).
-    fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(16);
-        self.first_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            first: self.first_backoff,
+            max: self.max_backoff,
+        }
     }
 }
 
@@ -113,7 +144,8 @@ impl fmt::Display for Call {
 }
 
 /// Why a Kubernetes call (or building the client) failed. Every message names the call, the
-/// status and the secret, and says what to fix. None of them contains an auth key or a token.
+/// status and the secret, and says what to fix. None of them contains an auth key or a token,
+/// and text from the API server in them is bounded and escaped.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum KubeError {
     /// `KUBERNETES_SERVICE_HOST` is not set: there is no API server to talk to.
@@ -125,12 +157,26 @@ pub enum KubeError {
     /// A service-account file is missing, unreadable or unusable.
     #[error("reading {}: {why}; mount the pod's service account token (automountServiceAccountToken: true) or unset KUBERNETES_SERVICE_HOST", path.display())]
     ServiceAccount { path: PathBuf, why: String },
+    /// The token file could not be read when a request was due, on every attempt.
+    #[error("reading the service account token {}: {why} ({attempts} attempt(s)); check that the pod's service account token stays mounted (automountServiceAccountToken: true)", path.display())]
+    Token {
+        path: PathBuf,
+        why: String,
+        attempts: u32,
+    },
     /// `ca.crt` holds no usable certificate.
     #[error("CA certificate {}: {why}; mount the cluster's CA certificate (the service account's ca.crt)", path.display())]
     CaCert { path: PathBuf, why: String },
     /// The HTTP client could not be built.
     #[error("building the Kubernetes client for {server}: {why}")]
     Client { server: String, why: String },
+    /// A request could not be built from its parts (kube refused a name or a body).
+    #[error("building the {call} request for secret {secret:?}: {why}; check TS_KUBE_SECRET")]
+    Request {
+        call: Call,
+        secret: String,
+        why: String,
+    },
     /// The API server answered with a status that is not 2xx.
     #[error("{call} on secret {secret:?} failed: {code} {}: {message}; {}", canonical(*code), advice(call, *code, secret, *attempts))]
     Status {
@@ -138,7 +184,8 @@ pub enum KubeError {
         code: u16,
         /// The `reason` of the Kubernetes `Status` body (e.g. `Forbidden`), or the HTTP phrase.
         reason: String,
-        /// The `message` of the `Status` body (or a short excerpt of a non-JSON body).
+        /// The `message` of the `Status` body (or the start of a body that is not one),
+        /// bounded and escaped.
         message: String,
         secret: String,
         attempts: u32,
@@ -223,11 +270,14 @@ impl KubeError {
         }
     }
 
-    /// A fault worth retrying: 409, 429, 5xx, a timeout or a connection failure.
+    /// A fault worth retrying: 409, 429, 5xx, a timeout, a connection failure or a token file
+    /// missing for a moment (a projected token is replaced by a rename; a remount takes longer).
     pub fn is_transient(&self) -> bool {
         match self {
-            KubeError::Status { code, .. } => is_transient_status(*code),
-            KubeError::Timeout { .. } | KubeError::Transport { .. } => true,
+            KubeError::Status { code, .. } => matches!(code, 409 | 429 | 500..=599),
+            KubeError::Timeout { .. } | KubeError::Transport { .. } | KubeError::Token { .. } => {
+                true
+            }
             _ => false,
         }
     }
@@ -237,7 +287,7 @@ impl KubeError {
         matches!(self, KubeError::Settings(_))
     }
 
-    /// The client could not be configured or TLS failed: retrying cannot help, and no
+    /// The client could not be configured, no request could be made or TLS failed: no
     /// permission answer can be trusted.
     pub fn is_setup(&self) -> bool {
         matches!(
@@ -245,10 +295,21 @@ impl KubeError {
             KubeError::NotInKubernetes
                 | KubeError::Settings(_)
                 | KubeError::ServiceAccount { .. }
+                | KubeError::Token { .. }
                 | KubeError::CaCert { .. }
                 | KubeError::Client { .. }
+                | KubeError::Request { .. }
                 | KubeError::Tls { .. }
         )
+    }
+
+    /// The exit status of a phase that ends on this error: 2 for invalid configuration, else 1.
+    pub fn exit_code(&self) -> i32 {
+        if self.is_usage() {
+            ts_common::exit::USAGE
+        } else {
+            ts_common::exit::FAILURE
+        }
     }
 
     /// Records how many attempts (and, for a timeout, how long) the call took in total.
@@ -260,16 +321,26 @@ impl KubeError {
                 *attempts = n;
                 *after = elapsed;
             }
-            KubeError::Status { attempts, .. } | KubeError::Transport { attempts, .. } => {
-                *attempts = n
-            }
+            KubeError::Status { attempts, .. }
+            | KubeError::Transport { attempts, .. }
+            | KubeError::Token { attempts, .. } => *attempts = n,
             _ => {}
         }
     }
-}
 
-fn is_transient_status(code: u16) -> bool {
-    matches!(code, 409 | 429 | 500..=599)
+    /// The fault in a few words, for a retry's log line.
+    fn short(&self) -> String {
+        match self {
+            KubeError::Status { code, .. } => format!("{code} {}", canonical(*code)),
+            KubeError::Timeout { after, .. } => {
+                format!("no answer within {}ms", after.as_millis())
+            }
+            KubeError::Transport { detail, .. } | KubeError::Token { why: detail, .. } => {
+                detail.clone()
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// The in-cluster configuration, read once (except the token, which is re-read per request).
@@ -295,10 +366,12 @@ impl KubeConfig {
             .ok_or(KubeError::NotInKubernetes)?;
         let server = service.url()?;
         let dir = settings.host_path(SERVICEACCOUNT_DIR);
-        let namespace_path = dir.join("namespace");
-        let namespace = read_trimmed(&namespace_path)?;
+        let namespace = read_trimmed(&dir.join("namespace"))?;
         let token_path = dir.join("token");
-        read_token(&token_path)?;
+        read_token(&token_path).map_err(|why| KubeError::ServiceAccount {
+            path: token_path.clone(),
+            why,
+        })?;
         let ca_path = dir.join("ca.crt");
         let ca_der = read_ca(&ca_path)?;
         Ok(KubeConfig {
@@ -311,33 +384,32 @@ impl KubeConfig {
     }
 }
 
-fn read_trimmed(path: &Path) -> Result<String, KubeError> {
-    let raw = std::fs::read_to_string(path).map_err(|e| KubeError::ServiceAccount {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    let value = raw.trim();
-    if value.is_empty() {
-        return Err(KubeError::ServiceAccount {
-            path: path.to_path_buf(),
-            why: "the file is empty".into(),
-        });
+fn trimmed(path: &Path) -> Result<String, String> {
+    let raw = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    match raw.trim() {
+        "" => Err("the file is empty".into()),
+        value => Ok(value.to_string()),
     }
-    Ok(value.to_string())
 }
 
-/// The bearer token, whitespace-trimmed (the reference trims it too; editors add newlines).
-fn read_token(path: &Path) -> Result<String, KubeError> {
-    let token = read_trimmed(path)?;
-    // A token is an opaque header value; refuse what cannot go into one instead of failing
-    // later inside the HTTP stack.
-    if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
-        return Err(KubeError::ServiceAccount {
-            path: path.to_path_buf(),
-            why: "the token contains characters that cannot be sent in an HTTP header".into(),
-        });
-    }
-    Ok(token)
+fn read_trimmed(path: &Path) -> Result<String, KubeError> {
+    trimmed(path).map_err(|why| KubeError::ServiceAccount {
+        path: path.to_path_buf(),
+        why,
+    })
+}
+
+/// The bearer token, whitespace-trimmed (the reference trims it too; editors add newlines),
+/// as a header value kept out of any debug output of the HTTP stack.
+fn read_token(path: &Path) -> Result<HeaderValue, String> {
+    let token = trimmed(path)?;
+    // A token is an opaque header value; refuse what cannot go into one here instead of
+    // failing later inside the HTTP stack.
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        "the token contains characters that cannot be sent in an HTTP header".to_string()
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 fn read_ca(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
@@ -364,121 +436,161 @@ fn read_ca(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
     Ok(ders)
 }
 
-/// One request as it goes on the wire (the token is added when it is sent). `--explain`
-/// prints these, so what is shown is what is sent.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One request as it goes on the wire, built by kube (the token and `Accept` are added when
+/// it is sent). `--explain` prints these, so what is shown is what is sent.
+#[derive(Clone, Debug)]
 pub struct KubeRequest {
     pub call: Call,
-    pub method: Method,
-    /// Path and query.
-    pub path: String,
-    pub content_type: Option<&'static str>,
-    pub body: Option<Vec<u8>>,
     /// The secret the call is about (for messages).
     pub secret: String,
+    /// Method, path and query (the server's address is added by the client), content type
+    /// and body.
+    pub http: http::Request<Vec<u8>>,
 }
 
-/// `/api/v1/namespaces/{ns}/secrets/{name}`.
-pub fn secret_path(namespace: &str, name: &str) -> String {
-    format!("/api/v1/namespaces/{namespace}/secrets/{name}")
+/// Where the secrets of `namespace` live, for kube's request builder.
+fn secrets(namespace: &str) -> kube::api::Request {
+    kube::api::Request::new(Secret::url_path(&(), Some(namespace)))
+}
+
+/// Every write names tsboot's field manager, as the reference's do.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..PatchParams::default()
+    }
 }
 
 impl KubeRequest {
-    /// SSAR for `verb` on the secret; the body is byte-for-byte the reference's (docs/kubernetes.md §2,
-    /// keys sorted as Go marshals a map).
-    pub fn access_review(namespace: &str, verb: &str, secret: &str) -> Self {
-        let body = serde_json::json!({
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": {
-                "name": secret,
-                "namespace": namespace,
-                "resource": "secrets",
-                "verb": verb,
-            }},
-        });
-        KubeRequest {
-            call: Call::AccessReview {
-                verb: verb.to_string(),
-            },
-            method: Method::POST,
-            path: SSAR_PATH.to_string(),
-            // The seed sent no Content-Type; newer containerboot sends this whenever there is a
-            // body, which every API server accepts.
-            content_type: Some("application/json"),
-            body: Some(body.to_string().into_bytes()),
-            secret: secret.to_string(),
+    fn new(
+        call: Call,
+        secret: &str,
+        built: Result<http::Request<Vec<u8>>, RequestError>,
+    ) -> Result<Self, KubeError> {
+        let secret = secret.to_string();
+        match built {
+            Ok(http) => Ok(KubeRequest { call, secret, http }),
+            Err(e) => Err(KubeError::Request {
+                call,
+                secret,
+                why: e.to_string(),
+            }),
         }
+    }
+
+    /// SSAR for `verb` on the secret; the body is byte-for-byte the reference's
+    /// (docs/kubernetes.md §2): the k8s-openapi review without its empty `metadata`.
+    pub fn access_review(namespace: &str, verb: &str, secret: &str) -> Result<Self, KubeError> {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    name: Some(secret.to_string()),
+                    namespace: Some(namespace.to_string()),
+                    resource: Some("secrets".to_string()),
+                    verb: Some(verb.to_string()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let built = serde_json::to_value(&review)
+            .map_err(RequestError::SerializeBody)
+            .and_then(|mut v| {
+                // The reference sends no empty `metadata`, and no empty query (`?`) as kube's
+                // `create` would. The seed sent no Content-Type; newer containerboot sends this
+                // whenever there is a body, which every API server accepts.
+                if let Some(fields) = v.as_object_mut() {
+                    fields.remove("metadata");
+                }
+                http::Request::post(SelfSubjectAccessReview::url_path(&(), None))
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(v.to_string().into_bytes())
+                    .map_err(RequestError::BuildRequest)
+            });
+        let call = Call::AccessReview {
+            verb: verb.to_string(),
+        };
+        Self::new(call, secret, built)
     }
 
     /// `GET` the secret.
-    pub fn get_secret(namespace: &str, name: &str) -> Self {
-        KubeRequest {
-            call: Call::GetSecret,
-            method: Method::GET,
-            path: secret_path(namespace, name),
-            content_type: None,
-            body: None,
-            secret: name.to_string(),
-        }
+    pub fn get_secret(namespace: &str, name: &str) -> Result<Self, KubeError> {
+        let built = secrets(namespace).get(name, &GetParams::default());
+        Self::new(Call::GetSecret, name, built)
     }
 
     /// Strategic-merge `PATCH {"stringData":{...}}`: sets only the given keys (sorted, as the
-    /// reference's Go map encoding does; trailing newline like Go's `json.Encoder`).
-    pub fn patch_string_data(namespace: &str, name: &str, data: &[(&str, &str)]) -> Self {
-        let map: serde_json::Map<String, serde_json::Value> = data
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
-            .collect();
-        let mut body = serde_json::json!({ "stringData": map }).to_string();
-        body.push('\n');
-        KubeRequest {
-            call: Call::PatchSecret,
-            method: Method::PATCH,
-            path: format!(
-                "{}?fieldManager={FIELD_MANAGER}",
-                secret_path(namespace, name)
-            ),
-            content_type: Some(STRATEGIC_MERGE_PATCH),
-            body: Some(body.into_bytes()),
-            secret: name.to_string(),
-        }
+    /// reference's Go map encoding does).
+    pub fn patch_string_data(
+        namespace: &str,
+        name: &str,
+        data: &[(&str, &str)],
+    ) -> Result<Self, KubeError> {
+        let data: std::collections::BTreeMap<&str, &str> = data.iter().copied().collect();
+        let patch = Patch::Strategic(serde_json::json!({ "stringData": data }));
+        let built = secrets(namespace).patch(name, &patch_params(), &patch);
+        Self::new(
+            Call::PatchSecret,
+            name,
+            built.and_then(as_the_reference_sends),
+        )
     }
 
     /// JSON patch `[{"op":"remove","path":"/data/<key>"}]`: removes one key and nothing else.
-    pub fn remove_key(namespace: &str, name: &str, key: &str) -> Self {
-        let pointer = format!("/data/{}", key.replace('~', "~0").replace('/', "~1"));
-        let mut body = serde_json::json!([{"op": "remove", "path": pointer}]).to_string();
-        body.push('\n');
-        KubeRequest {
-            call: Call::RemoveKey {
-                key: key.to_string(),
-            },
-            method: Method::PATCH,
-            path: format!(
-                "{}?fieldManager={FIELD_MANAGER}",
-                secret_path(namespace, name)
-            ),
-            content_type: Some(JSON_PATCH),
-            body: Some(body.into_bytes()),
-            secret: name.to_string(),
-        }
+    pub fn remove_key(namespace: &str, name: &str, key: &str) -> Result<Self, KubeError> {
+        let remove = json_patch::PatchOperation::Remove(json_patch::RemoveOperation {
+            path: PointerBuf::from_tokens(["data", key]),
+        });
+        let patch = Patch::Json::<()>(json_patch::Patch(vec![remove]));
+        let built = secrets(namespace).patch(name, &patch_params(), &patch);
+        let call = Call::RemoveKey {
+            key: key.to_string(),
+        };
+        Self::new(call, name, built.and_then(as_the_reference_sends))
     }
 
     /// One line for `--explain`: method, path, content type and body.
     pub fn describe(&self) -> String {
-        let mut out = format!("{} {}", self.method, self.path);
-        if let Some(ct) = self.content_type {
-            out.push_str(&format!(" (Content-Type: {ct})"));
+        let mut out = format!("{} {}", self.http.method(), self.http.uri());
+        if let Some(ct) = self.http.headers().get(CONTENT_TYPE) {
+            out.push_str(&format!(
+                " (Content-Type: {})",
+                String::from_utf8_lossy(ct.as_bytes())
+            ));
         }
-        if let Some(body) = &self.body {
+        if !self.http.body().is_empty() {
             out.push_str(&format!(
                 " body: {}",
-                String::from_utf8_lossy(body).trim_end()
+                String::from_utf8_lossy(self.http.body()).trim_end()
             ));
         }
         out
     }
+}
+
+/// [`KubeRequest::describe`], or why the request could not be built.
+pub fn describe(req: &Result<KubeRequest, KubeError>) -> String {
+    match req {
+        Ok(r) => r.describe(),
+        Err(e) => format!("(no request: {e})"),
+    }
+}
+
+/// A patch exactly as the reference sends it: kube 5 starts the query with an empty pair
+/// (`?&fieldManager=…`), which API servers ignore but the reference does not send, and the
+/// reference's Go `json.Encoder` ends the body with a newline.
+fn as_the_reference_sends(
+    mut req: http::Request<Vec<u8>>,
+) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
+    if let Some(pq) = req.uri().path_and_query() {
+        let fixed = pq.as_str().replacen("?&", "?", 1);
+        *req.uri_mut() = fixed.parse().map_err(|e: http::uri::InvalidUri| {
+            kube::core::request::Error::BuildRequest(e.into())
+        })?;
+    }
+    req.body_mut().push(b'\n');
+    Ok(req)
 }
 
 /// The client every tsboot Kubernetes call goes through.
@@ -521,19 +633,19 @@ impl KubeClient {
         // kube re-reads this file about once a minute, so a rotated cluster CA is followed.
         kc.root_cert_file = Some(config.ca_path.clone());
         kc.accept_invalid_certs = false;
-        // Retries are ours (one policy for every call), not kube's.
-        kc.default_retry = false;
         let https = kc
             .rustls_https_connector()
             .map_err(|e| build_err(e.to_string()))?;
-        // A bare hyper client under kube::Client: no auth layer (the token is re-read and set
-        // per request), no retry layer, and no trace layer (which would log every 5xx we are
-        // about to retry as an error).
+        // kube's stack minus its auth layer (the token is re-read and set per request), retry
+        // layer (one policy for every call is ours) and trace layer (which would log every 5xx
+        // we are about to retry as an error).
         let hyper_client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build::<_, Body>(https);
-        let client = kube::Client::new(hyper_client, config.namespace.clone());
+        let client = ClientBuilder::new(hyper_client, config.namespace.clone())
+            .with_layer(&kc.base_uri_layer())
+            .build();
         Ok(KubeClient {
             client,
             config,
@@ -545,10 +657,6 @@ impl KubeClient {
     pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
         self.policy = policy;
         self
-    }
-
-    pub fn policy(&self) -> RetryPolicy {
-        self.policy
     }
 
     /// The namespace of the service account.
@@ -567,23 +675,20 @@ impl KubeClient {
 
     /// Asks whether the pod may do `verb` on the secret (SSAR); `Ok(status.allowed)`.
     pub async fn access_review(&self, verb: &str, secret: &str) -> Result<bool, KubeError> {
-        let req = KubeRequest::access_review(self.namespace(), verb, secret);
+        let req = KubeRequest::access_review(self.namespace(), verb, secret)?;
         let body = self.execute(&req).await?;
-        let value: serde_json::Value =
+        let review: SelfSubjectAccessReview =
             serde_json::from_slice(&body).map_err(|e| KubeError::Decode {
                 call: req.call.clone(),
                 secret: secret.to_string(),
-                detail: format!("SelfSubjectAccessReview is not JSON: {e}"),
+                detail: format!("not a SelfSubjectAccessReview: {}", outside(&e.to_string())),
             })?;
-        Ok(value
-            .pointer("/status/allowed")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false))
+        Ok(review.status.is_some_and(|s| s.allowed))
     }
 
     /// Fetches the secret; a 404 is `Ok(None)`.
     pub async fn get_secret(&self, name: &str) -> Result<Option<Secret>, KubeError> {
-        let req = KubeRequest::get_secret(self.namespace(), name);
+        let req = KubeRequest::get_secret(self.namespace(), name)?;
         match self.execute(&req).await {
             Ok(body) => serde_json::from_slice(&body).map(Some).map_err(|e| {
                 // The serde message could quote a value of the secret (an auth key): only say
@@ -610,32 +715,40 @@ impl KubeClient {
         name: &str,
         data: &[(&str, &str)],
     ) -> Result<(), KubeError> {
-        let req = KubeRequest::patch_string_data(self.namespace(), name, data);
+        let req = KubeRequest::patch_string_data(self.namespace(), name, data)?;
         self.execute(&req).await.map(drop)
     }
 
     /// Removes `data.<key>` with a JSON patch. The caller decides what 404/422 mean.
     pub async fn remove_key(&self, name: &str, key: &str) -> Result<(), KubeError> {
-        let req = KubeRequest::remove_key(self.namespace(), name, key);
+        let req = KubeRequest::remove_key(self.namespace(), name, key)?;
         self.execute(&req).await.map(drop)
     }
 
     /// Sends `req` with the shared bounded retry; returns the body of a 2xx answer.
     pub async fn execute(&self, req: &KubeRequest) -> Result<Vec<u8>, KubeError> {
         let start = Instant::now();
+        let backoff = self.policy.backoff();
         let mut attempt: u32 = 0;
         let mut retried_401 = false;
         loop {
             attempt += 1;
-            // Re-read for every request (D13): projected tokens rotate under us.
-            let token = read_token(&self.config.token_path)?;
             let remaining = self.policy.budget.saturating_sub(start.elapsed());
             let wait = self
                 .policy
                 .request_timeout
                 .min(remaining)
                 .max(Duration::from_millis(50));
-            let mut err = match self.send_once(req, &token, wait).await {
+            // Re-read for every request (D13): projected tokens rotate under us.
+            let result = match read_token(&self.config.token_path) {
+                Ok(token) => self.send_once(req, token, wait).await,
+                Err(why) => Err(KubeError::Token {
+                    path: self.config.token_path.clone(),
+                    why,
+                    attempts: 1,
+                }),
+            };
+            let mut err = match result {
                 Ok(body) => return Ok(body),
                 Err(e) => e,
             };
@@ -649,21 +762,21 @@ impl KubeClient {
                 attempt -= 1;
                 continue;
             }
-            let backoff = self.policy.backoff(attempt);
+            let delay = backoff.delay(attempt);
             if err.is_transient()
                 && attempt < self.policy.attempts
-                && start.elapsed() + backoff < self.policy.budget
+                && start.elapsed() + delay < self.policy.budget
             {
                 tracing::warn!(
                     "{} on secret {:?}: {}; retrying in {}ms (attempt {} of {})",
                     req.call,
                     req.secret,
-                    short_reason(&err),
-                    backoff.as_millis(),
+                    err.short(),
+                    delay.as_millis(),
                     attempt + 1,
                     self.policy.attempts
                 );
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(delay).await;
                 continue;
             }
             err.finish(attempt, start.elapsed());
@@ -674,21 +787,24 @@ impl KubeClient {
     async fn send_once(
         &self,
         req: &KubeRequest,
-        token: &str,
+        token: HeaderValue,
         wait: Duration,
     ) -> Result<Vec<u8>, KubeError> {
-        let http_req = self.build(req, token)?;
+        let mut http = req.http.clone().map(Body::from);
+        http.headers_mut().insert(AUTHORIZATION, token);
+        http.headers_mut()
+            .insert(ACCEPT, HeaderValue::from_static("application/json"));
         let exchange = async {
-            let resp = self.client.send(http_req).await?;
+            let resp = self.client.send(http).await?;
             let status = resp.status();
-            let body = resp.into_body().collect_bytes().await?;
-            Ok::<_, kube::Error>((status, body))
+            let (body, cut) = read_bounded(resp.into_body()).await?;
+            Ok::<_, kube::Error>((status, body, cut))
         };
         let result = tokio::time::timeout(wait, exchange).await;
-        crate::status::count_kube_request(&match &result {
+        ts_common::status::count_kube_request(&match &result {
             Err(_) => "timeout".to_string(),
             Ok(Err(_)) => "error".to_string(),
-            Ok(Ok((status, _))) => status.as_u16().to_string(),
+            Ok(Ok((status, ..))) => status.as_u16().to_string(),
         });
         match result {
             Err(_) => Err(KubeError::Timeout {
@@ -699,87 +815,68 @@ impl KubeClient {
                 attempts: 1,
             }),
             Ok(Err(e)) => Err(self.transport_error(req, &e)),
-            Ok(Ok((status, body))) if status.is_success() => Ok(body.to_vec()),
-            Ok(Ok((status, body))) => Err(status_error(req, status, &body)),
+            Ok(Ok((status, body, false))) if status.is_success() => Ok(body),
+            Ok(Ok((status, _, true))) if status.is_success() => Err(KubeError::Decode {
+                call: req.call.clone(),
+                secret: req.secret.clone(),
+                detail: format!("the answer is larger than {MAX_ANSWER} bytes"),
+            }),
+            Ok(Ok((status, body, _))) => Err(status_error(req, status, &body)),
         }
-    }
-
-    fn build(&self, req: &KubeRequest, token: &str) -> Result<Request<Body>, KubeError> {
-        let uri = format!("{}{}", self.config.server, req.path);
-        let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            KubeError::ServiceAccount {
-                path: self.config.token_path.clone(),
-                why: "the token contains characters that cannot be sent in an HTTP header".into(),
-            }
-        })?;
-        // Keeps the token out of any debug output of the HTTP stack.
-        auth.set_sensitive(true);
-        let mut builder = Request::builder()
-            .method(req.method.clone())
-            .uri(uri)
-            .header(AUTHORIZATION, auth)
-            .header(ACCEPT, "application/json");
-        if let Some(ct) = req.content_type {
-            builder = builder.header(CONTENT_TYPE, ct);
-        }
-        builder
-            .body(Body::from(req.body.clone().unwrap_or_default()))
-            .map_err(|e| KubeError::Client {
-                server: self.config.server.clone(),
-                why: format!("building the request for {}: {e}", req.path),
-            })
     }
 
     fn transport_error(&self, req: &KubeRequest, err: &kube::Error) -> KubeError {
-        let detail = error_chain(err);
-        if let Some(tls) = find_rustls_error(err) {
-            return KubeError::Tls {
-                call: req.call.clone(),
-                secret: req.secret.clone(),
-                server: self.config.server.clone(),
-                detail: tls.to_string(),
-            };
-        }
-        KubeError::Transport {
-            call: req.call.clone(),
-            secret: req.secret.clone(),
-            server: self.config.server.clone(),
-            detail,
-            attempts: 1,
+        let (call, secret, server) = (
+            req.call.clone(),
+            req.secret.clone(),
+            self.config.server.clone(),
+        );
+        match find_rustls_error(err) {
+            Some(tls) => KubeError::Tls {
+                call,
+                secret,
+                server,
+                detail: outside(&tls.to_string()),
+            },
+            None => KubeError::Transport {
+                call,
+                secret,
+                server,
+                detail: outside(&error_chain(err)),
+                attempts: 1,
+            },
         }
     }
 }
 
-fn short_reason(err: &KubeError) -> String {
-    match err {
-        KubeError::Status { code, .. } => format!("{code} {}", canonical(*code)),
-        KubeError::Timeout { after, .. } => format!("no answer within {}ms", after.as_millis()),
-        KubeError::Transport { detail, .. } => detail.clone(),
-        other => other.to_string(),
+/// The body up to [`MAX_ANSWER`] bytes, and whether it was cut there.
+async fn read_bounded(mut body: Body) -> Result<(Vec<u8>, bool), kube::Error> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            let room = MAX_ANSWER - out.len();
+            if data.len() > room {
+                out.extend_from_slice(&data[..room]);
+                return Ok((out, true));
+            }
+            out.extend_from_slice(&data);
+        }
     }
+    Ok((out, false))
 }
 
-/// Builds a [`KubeError::Status`] from a non-2xx answer, reading the Kubernetes `Status` body.
+/// Builds a [`KubeError::Status`] from a non-2xx answer and its Kubernetes `Status` body.
 fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let field = |name: &str| {
-        parsed
-            .as_ref()
-            .and_then(|v| v.get(name))
-            .and_then(serde_json::Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
+    let parsed: kube::core::Status = serde_json::from_slice(body).unwrap_or_default();
+    let reason = match parsed.reason.as_str() {
+        "" => canonical(status.as_u16()).to_string(),
+        r => outside(r),
     };
-    let reason = field("reason").unwrap_or_else(|| canonical(status.as_u16()).to_string());
-    let message = field("message").unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        if text.is_empty() {
-            "(empty body)".to_string()
-        } else {
-            text.chars().take(200).collect()
-        }
-    });
+    let message = match (parsed.message.as_str(), body.trim_ascii()) {
+        ("", []) => "(empty body)".to_string(),
+        ("", text) => outside(&String::from_utf8_lossy(text)),
+        (message, _) => outside(message),
+    };
     KubeError::Status {
         call: req.call.clone(),
         code: status.as_u16(),
@@ -876,7 +973,10 @@ mod tests {
         let cfg = KubeConfig::from_settings(&settings(&root, &K8S)).expect("config");
         assert_eq!(cfg.namespace, "kube-ns");
         assert_eq!(cfg.server, "https://10.0.0.1:443");
-        assert_eq!(read_token(&cfg.token_path).expect("token"), "tok-123");
+        assert_eq!(
+            read_token(&cfg.token_path).expect("token"),
+            "Bearer tok-123"
+        );
         assert_eq!(cfg.ca_der.len(), 1);
     }
 
@@ -942,14 +1042,28 @@ mod tests {
         );
     }
 
+    fn body(r: &KubeRequest) -> &str {
+        std::str::from_utf8(r.http.body()).expect("utf8")
+    }
+
+    fn content_type(r: &KubeRequest) -> Option<&str> {
+        r.http
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+    }
+
     #[test]
     fn request_bodies_match_the_reference() {
-        let r = KubeRequest::access_review("default", "get", "tailscale");
+        let r = KubeRequest::access_review("default", "get", "tailscale").expect("ssar");
         assert_eq!(
-            String::from_utf8(r.body.clone().expect("body")).expect("utf8"),
+            body(&r),
             r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"name":"tailscale","namespace":"default","resource":"secrets","verb":"get"}}}"#
         );
-        assert_eq!(r.path, SSAR_PATH);
+        assert_eq!(
+            r.http.uri(),
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        );
 
         let p = KubeRequest::patch_string_data(
             "default",
@@ -958,28 +1072,38 @@ mod tests {
                 ("device_id", "myID"),
                 ("device_fqdn", "test-node.test.ts.net"),
             ],
-        );
+        )
+        .expect("patch");
         assert_eq!(
-            p.path,
+            p.http.uri(),
             "/api/v1/namespaces/default/secrets/tailscale?fieldManager=tailscale-container"
         );
-        assert_eq!(p.content_type, Some(STRATEGIC_MERGE_PATCH));
         assert_eq!(
-            String::from_utf8(p.body.expect("body")).expect("utf8"),
+            content_type(&p),
+            Some("application/strategic-merge-patch+json")
+        );
+        assert_eq!(
+            body(&p),
             "{\"stringData\":{\"device_fqdn\":\"test-node.test.ts.net\",\"device_id\":\"myID\"}}\n"
         );
 
-        let d = KubeRequest::remove_key("default", "tailscale", "authkey");
-        assert_eq!(d.content_type, Some(JSON_PATCH));
+        let d = KubeRequest::remove_key("default", "tailscale", "authkey").expect("remove");
+        assert_eq!(content_type(&d), Some("application/json-patch+json"));
         assert_eq!(
-            String::from_utf8(d.body.expect("body")).expect("utf8"),
+            body(&d),
             "[{\"op\":\"remove\",\"path\":\"/data/authkey\"}]\n"
         );
+        // A key with JSON-pointer specials is escaped, not split.
+        let odd = KubeRequest::remove_key("default", "tailscale", "a/b~c").expect("remove");
+        assert!(body(&odd).contains("\"/data/a~1b~0c\""), "{}", body(&odd));
+        // kube refuses a request without a name instead of sending one to the collection.
+        let err = KubeRequest::get_secret("default", "").expect_err("no name");
+        assert!(err.is_setup() && !err.is_transient(), "{err}");
     }
 
     #[test]
     fn status_errors_name_call_status_secret_and_fix() {
-        let req = KubeRequest::get_secret("default", "tailscale");
+        let req = KubeRequest::get_secret("default", "tailscale").expect("get");
         let body = br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"secrets \"tailscale\" is forbidden","reason":"Forbidden","details":{"name":"tailscale","kind":"secrets"},"code":403}"#;
         let err = status_error(&req, StatusCode::FORBIDDEN, body);
         let msg = err.to_string();
@@ -1005,13 +1129,35 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let p = RetryPolicy::default();
-        assert_eq!(p.backoff(1), Duration::from_millis(100));
-        assert_eq!(p.backoff(2), Duration::from_millis(200));
-        assert_eq!(p.backoff(3), Duration::from_millis(400));
-        assert_eq!(p.backoff(9), Duration::from_millis(400));
+        let p = RetryPolicy::default().backoff();
+        assert_eq!(p.delay(1), Duration::from_millis(100));
+        assert_eq!(p.delay(2), Duration::from_millis(200));
+        assert_eq!(p.delay(3), Duration::from_millis(400));
+        assert_eq!(p.delay(9), Duration::from_millis(400));
         // The worst case of waiting stays well within the budget.
-        let total: Duration = (1..p.attempts).map(|a| p.backoff(a)).sum();
+        let total: Duration = (1..RetryPolicy::default().attempts)
+            .map(|a| p.delay(a))
+            .sum();
         assert!(total < Duration::from_secs(1));
+        for _ in 0..100 {
+            let j = p.jittered(3);
+            assert!(
+                j >= Duration::from_millis(200) && j <= Duration::from_millis(400),
+                "{j:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_huge_status_message_is_bounded_and_escaped() {
+        let req = KubeRequest::get_secret("default", "tailscale").expect("get");
+        let message = format!("denied\nboot: forged{}", "x".repeat(1 << 20));
+        let body = serde_json::json!({"kind": "Status", "message": message, "code": 403});
+        let err = status_error(&req, StatusCode::FORBIDDEN, body.to_string().as_bytes());
+        let msg = err.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.len() < 2000, "{}", msg.len());
+        assert!(msg.contains("denied\\nboot: forged"), "{msg}");
+        assert!(msg.contains("\"get\" permission"), "{msg}");
     }
 }
