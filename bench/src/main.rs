@@ -5,8 +5,11 @@
 //! ```text
 //! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...]
 //!              [--boot-runs N] [--reaction-runs N] [--reap-runs N] [--orphans N]
-//!              [--settle-ms N] [--only sizes,boot,reaction,reap] [--out FILE]
+//!              [--settle-ms N] [--only sizes,boot,reaction,bus,reap] [--out FILE]
+//!              [--bus-peers 1000,10000,100000] [--bus-changes N]
 //! ```
+//! * `--bus-peers`, `--bus-changes`: the tailnet sizes and self changes of the bus-cost runs
+//!   ([`bus_cost`]).
 //! * `--variant`: a directory holding the five tsboot binaries (the first is the one the
 //!   reaction and reaping runs use); sizes, boot latency and memory are measured for each.
 //! * The doubles (fake-tailscaled, fake-tailscale, fake-iptables, fake-apiserver) are the
@@ -23,6 +26,7 @@
 //! tailscaled's request log (`FAKE_TAILSCALED_REQUEST_LOG`) and stamps, with inotify, the
 //! moments files change (records of the fake CLIs, the socket, the fake apiserver's log).
 
+mod bus_cost;
 mod scenarios;
 mod setup;
 mod stats;
@@ -43,6 +47,8 @@ struct Args {
     settle: Duration,
     only: Vec<String>,
     out: Option<PathBuf>,
+    bus_peers: Vec<u32>,
+    bus_changes: usize,
 }
 
 fn usage(msg: &str) -> ! {
@@ -64,6 +70,8 @@ fn parse() -> Args {
         settle: Duration::from_millis(300),
         only: vec![],
         out: None,
+        bus_peers: vec![1_000, 10_000, 100_000],
+        bus_changes: 10,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -93,6 +101,13 @@ fn parse() -> Args {
             "--settle-ms" => a.settle = Duration::from_millis(num(val()) as u64),
             "--only" => a.only = val().split(',').map(str::to_string).collect(),
             "--out" => a.out = Some(val().into()),
+            "--bus-peers" => {
+                a.bus_peers = val()
+                    .split(',')
+                    .map(|v| num(v.to_string()) as u32)
+                    .collect()
+            }
+            "--bus-changes" => a.bus_changes = num(val()),
             "-h" | "--help" => usage("help"),
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -247,6 +262,11 @@ fn main() {
                 failures.push(format!("reaction: {}", e.lines().next().unwrap_or("")));
             }
         }
+    }
+    if want("bus") {
+        let (rows, fails) = bus_cost::run(&primary, &a.bus_peers, a.bus_changes);
+        report.push_str(&bus_cost::report(&rows, a.bus_changes));
+        failures.extend(fails);
     }
     if want("reap") {
         if is_root && which("unshare").is_some() {

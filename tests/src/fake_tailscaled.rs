@@ -39,7 +39,8 @@
 //! `notify <one-line JSON>`, `replay <ndjson path>`, `raw <text>` (one line sent verbatim to
 //! every watcher, not folded: malformed input), `state <n>`, `drop` (end every watch stream), `exit <code>`, `signal <NAME>` (default disposition, then raise it on itself),
 //! `orphans <N>` (N zombies re-parented to the nearest subreaper), `ignore-sigterm <secs>`,
-//! `watchers` (`ok <open watch streams>`), `serve-config` (`ok <stored JSON>`), `advertised`
+//! `watchers` (`ok <open watch streams>`), `sent` (`ok <pid>=<bytes> ...`: what each client
+//! process was sent over the LocalAPI socket, headers included), `serve-config` (`ok <stored JSON>`), `advertised`
 //! (`ok <services>`), `cert-domains <a,b>` (set the netmap's certificate domains quietly).
 #![allow(
     unsafe_code,
@@ -63,6 +64,28 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 pub mod serve;
+
+/// One peer as a netmap lists it (`tailcfg.Node`, about 700 bytes; a real one is 1–2 KiB), the
+/// `n`th of a synthetic tailnet: for large netmaps in tests and benchmarks.
+pub fn synthetic_peer(n: u32) -> String {
+    format!(
+        concat!(
+            r#"{{"ID":{n},"StableID":"nPeer{n}CNTRL","Name":"peer-{n}.tail1234.ts.net.","#,
+            r#""User":{u},"Key":"nodekey:{k:064x}","KeyExpiry":"2027-01-01T00:00:00Z","#,
+            r#""Machine":"mkey:{k:064x}","DiscoKey":"discokey:{k:064x}","#,
+            r#""Addresses":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
+            r#""AllowedIPs":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
+            r#""Endpoints":["198.51.100.{b}:41641","[2001:db8::{n:x}]:41641"],"HomeDERP":1,"#,
+            r#""Hostinfo":{{"OS":"linux","Hostname":"peer-{n}","Services":[{{"Proto":"tcp","Port":22}}]}},"#,
+            r#""Created":"2026-01-01T00:00:00Z","Online":true,"MachineAuthorized":true}}"#
+        ),
+        n = n,
+        u = n % 97,
+        k = u64::from(n) * 0x9e37_79b9,
+        a = (n >> 8) & 0xff,
+        b = n & 0xff,
+    )
+}
 
 /// The seed test harness's NeedsLogin notify (fixture `seed-era-testharness-needslogin.json`).
 pub const DEFAULT_INITIAL: &str =
@@ -526,9 +549,31 @@ struct Shared {
     ignore_sigterm_until: Mutex<Option<Instant>>,
     serve: Mutex<serve::ServeState>,
     serve_log: Option<PathBuf>,
+    /// Bytes written to each client process (by pid) over the LocalAPI socket.
+    sent: Mutex<std::collections::BTreeMap<i32, Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 impl Shared {
+    fn sent_counter(&self, pid: i32) -> Arc<std::sync::atomic::AtomicU64> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(pid)
+            .or_default()
+            .clone()
+    }
+
+    /// `pid=bytes` for every client so far.
+    fn sent_report(&self) -> String {
+        self.sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(pid, n)| format!("{pid}={}", n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     fn bus(&self) -> MutexGuard<'_, BusState> {
         // A panic while holding the lock is already a test failure; keep serving.
         self.bus.lock().unwrap_or_else(|p| p.into_inner())
@@ -756,13 +801,61 @@ async fn serve_localapi(listener: UnixListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0);
+        let counter = shared.sent_counter(pid);
         let shared = shared.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(req, shared.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(Counted {
+                        inner: stream,
+                        sent: counter,
+                    }),
+                    svc,
+                )
                 .await;
         });
+    }
+}
+
+/// A LocalAPI connection whose written bytes (headers, framing and bodies) are added to the
+/// total of the client process (`sent` control command: what each process received).
+struct Counted {
+    inner: UnixStream,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.sent
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -857,6 +950,7 @@ fn run_command(shared: &Shared, cmd: &str, arg: &str) -> String {
             Ok(String::new())
         }
         "watchers" => Ok(format!(" {}", shared.bus().open_watchers())),
+        "sent" => Ok(format!(" {}", shared.sent_report())),
         "serve-config" => Ok(format!(" {}", serve::control_show(shared))),
         "advertised" => Ok(format!(" {}", serve::control_advertised(shared))),
         "cert-domains" => serve::control_cert_domains(shared, arg).map(|()| String::new()),
@@ -1041,6 +1135,7 @@ pub fn main() -> i32 {
         ),
         serve: Mutex::new(serve::ServeState::default()),
         serve_log: env_path("FAKE_TAILSCALED_SERVE_LOG"),
+        sent: Mutex::new(Default::default()),
     });
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

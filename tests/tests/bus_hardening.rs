@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt as _;
 use ts_localapi::localapi::LocalApi;
 use ts_localapi::notify::BackendState;
 use tsboot_tests::fake_apiserver::Match;
+use tsboot_tests::fake_tailscaled::synthetic_peer;
 use tsboot_tests::fake_tailscaled_ctl::{accept_chunked, fixture};
 use tsboot_tests::harness::{temp_dir, wait_until, Root, HEAD};
 use tsboot_tests::kube_watch::KubeWatch;
@@ -32,27 +33,6 @@ const MALFORMED: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // 12.4: a message larger than the old 64 MiB cap, read without buffering it.
 
-/// One peer as a real netmap lists it (about 700 bytes).
-fn peer_json(n: u32) -> String {
-    format!(
-        concat!(
-            r#"{{"ID":{n},"StableID":"nPeer{n}CNTRL","Name":"peer-{n}.tail1234.ts.net.","#,
-            r#""User":{u},"Key":"nodekey:{k:064x}","KeyExpiry":"2027-01-01T00:00:00Z","#,
-            r#""Machine":"mkey:{k:064x}","DiscoKey":"discokey:{k:064x}","#,
-            r#""Addresses":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
-            r#""AllowedIPs":["100.80.{a}.{b}/32","fd7a:115c:a1e0::{n:x}/128"],"#,
-            r#""Endpoints":["198.51.100.{b}:41641","[2001:db8::{n:x}]:41641"],"HomeDERP":1,"#,
-            r#""Hostinfo":{{"OS":"linux","Hostname":"peer-{n}","Services":[{{"Proto":"tcp","Port":22}}]}},"#,
-            r#""Created":"2026-01-01T00:00:00Z","Online":true,"MachineAuthorized":true}}"#
-        ),
-        n = n,
-        u = n % 97,
-        k = u64::from(n) * 0x9e37_79b9,
-        a = (n >> 8) & 0xff,
-        b = n & 0xff,
-    )
-}
-
 /// Serves one watch whose first message is a seed-era netmap of `peers` peers (generated while
 /// it is written, never held whole), then `{"State":2}`, then the end of the stream.
 async fn huge_netmap_server(listener: tokio::net::UnixListener, peers: u32) -> u64 {
@@ -65,7 +45,7 @@ async fn huge_netmap_server(listener: tokio::net::UnixListener, peers: u32) -> u
         if n > 1 {
             chunk.push(',');
         }
-        chunk.push_str(&peer_json(n));
+        chunk.push_str(&synthetic_peer(n));
         if chunk.len() >= 64 << 10 || n == peers {
             if n == peers {
                 chunk.push_str(

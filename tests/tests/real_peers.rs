@@ -468,6 +468,83 @@ fn real_bus_messages_parse_with_tsboots_model() {
     }
 }
 
+/// The real daemon and tsboot's lean watch (README D26): with a peer in the netmap, a watch with
+/// mask 8194 (InitialState|NoNetMap) gets no netmap and no peer in its first message nor at a
+/// self change, the status without peers names this node, and tsboot's follower learns its
+/// identity from it. The bytes of both kinds of watch are printed for BENCHMARKS.md.
+#[test]
+fn real_lean_watch_gets_no_peers_and_the_status_names_the_node() {
+    use ts_localapi::localapi::{Follower, LocalApi, MASK_LEAN, MASK_STEADY, STATUS_SELF_PATH};
+    use tsboot_tests::real::BusCapture;
+    let Some(lab) = Lab::new("lean_watch", &["a", "b"]) else {
+        return;
+    };
+    let a = lab.start_daemon("a", true);
+    let b = lab.start_daemon("b", true);
+    a.up(&lab, "a", &["--accept-dns=false"]);
+    b.up(&lab, "b", &["--accept-dns=false"]);
+    let ip = a.ipv4();
+    let full = BusCapture::start(a.socket.clone(), MASK_STEADY);
+    full.wait_line("a netmap listing peer b", |l| l.contains(r#""Peers":[{"#));
+    let lean = BusCapture::start(a.socket.clone(), MASK_LEAN);
+    lean.wait_line("the first lean message", |_| true);
+    let first = lean.lines()[0].clone();
+    assert!(first.contains(r#""State":6"#), "{first}");
+    assert!(
+        !first.contains("Peers") && first.contains(r#""NetMap":null"#),
+        "{first}"
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let api = LocalApi::new(&a.socket);
+    let status = rt
+        .block_on(api.call(http::Method::GET, STATUS_SELF_PATH, None, None))
+        .expect("status");
+    assert!(status.is_success());
+    let msg = rt
+        .block_on(Follower::new(api, MASK_LEAN).with_self_status().next())
+        .expect("first message");
+    let me = msg.self_identity().expect("the status names this node");
+    assert!(
+        me.addresses.iter().any(|p| p.addr.to_string() == ip),
+        "{me:?}"
+    );
+    let node = lab.node_named("a").expect("node a in headscale");
+    let id = node["id"].to_string().trim_matches('"').to_string();
+    lab.headscale_try(&["nodes", "rename", "--identifier", &id, "renamed-a"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    lean.wait_line("the renamed self node", |l| l.contains("renamed-a."));
+    full.wait_line("the renamed self node", |l| l.contains("renamed-a."));
+    let lean_lines = lean.lines();
+    assert!(
+        lean_lines
+            .iter()
+            .all(|l| !l.contains("\"Peers\"") && !l.contains("PeersChanged")),
+        "{lean_lines:#?}"
+    );
+    let bytes = |lines: &[String]| lines.iter().map(|l| l.len() + 1).sum::<usize>();
+    let rename = |lines: &[String]| {
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("renamed-a."))
+            .map_or(0, |l| l.len() + 1)
+    };
+    let full_lines = full.lines();
+    println!(
+        "real v1.102.5, 1 peer: first message mask {MASK_STEADY}: {} B, mask {MASK_LEAN}: {} B (+ status?peers=false {} B); rename message: mask {MASK_STEADY} {} B, mask {MASK_LEAN} {} B; whole watch: {} B vs {} B",
+        full_lines[0].len() + 1,
+        first.len() + 1,
+        status.body.len(),
+        rename(&full_lines),
+        rename(&lean_lines),
+        bytes(&full_lines),
+        bytes(&lean_lines),
+    );
+}
+
 /// Side by side, scenario 1 with the real containerboot in tsboot's place: same tailscaled,
 /// same headscale, same variables. Both reach Running with the address headscale assigned.
 #[test]

@@ -182,11 +182,20 @@ pub fn spawn_parser<T: DeserializeOwned + Send + 'static>(
 /// Parses a whole byte string the way the stream parser does (for tests, benchmarks and the
 /// fuzz targets): every message and malformed line, in order.
 pub fn parse_all<T: DeserializeOwned>(bytes: &[u8]) -> Vec<Parsed<T>> {
-    let (tx, rx) = mpsc::channel(1);
+    parse_chunks(vec![Bytes::copy_from_slice(bytes)])
+}
+
+/// [`parse_all`] for a body that arrived in `chunks`, on the calling thread.
+pub fn parse_chunks<T: DeserializeOwned>(chunks: Vec<Bytes>) -> Vec<Parsed<T>> {
+    let (tx, rx) = mpsc::channel(chunks.len().max(1));
+    for chunk in chunks {
+        // Capacity for every chunk: this cannot fail.
+        let _ = tx.try_send(chunk);
+    }
     drop(tx);
     let mut src = Chunks {
         rx,
-        current: Bytes::copy_from_slice(bytes),
+        current: Bytes::new(),
     };
     let mut out = Vec::new();
     while src.skip_blank() {

@@ -1,12 +1,26 @@
-//! Property tests: no input makes the IPN bus parser panic. Arbitrary bytes, and real fixture
-//! messages with flipped bytes, truncation or a value replaced anywhere in the tree, either
-//! parse (and then every accessor works) or return an error.
+//! Property tests (the fuzz targets of the IPN-bus parser): no input makes it panic. Arbitrary
+//! bytes, and real fixture messages with flipped bytes, truncation or a value replaced anywhere
+//! in the tree, either parse (and then every accessor works) or return an error. And the
+//! streaming parser, fed a stream of such lines cut into chunks anywhere, says exactly what the
+//! one-line parser says about each line.
+//!
+//! Cases per property: `TSBOOT_FUZZ_CASES` (default 512, what CI runs); README "Fuzzing" records
+//! a long run.
 
 use proptest::prelude::*;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use ts_localapi::notify::Notify;
+use ts_localapi::notify::{Keep, Notify};
+use ts_localapi::stream::{parse_chunks, Parsed};
+
+/// Cases per property.
+fn cases() -> u32 {
+    std::env::var("TSBOOT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
 
 fn fixture_lines() -> &'static [String] {
     static LINES: OnceLock<Vec<String>> = OnceLock::new();
@@ -83,8 +97,87 @@ fn replacement() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// A line of a bus stream: a fixture message, perhaps damaged, or garbage.
+fn bus_line() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => any::<prop::sample::Index>().prop_map(|i| i.get(fixture_lines()).as_bytes().to_vec()),
+        2 => (
+            any::<prop::sample::Index>(),
+            proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        )
+            .prop_map(|(i, flips)| {
+                let mut b = i.get(fixture_lines()).as_bytes().to_vec();
+                for (at, v) in flips {
+                    let k = at.index(b.len());
+                    b[k] = v;
+                }
+                b
+            }),
+        1 => (any::<prop::sample::Index>(), any::<prop::sample::Index>()).prop_map(|(i, cut)| {
+            let b = i.get(fixture_lines()).as_bytes();
+            b[..cut.index(b.len() + 1)].to_vec()
+        }),
+        1 => proptest::collection::vec(any::<u8>(), 0..64),
+    ]
+    // One line each: a newline inside would make two.
+    .prop_map(|b| b.into_iter().filter(|&c| c != b'\n').collect())
+}
+
+/// What the one-line parser says: the message, or `None` for a malformed line.
+fn one_line<M: ts_localapi::notify::PeerMode>(line: &[u8]) -> Option<Notify<M>> {
+    Notify::<M>::parse_line(line).ok()
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn the_stream_parser_agrees_with_the_line_parser(
+        lines in proptest::collection::vec(bus_line(), 1..12),
+        cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..24),
+        crlf in any::<bool>(),
+    ) {
+        let mut stream = Vec::new();
+        for l in &lines {
+            stream.extend_from_slice(l);
+            stream.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+        }
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut chunks = Vec::new();
+        let mut from = 0;
+        for to in at.into_iter().chain([stream.len()]) {
+            chunks.push(bytes::Bytes::copy_from_slice(&stream[from..to]));
+            from = to;
+        }
+        // Blank lines carry no message; every other line gives exactly one answer.
+        let want: Vec<Option<Notify>> = lines
+            .iter()
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|l| one_line(l))
+            .collect();
+        let got: Vec<Option<Notify>> = parse_chunks::<Notify>(chunks.clone())
+            .into_iter()
+            .map(|p| match p { Parsed::Message(m) => Some(m), Parsed::Malformed { .. } => None })
+            .collect();
+        prop_assert_eq!(&got, &want);
+        // With peers read the verdicts are the same.
+        let kept: Vec<bool> = parse_chunks::<Notify<Keep>>(chunks)
+            .into_iter()
+            .map(|p| matches!(p, Parsed::Message(_)))
+            .collect();
+        let want_kept: Vec<bool> = lines
+            .iter()
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|l| one_line::<Keep>(l).is_some())
+            .collect();
+        prop_assert_eq!(kept, want_kept);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -148,4 +241,31 @@ fn deep_nesting_does_not_overflow_the_stack() {
             "depth {depth}"
         );
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn deep_nesting_on_the_parser_thread_is_an_error_not_a_crash() {
+    let depth = 100_000;
+    let mut line = String::from("{\"NetMap\":");
+    line.push_str(&"[".repeat(depth));
+    line.push_str(&"]".repeat(depth));
+    line.push_str("}\n{\"Engine\":");
+    line.push_str(&"[".repeat(depth));
+    line.push_str(&"]".repeat(depth));
+    line.push_str("}\n{\"State\":6}\n");
+    let (tx, mut rx) = ts_localapi::stream::spawn_parser::<Notify>().expect("thread");
+    tx.send(bytes::Bytes::from(line))
+        .await
+        .expect("parser alive");
+    drop(tx);
+    assert!(matches!(rx.recv().await, Some(Parsed::Malformed { .. })));
+    assert!(
+        matches!(rx.recv().await, Some(Parsed::Message(_))),
+        "a skipped field nests freely"
+    );
+    match rx.recv().await {
+        Some(Parsed::Message(m)) => assert_eq!(m.state.map(|s| s.code()), Some(6)),
+        other => panic!("the stream goes on: {other:?}"),
+    }
+    assert!(rx.recv().await.is_none());
 }

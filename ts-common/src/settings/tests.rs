@@ -1265,8 +1265,17 @@ fn var_name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Cases per property (the fuzz target of the settings reader): `TSBOOT_FUZZ_CASES`, default
+/// 512 (what CI runs); README "Fuzzing" records a long run.
+fn fuzz_cases() -> u32 {
+    std::env::var("TSBOOT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(fuzz_cases()))]
 
     #[test]
     fn arbitrary_environments_never_panic(
