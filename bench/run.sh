@@ -3,21 +3,23 @@
 #
 #   bash bench/run.sh [tsboot-bench flags, e.g. --boot-runs 40 --only boot,reaction]
 #
-# Builds what it measures, then measures in one run, side by side with tini and dumb-init:
-# binary sizes, the resident memory of every tsboot process after startup, boot latency with
-# its phases, reaction latency to a netmap change, and reaping 10,000 orphans as PID 1.
-# See BENCHMARKS.md for the method and the figures, bench/src/main.rs for the flags.
+# Builds what it measures, then measures in one run every figure of issue #18 side by side
+# with its goal (the report opens with that table), plus tini and dumb-init for scale: binary
+# and image sizes, the resident memory of every tsboot process after startup, boot latency
+# with its phases, reaction latency to a netmap change, reaping 10,000 orphans as PID 1,
+# flapping (1,000 self changes/s for 10 s), and tsboot against the real containerboot with the
+# real tailscaled and headscale. See BENCHMARKS.md for the method and the figures,
+# bench/src/main.rs for the flags.
 #
-# * Root is needed for the reaping comparison (a PID namespace via `unshare`); without it that
-#   part is skipped. As root, tini and dumb-init are installed from apt if missing.
-# * Builds: `cargo build --release --workspace` (the dynamically linked binaries, the test
-#   doubles and the bench driver `tsboot-bench`, a workspace member built on the test harness
-#   with no test target), and `docker/build-static.sh` (the static binaries the image ships).
-#   TSBOOT_BENCH_NO_STATIC=1
-#   skips the static build. When the musl target and musl-gcc are installed
-#   (`rustup target add x86_64-unknown-linux-musl`, `apt-get install musl-tools`), a static musl
-#   build is measured too, as the candidate for the image (TSBOOT_BENCH_MUSL=0 skips it,
-#   TSBOOT_BENCH_MUSL=1 insists on it).
+# * Root is needed for the reaping comparison (a PID namespace) and the real-daemon comparison
+#   (network namespaces); without it those parts are skipped. As root, tini and dumb-init are
+#   installed from apt if missing, and the real programs by tests/real/install.sh (cached).
+# * Builds: `docker/build-static.sh` (the static musl binaries the image ships: the "static"
+#   build measured), and `cargo build --profile bench-tools` of the driver `tsboot-bench` (a
+#   workspace member on the test harness, with no test target) and the test doubles.
+#   TSBOOT_BENCH_GLIBC=1 also measures the static glibc fallback (TSBOOT_STATIC_LIBC=glibc);
+#   TSBOOT_BENCH_DYNAMIC=1 also measures a plain `cargo build --release` (dynamic glibc).
+# * Images: the sizes come from `docker/images.sh sizes` when `docker/images.sh build` ran.
 # * The report (Markdown) is printed and written to $BENCH_OUT (default
 #   $CARGO_TARGET_DIR/bench-report.md).
 # * Nothing here asserts on time: the test suite never runs this.
@@ -56,30 +58,28 @@ source_state() {
 }
 before="$(source_state)"
 
-echo "bench/run.sh: cargo build --release --workspace" >&2
-cargo build --release --workspace >&2
-variants=()
-if [[ "${TSBOOT_BENCH_NO_STATIC:-}" != 1 ]]; then
-    echo "bench/run.sh: docker/build-static.sh (the image's static binaries)" >&2
-    static_dir="$(bash docker/build-static.sh)"
-    variants+=(--variant "static=$static_dir")
+echo "bench/run.sh: cargo build --profile bench-tools (driver and test doubles)" >&2
+cargo build --profile bench-tools --locked -p tsboot-tests -p tsboot-bench --bins >&2
+tools="$CARGO_TARGET_DIR/bench-tools"
+echo "bench/run.sh: docker/build-static.sh (the image's static binaries)" >&2
+static_dir="$(bash docker/build-static.sh | tail -n1)"
+variants=(--variant "static=$static_dir")
+if [[ "${TSBOOT_BENCH_GLIBC:-}" == 1 ]]; then
+    echo "bench/run.sh: the static glibc fallback, for comparison" >&2
+    variants+=(--variant "static-glibc=$(TSBOOT_STATIC_LIBC=glibc bash docker/build-static.sh | tail -n1)")
 fi
-variants+=(--variant "dynamic=$CARGO_TARGET_DIR/release")
-musl="${TSBOOT_BENCH_MUSL:-auto}"
-if [[ "$musl" != 0 ]]; then
-    triple="$(uname -m)-unknown-linux-musl"
-    if rustup target list --installed 2>/dev/null | grep -qx "$triple" && command -v musl-gcc >/dev/null; then
-        echo "bench/run.sh: static musl build ($triple), the candidate for the image" >&2
-        cargo build --release --locked --target "$triple" \
-            -p ts-init -p ts-prep -p ts-auth -p ts-proxy-rules -p ts-kubestate >&2
-        variants+=(--variant "musl=$CARGO_TARGET_DIR/$triple/release")
-    elif [[ "$musl" == 1 ]]; then
-        echo "bench/run.sh: TSBOOT_BENCH_MUSL=1 needs: rustup target add $triple; apt-get install musl-tools" >&2
-        exit 1
-    else
-        echo "bench/run.sh: no musl target or musl-gcc: the musl build is not measured" >&2
-    fi
+if [[ "${TSBOOT_BENCH_DYNAMIC:-}" == 1 ]]; then
+    echo "bench/run.sh: cargo build --release (dynamic glibc), for comparison" >&2
+    cargo build --release --locked --workspace --bins >&2
+    variants+=(--variant "dynamic=$CARGO_TARGET_DIR/release")
 fi
+if ((is_root)); then
+    # The real tailscaled, containerboot and headscale (cached after the first run).
+    bash tests/real/install.sh >&2 || echo "bench/run.sh: tests/real/install.sh failed: the real-daemon comparison will say why" >&2
+    # The lab boots the shipped ts-init (its phases sit beside it).
+    export TSBOOT_REAL_TS_INIT="$static_dir/ts-init"
+fi
+
 after="$(source_state)"
 if [[ "$before" != "$after" ]]; then
     echo "bench/run.sh: warning: the source changed during the builds ($before -> $after); the builds may differ" >&2
@@ -88,7 +88,7 @@ fi
 export TSBOOT_BENCH_SOURCE="$after"
 
 out="${BENCH_OUT:-$CARGO_TARGET_DIR/bench-report.md}"
-exec "$CARGO_TARGET_DIR/release/tsboot-bench" \
+exec "$tools/tsboot-bench" \
     "${variants[@]}" \
     --out "$out" \
     "$@"

@@ -15,8 +15,9 @@
 #                    rootfs tarball is cached in $TSBOOT_IMAGES_CACHE. Replaces alpine+iptables
 #                    (ARG IPTABLES_BASE) and is the base of the tailscale stand-in.
 #   tailscale        debian-iptables + tailscale, tailscaled, containerboot in /usr/local/bin
-#                    (Go-built by tests/real/install.sh), ENTRYPOINT containerboot, as the official
-#                    image (ARG TAILSCALE_IMAGE).
+#                    (Go-built by tests/real/install.sh), ENTRYPOINT containerboot, and busybox's
+#                    wget (Debian's busybox-static) as the official alpine image has it (ARG
+#                    TAILSCALE_IMAGE).
 #   binaries         scratch + /out/<the static binaries of docker/build-static.sh> and the host's
 #                    CA bundle (ARG BINARIES; replaces the Rust stage).
 #
@@ -42,7 +43,8 @@ real_bin="${TSBOOT_REAL_BIN:-${TSBOOT_REAL_CACHE:-${HOME:-/root}/.cache/tsboot-r
 # The image names the Kubernetes manifests and compose.yaml use, tagged with the workspace version.
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$repo/Cargo.toml" | head -n1)"
 registry=ghcr.io/example
-targets=(tsboot ts-prep ts-proxy-rules ts-kubestate ts-serve)
+# Every target of docker/Dockerfile but its intermediate stages (check_targets enforces it).
+targets=(tsboot ts-prep ts-proxy-rules ts-kubestate ts-serve ts-health)
 image_of() {
     case "$1" in
         tsboot) echo "$registry/tsboot:$version" ;;
@@ -50,6 +52,7 @@ image_of() {
         ts-proxy-rules) echo "$registry/tsboot-proxy-rules:$version" ;;
         ts-kubestate) echo "$registry/tsboot-kubestate:$version" ;;
         ts-serve) echo "$registry/tsboot-serve:$version" ;;
+        ts-health) echo "$registry/tsboot-health:$version" ;;
         *) return 1 ;;
     esac
 }
@@ -128,8 +131,18 @@ build_standins() {
     # shellcheck disable=SC2064 # expand now: the directory is this call's
     trap "rm -rf '$ctx'" RETURN
     cp "$real_bin/tailscale" "$real_bin/tailscaled" "$real_bin/containerboot" "$ctx/"
+    # The official image is alpine, whose busybox gives it `wget`, which healthchecks use
+    # (docker/compose.yaml): the static busybox of Debian's busybox-static plays that part.
+    local busybox
+    busybox="$(command -v busybox || true)"
+    if [[ -z "$busybox" ]] || ! file -L "$busybox" | grep -qE 'statically linked|static-pie'; then
+        die "a static busybox is missing (apt-get install busybox-static)"
+    fi
+    cp "$busybox" "$ctx/busybox"
     cat >"$ctx/Containerfile" <<EOF
 FROM $standin_debian
+COPY busybox /bin/busybox
+RUN ln -s /bin/busybox /usr/bin/wget
 COPY tailscale tailscaled containerboot /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/containerboot"]
 EOF
@@ -169,10 +182,22 @@ check_references() {
     [[ "$ok" == true ]] || die "docker/kubernetes or docker/compose.yaml name images no target builds"
 }
 
+# Every final stage of the Dockerfile (a FROM ... AS name that no other stage builds on or copies
+# from) must be a target here, so a new image cannot be left out of the build and the tests.
+check_targets() {
+    local stage missing=()
+    while IFS= read -r stage; do
+        [[ " ${targets[*]} " == *" $stage "* ]] || missing+=("$stage")
+    done < <(awk 'toupper($1) == "FROM" && toupper($(NF-1)) == "AS" { print $NF }' "$repo/docker/Dockerfile" |
+        grep -vxE 'binaries-from-source|build|iptables-alpine')
+    [[ ${#missing[@]} -eq 0 ]] || die "docker/Dockerfile targets not built here: ${missing[*]} (add them to targets=)"
+}
+
 build_all() {
     local start t
     start="$(date +%s)"
     command -v podman >/dev/null || die "podman is missing (apt-get install podman runc)"
+    check_targets
     check_references
     build_standins
     for t in "${targets[@]}"; do

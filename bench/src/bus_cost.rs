@@ -297,3 +297,62 @@ pub fn report(rows: &[Row], changes: usize) -> String {
         t.render()
     )
 }
+
+/// The goal-2 rows of the goals table, at the largest tailnet measured: bytes per boot and per
+/// self change on the new daemon, CPU per change, and peak RSS on the old daemon (worst watcher).
+pub fn goals(rows: &[Row], goals: &mut crate::goals::Goals) {
+    let Some(peers) = rows.iter().map(|r| r.peers).max() else {
+        return;
+    };
+    let at = |d: Daemon| {
+        rows.iter()
+            .filter(move |r| r.peers == peers && r.daemon == d)
+    };
+    let worst = |it: &mut dyn Iterator<Item = (&'static str, f64)>| {
+        it.fold(None, |m: Option<(&str, f64)>, x| match m {
+            Some(m) if m.1 >= x.1 => Some(m),
+            _ => Some(x),
+        })
+    };
+    if let Some((p, kib)) = worst(&mut at(Daemon::New).map(|r| {
+        (
+            r.process,
+            (r.boot_bytes as f64).max(r.change_bytes) / 1024.0,
+        )
+    })) {
+        goals.add(
+            "2a",
+            format!(
+                "bus bytes per boot and per self change, new daemon, {peers} peers (worst watcher)"
+            ),
+            "≤ 64 KiB",
+            format!("{kib:.1} KiB ({p})"),
+            kib <= 64.0,
+        );
+    }
+    if let Some((p, ms)) = worst(
+        &mut rows
+            .iter()
+            .filter(|r| r.peers == peers)
+            .map(|r| (r.process, r.change_cpu_ms)),
+    ) {
+        goals.add(
+            "2b",
+            format!("CPU per self change, {peers} peers, either daemon (worst watcher)"),
+            "≤ 1 ms",
+            format!("{ms:.2} ms ({p})"),
+            ms <= 1.0,
+        );
+    }
+    if let Some((p, kib)) = worst(&mut at(Daemon::Old).map(|r| (r.process, r.hwm_kib as f64))) {
+        goals.add(
+            "2c",
+            format!(
+                "watcher peak RSS, old daemon sending full netmaps, {peers} peers (worst watcher)"
+            ),
+            "≤ 8 MiB",
+            format!("{kib:.0} KiB ({p})"),
+            kib <= 8192.0,
+        );
+    }
+}

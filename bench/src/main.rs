@@ -5,7 +5,8 @@
 //! ```text
 //! tsboot-bench --variant NAME=DIR [--variant NAME=DIR ...]
 //!              [--boot-runs N] [--reaction-runs N] [--reap-runs N] [--orphans N]
-//!              [--settle-ms N] [--only sizes,boot,reaction,bus,reap] [--out FILE]
+//!              [--settle-ms N] [--flap-rate N] [--flap-secs N] [--real-runs N]
+//!              [--only sizes,boot,reaction,bus,images,flap,reap,real] [--out FILE]
 //!              [--bus-peers 1000,10000,100000] [--bus-changes N]
 //! ```
 //! * `--bus-peers`, `--bus-changes`: the tailnet sizes and self changes of the bus-cost runs
@@ -27,6 +28,10 @@
 //! moments files change (records of the fake CLIs, the socket, the fake apiserver's log).
 
 mod bus_cost;
+mod flap;
+mod goals;
+mod images;
+mod real;
 mod scenarios;
 mod setup;
 mod stats;
@@ -45,6 +50,9 @@ struct Args {
     reap_runs: usize,
     orphans: usize,
     settle: Duration,
+    flap_rate: u32,
+    flap_secs: u32,
+    real_runs: usize,
     only: Vec<String>,
     out: Option<PathBuf>,
     bus_peers: Vec<u32>,
@@ -55,7 +63,8 @@ fn usage(msg: &str) -> ! {
     eprintln!("tsboot-bench: {msg}");
     eprintln!(
         "usage: tsboot-bench --variant NAME=DIR [...] [--boot-runs N] \
-         [--reaction-runs N] [--reap-runs N] [--orphans N] [--settle-ms N] [--only LIST] [--out FILE]"
+         [--reaction-runs N] [--reap-runs N] [--orphans N] [--settle-ms N] [--flap-rate N] [--flap-secs N] [--real-runs N] \
+         [--only LIST] [--out FILE]"
     );
     std::process::exit(2);
 }
@@ -68,6 +77,9 @@ fn parse() -> Args {
         reap_runs: 16,
         orphans: 10_000,
         settle: Duration::from_millis(300),
+        flap_rate: 1000,
+        real_runs: 6,
+        flap_secs: 10,
         only: vec![],
         out: None,
         bus_peers: vec![1_000, 10_000, 100_000],
@@ -99,6 +111,9 @@ fn parse() -> Args {
             "--reap-runs" => a.reap_runs = num(val()),
             "--orphans" => a.orphans = num(val()),
             "--settle-ms" => a.settle = Duration::from_millis(num(val()) as u64),
+            "--real-runs" => a.real_runs = num(val()),
+            "--flap-rate" => a.flap_rate = num(val()) as u32,
+            "--flap-secs" => a.flap_secs = num(val()) as u32,
             "--only" => a.only = val().split(',').map(str::to_string).collect(),
             "--out" => a.out = Some(val().into()),
             "--bus-peers" => {
@@ -238,19 +253,27 @@ fn main() {
         tsboot_tests::bin_path("").display()
     ));
     let primary = a.variants[0].clone();
+    let mut goals = goals::Goals::default();
+    // The goals table goes here, before the scenarios' own sections, once they have run.
+    let goals_at = report.len();
 
     if want("sizes") {
         let refs: Vec<(&str, PathBuf)> = ["tini", "tini-static", "dumb-init"]
             .iter()
             .filter_map(|n| which(n).map(|p| (*n, p)))
             .collect();
-        report.push_str(&scenarios::sizes(&a.variants, &refs));
+        report.push_str(&scenarios::sizes(&a.variants, &refs, &mut goals));
     }
     let mut failures = Vec::new();
     if want("boot") {
         let data = scenarios::run_boots(&a.variants, &wrappers, a.boot_runs, a.settle);
-        report.push_str(&scenarios::rss_report(&data, &a.variants, a.settle));
-        report.push_str(&scenarios::boot_report(&data, &a.variants));
+        report.push_str(&scenarios::rss_report(
+            &data,
+            &a.variants,
+            a.settle,
+            &mut goals,
+        ));
+        report.push_str(&scenarios::boot_report(&data, &a.variants, &mut goals));
         failures.extend(data.failures);
     }
     if want("reaction") {
@@ -266,7 +289,34 @@ fn main() {
     if want("bus") {
         let (rows, fails) = bus_cost::run(&primary, &a.bus_peers, a.bus_changes);
         report.push_str(&bus_cost::report(&rows, a.bus_changes));
+        bus_cost::goals(&rows, &mut goals);
         failures.extend(fails);
+    }
+    if want("images") {
+        report.push_str(&images::run(&mut goals));
+    }
+    if want("flap") {
+        eprintln!("bench: flapping ({}/s for {} s)", a.flap_rate, a.flap_secs);
+        match flap::run(&primary, a.flap_rate, a.flap_secs, &mut goals) {
+            Ok(r) => report.push_str(&r),
+            Err(e) => {
+                eprintln!("bench: flapping: {e}");
+                failures.push(format!("flapping: {}", e.lines().next().unwrap_or("")));
+            }
+        }
+    }
+    if want("real") {
+        if is_root {
+            eprintln!(
+                "bench: against containerboot ({} runs, real daemon)",
+                a.real_runs
+            );
+            report.push_str(&real::run(a.real_runs, a.orphans, &mut goals));
+        } else {
+            report.push_str(
+                "### Against containerboot\n\nSKIPPED: needs root (network namespaces).\n\n",
+            );
+        }
     }
     if want("reap") {
         if is_root && which("unshare").is_some() {
@@ -294,6 +344,7 @@ fn main() {
             "\nFailed runs (left out of the figures): {failures:#?}\n"
         ));
     }
+    report.insert_str(goals_at, &goals.render());
     print!("{report}");
     if let Some(out) = &a.out {
         if let Err(e) = std::fs::write(out, &report) {

@@ -1,6 +1,7 @@
 //! The measurements: binary sizes, boot latency with its phases and the resident set of every
 //! process after startup, reaction latency to a netmap change, and reaping as PID 1.
 
+use crate::goals::Goals;
 use crate::setup::{self, Boot, Config, Root, Variant, Wrapped, ADDR0, DEST_IP};
 use crate::stats::{fmt, median, summary, Table};
 use crate::sys::{self, FileCounter, Mem};
@@ -9,15 +10,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const TSBOOT_BINS: [&str; 5] = [
+/// Every binary of tsboot (what `docker/build-static.sh --list` builds).
+pub const TSBOOT_BINS: [&str; 7] = [
     "ts-init",
     "ts-prep",
     "ts-auth",
     "ts-proxy-rules",
     "ts-kubestate",
+    "ts-serve",
+    "ts-health",
 ];
-/// The processes that stay resident after startup (ts-init, the guard, the two watchers).
-pub const RESIDENT: [&str; 4] = ["ts-init", "ts-auth", "ts-proxy-rules", "ts-kubestate"];
+/// The processes that may stay resident after startup (ts-init, ts-health, the guard, the
+/// watchers).
+pub const RESIDENT: [&str; 6] = [
+    "ts-init",
+    "ts-health",
+    "ts-auth",
+    "ts-proxy-rules",
+    "ts-kubestate",
+    "ts-serve",
+];
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -68,7 +80,7 @@ fn verdict_mb(bytes: f64, n: f64) -> String {
 // ---------------------------------------------------------------------------------------------
 // Sizes
 
-pub fn sizes(variants: &[Variant], refs: &[(&str, PathBuf)]) -> String {
+pub fn sizes(variants: &[Variant], refs: &[(&str, PathBuf)], goals: &mut Goals) -> String {
     let mut out = String::from("### Binary sizes (stripped, bytes on disk)\n\n");
     let mut head = vec!["binary"];
     for v in variants {
@@ -94,7 +106,7 @@ pub fn sizes(variants: &[Variant], refs: &[(&str, PathBuf)]) -> String {
         }
         t.row(row);
     }
-    let mut row = vec!["**all five**".to_string()];
+    let mut row = vec![format!("**all {}**", TSBOOT_BINS.len())];
     for total in &totals {
         row.push(format!(
             "**{total}** ({:.2} MiB)",
@@ -113,16 +125,35 @@ pub fn sizes(variants: &[Variant], refs: &[(&str, PathBuf)]) -> String {
         })
         .collect();
     out.push_str(&refs.join(", "));
-    out.push_str("\n\nTargets: ts-init ≤ 1 MB; all five ≤ 12 MB.\n\n");
+    out.push_str("\n\nTargets (#18 goal 1): ts-init ≤ 1 MB; all binaries ≤ 12 MB.\n\n");
     for (i, v) in variants.iter().enumerate() {
         out.push_str(&format!(
-            "- {}: ts-init {} bytes: {}; all five {} bytes: {}\n",
+            "- {}: ts-init {} bytes: {}; all {} {} bytes: {}\n",
             v.name,
             init_sizes[i],
             verdict_mb(init_sizes[i] as f64, 1.0),
+            TSBOOT_BINS.len(),
             totals[i],
             verdict_mb(totals[i] as f64, 12.0),
         ));
+    }
+    if let (Some(v), Some(init), Some(total)) =
+        (variants.first(), init_sizes.first(), totals.first())
+    {
+        goals.add(
+            "1e",
+            format!("ts-init binary ({})", v.name),
+            "≤ 1 MB (10⁶ B)",
+            format!("{init} B"),
+            *init as f64 <= 1e6,
+        );
+        goals.add(
+            "1d",
+            format!("all {} binaries ({})", TSBOOT_BINS.len(), v.name),
+            "≤ 12 MB (12×10⁶ B)",
+            format!("{total} B"),
+            *total as f64 <= 12e6,
+        );
     }
     out.push('\n');
     out
@@ -170,6 +201,8 @@ fn describe_elf(p: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // Boot latency and RSS
 
+const HEALTH_START: &str = "started ts-health as pid";
+const HEALTH_READY: &str = "ts-health is ready";
 const PREP_START: &str = "started ts-prep as pid";
 const PREFLIGHT_START: &str = "started ts-kubestate preflight as pid";
 const TSD: &str = "Starting tailscaled";
@@ -180,16 +213,24 @@ const PR_START: &str = "started ts-proxy-rules as pid";
 const KS_START: &str = "started ts-kubestate as pid";
 const PR_READY: &str = "ts-proxy-rules is ready";
 const KS_READY: &str = "ts-kubestate is ready";
+const SERVE_START: &str = "started ts-serve as pid";
+const SERVE_READY: &str = "ts-serve is ready";
 
 /// The phases of a boot, in order: (label, from marker, to marker). Markers are a substring of
 /// a log line, or `@t0` (the bench's spawn of ts-init), `@recN` (the record file reached N
 /// lines: the Nth fake exec'd), `@sock` (the fake tailscaled created its socket), `@after-prep`
-/// (preflight spawned, else tailscaled starting), `@watchers` (the last watcher ready).
-const PHASES: [(&str, &str, &str); 13] = [
+/// (preflight spawned, else tailscaled starting), `@first` (the first child spawned),
+/// `@watchers` (the last watcher ready).
+const PHASES: [(&str, &str, &str); 14] = [
     (
-        "ts-init start: exec, settings, plan → ts-prep spawned",
+        "ts-init start: exec, settings, plan → first child spawned",
         "@t0",
-        PREP_START,
+        "@first",
+    ),
+    (
+        "health: ts-health spawned → listening (ready)",
+        HEALTH_START,
+        HEALTH_READY,
     ),
     ("prep: ts-prep runs", PREP_START, "@after-prep"),
     (
@@ -234,7 +275,7 @@ const PHASES: [(&str, &str, &str); 13] = [
         AUTH_READY,
     ),
     (
-        "watcher readiness: spawn both, first reconcile (DNAT rule, secret PATCH)",
+        "watcher readiness: spawn all, first reconcile (DNAT rule, secret PATCH, serve config)",
         AUTH_READY,
         "@watchers",
     ),
@@ -301,14 +342,11 @@ fn one_boot(
                 .find(0, PREFLIGHT_START)
                 .or_else(|| boot.lines.find(0, TSD))
                 .map(|(_, t)| t),
-            "@watchers" => {
-                let pr = boot.lines.find(0, PR_READY).map(|(_, t)| t);
-                let ks = boot.lines.find(0, KS_READY).map(|(_, t)| t);
-                match (pr, ks) {
-                    (Some(a), Some(b)) => Some(a.max(b)),
-                    (a, b) => a.or(b),
-                }
-            }
+            "@first" => boot.lines.find(0, "started ts-").map(|(_, t)| t),
+            "@watchers" => [PR_READY, KS_READY, SERVE_READY]
+                .iter()
+                .filter_map(|n| boot.lines.find(0, n).map(|(_, t)| t))
+                .max(),
             n => boot.lines.find(0, n).map(|(_, t)| t),
         }
     };
@@ -324,6 +362,7 @@ fn one_boot(
     for (name, start, ready) in [
         ("ts-proxy-rules", PR_START, PR_READY),
         ("ts-kubestate", KS_START, KS_READY),
+        ("ts-serve", SERVE_START, SERVE_READY),
     ] {
         if let (Some((_, a)), Some((_, b))) = (boot.lines.find(0, start), boot.lines.find(0, ready))
         {
@@ -410,7 +449,7 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
+pub fn boot_report(data: &BootData, variants: &[Variant], goals: &mut Goals) -> String {
     let mut out = String::from("### Boot latency: exec of ts-init → `Startup complete`\n\n");
     let mut t = Table::new(&["build", "configuration", "runs", "median", "min", "max"]);
     for v in variants {
@@ -432,7 +471,22 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
         }
     }
     out.push_str(&t.render());
-    out.push_str("\nTarget ≤ 25 ms median: ");
+    if let Some(v) = variants.first() {
+        if let Some(x) = data.total.get(&(v.name.clone(), Config::Full.name())) {
+            let m = median(x);
+            goals.add(
+                "3",
+                format!(
+                    "boot: exec → `Startup complete`, median ({}, full configuration, doubles)",
+                    v.name
+                ),
+                "≤ 15 ms",
+                format!("{m:.1} ms ({})", fmt(x, 1, "ms")),
+                m <= 15.0,
+            );
+        }
+    }
+    out.push_str("\nTarget (#18 goal 3) ≤ 15 ms median: ");
     let verdicts: Vec<String> = variants
         .iter()
         .flat_map(|v| [Config::Full, Config::Minimal].map(|c| (v, c)))
@@ -443,11 +497,11 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
                 v.name,
                 c.name(),
                 verdict(
-                    m <= 25.0,
-                    if m <= 25.0 {
+                    m <= 15.0,
+                    if m <= 15.0 {
                         format!("{m:.1} ms")
                     } else {
-                        format!("{m:.1} ms, {:.1} ms over", m - 25.0)
+                        format!("{m:.1} ms, {:.1} ms over", m - 15.0)
                     }
                 )
             ))
@@ -478,7 +532,7 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
             out.push_str(&t.render());
             out.push('\n');
             if config == Config::Full {
-                for w in ["ts-proxy-rules", "ts-kubestate"] {
+                for w in ["ts-proxy-rules", "ts-kubestate", "ts-serve"] {
                     if let Some(x) = data.watchers.get(&(v.name.clone(), w)) {
                         out.push_str(&format!("- {w}: spawn → ready {} ms\n", fmt(x, 2, "")));
                     }
@@ -490,7 +544,12 @@ pub fn boot_report(data: &BootData, variants: &[Variant]) -> String {
     out
 }
 
-pub fn rss_report(data: &BootData, variants: &[Variant], settle: Duration) -> String {
+pub fn rss_report(
+    data: &BootData,
+    variants: &[Variant],
+    settle: Duration,
+    goals: &mut Goals,
+) -> String {
     let mut out = format!(
         "### Resident memory after startup ({} ms after `Startup complete`; kB as /proc reports them (KiB), median (min–max))\n\n",
         settle.as_millis()
@@ -566,33 +625,64 @@ pub fn rss_report(data: &BootData, variants: &[Variant], settle: Duration) -> St
     out.push_str(&t.render());
     out.push('\n');
 
-    let tini = data
-        .wrappers
-        .get("tini")
-        .map(|m| median(&m.iter().map(|m| m.rss as f64).collect::<Vec<_>>()));
-    for v in variants {
+    let wrapper_rss = |name: &str| {
+        data.wrappers
+            .get(name)
+            .map(|m| median(&m.iter().map(|m| m.rss as f64).collect::<Vec<_>>()))
+    };
+    let (tini, tini_static) = (wrapper_rss("tini"), wrapper_rss("tini-static"));
+    for (i, v) in variants.iter().enumerate() {
         let init = data
             .mem
             .get(&(v.name.clone(), Config::Full.name(), "ts-init".to_string()))
             .map(|m| median(&m.iter().map(|m| m.rss as f64).collect::<Vec<_>>()));
-        if let (Some(init), Some(tini)) = (init, tini) {
-            let ratio = init / tini;
-            out.push_str(&format!(
-                "- {}: ts-init VmRSS / tini VmRSS = {init:.0} / {tini:.0} kB = {ratio:.2}× — target ≤ 1.2×: {}\n",
-                v.name,
-                verdict(ratio <= 1.2, if ratio <= 1.2 { format!("{ratio:.2}×") } else { format!("{:.0} kB over 1.2× tini", init - 1.2 * tini) })
-            ));
+        for (reference, rss, limit, id) in [
+            ("tini", tini, 1.0, "1a"),
+            ("tini-static", tini_static, 1.2, "1b"),
+        ] {
+            if let (Some(init), Some(r)) = (init, rss) {
+                let ratio = init / r;
+                out.push_str(&format!(
+                    "- {}: ts-init VmRSS (full configuration) / {reference} VmRSS = {init:.0} / {r:.0} kB = {ratio:.2}× — target ≤ {limit:.1}×: {}\n",
+                    v.name,
+                    verdict(ratio <= limit, if ratio <= limit { format!("{ratio:.2}×") } else { format!("{:.0} kB over {limit:.1}× {reference}", init - limit * r) })
+                ));
+                if i == 0 {
+                    goals.add(
+                        id,
+                        format!(
+                            "ts-init VmRSS / {reference} VmRSS, same run ({}, full configuration)",
+                            v.name
+                        ),
+                        format!("≤ {limit:.1}×"),
+                        format!("{init:.0} / {r:.0} kB = {ratio:.2}×"),
+                        ratio <= limit,
+                    );
+                }
+            }
         }
         for config in [Config::Full, Config::Minimal] {
             if let Some(x) = data.sum_rss.get(&(v.name.clone(), config.name())) {
                 let m = median(x);
                 out.push_str(&format!(
-                    "- {} / {}: sum of resident tsboot VmRSS {m:.0} KiB ({}) — target ≤ 8 MB: {}\n",
+                    "- {} / {}: sum of resident tsboot VmRSS {m:.0} KiB ({}) — target ≤ 6 MiB: {}\n",
                     v.name,
                     config.short(),
                     mb(m),
-                    verdict_mb(m * 1024.0, 8.0)
+                    verdict(m <= 6.0 * 1024.0, if m <= 6.0 * 1024.0 { format!("{:.0}% of 6 MiB", m / 61.44) } else { format!("{:.0} KiB over", m - 6144.0) })
                 ));
+                if i == 0 && config == Config::Full {
+                    goals.add(
+                        "1c",
+                        format!(
+                            "all resident tsboot processes, VmRSS summed ({}, full configuration)",
+                            v.name
+                        ),
+                        "≤ 6 MiB",
+                        format!("{m:.0} KiB ({})", mb(m)),
+                        m <= 6.0 * 1024.0,
+                    );
+                }
             }
         }
     }
@@ -611,7 +701,7 @@ fn count_patches(p: &Path) -> usize {
         .count()
 }
 
-fn count_lines(p: &Path) -> usize {
+pub fn count_lines(p: &Path) -> usize {
     std::fs::read(p)
         .map(|b| b.iter().filter(|c| **c == b'\n').count())
         .unwrap_or(0)
@@ -619,7 +709,7 @@ fn count_lines(p: &Path) -> usize {
 
 /// The HEAD-era `SelfChange` notifies the reaction toggles between: each changes the node's
 /// StableID and name (→ a secret PATCH) and its IPv4 address (→ the DNAT rule is replaced).
-fn variants_json() -> Result<[(String, &'static str, &'static str); 2], String> {
+pub fn variants_json() -> Result<[(String, &'static str, &'static str); 2], String> {
     let read = |n: &str| {
         std::fs::read_to_string(tsboot_tests::harness::fixture(n))
             .map_err(|e| format!("fixture {n}: {e}"))

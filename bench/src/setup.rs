@@ -31,6 +31,8 @@ pub const ADDR0: &str = HEAD.ipv4;
 pub const DEST_IP: &str = "10.0.0.5";
 /// The fake tailscaled's request log (one line per LocalAPI request), under the root.
 pub const REQUEST_LOG: &str = "tailscaled-requests.log";
+/// The serve config of the full configuration: one HTTP listener with a text handler.
+const SERVE_CONFIG: &str = r#"{"TCP":{"80":{"HTTP":true}},"Web":{"${TS_CERT_DOMAIN}:80":{"Handlers":{"/":{"Text":"bench"}}}}}"#;
 pub const STARTUP: &str = "Startup complete, waiting for shutdown signal";
 
 /// A harness root with the HEAD era's fixtures and the fake tailscaled's request log in its
@@ -85,8 +87,9 @@ pub fn apiserver(root: &Root) -> ApiServer {
 pub enum Config {
     /// Userspace networking, no Kubernetes, no TS_DEST_IP: prep, tailscaled, ts-auth.
     Minimal,
-    /// In Kubernetes (fake apiserver, state secret with an auth key), kernel networking,
-    /// TS_DEST_IP: prep, preflight, tailscaled, ts-auth, ts-proxy-rules, ts-kubestate.
+    /// The full configuration: in Kubernetes (fake apiserver, state secret with an auth key),
+    /// kernel networking, TS_DEST_IP, health + metrics endpoint, a serve config: ts-health,
+    /// prep, preflight, tailscaled, ts-auth, ts-proxy-rules, ts-kubestate, ts-serve.
     Full,
 }
 
@@ -101,7 +104,7 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Config::Minimal => "minimal",
-            Config::Full => "full (kube + TS_DEST_IP)",
+            Config::Full => "full (kube + TS_DEST_IP + health/metrics + serve)",
         }
     }
 }
@@ -151,6 +154,12 @@ impl Boot {
                 env.extend(api.env.iter().cloned());
                 env.push(("TS_USERSPACE".into(), "false".into()));
                 env.push(("TS_DEST_IP".into(), DEST_IP.into()));
+                env.push(("TS_ENABLE_HEALTH_CHECK".into(), "true".into()));
+                env.push(("TS_ENABLE_METRICS".into(), "true".into()));
+                env.push(("TS_LOCAL_ADDR_PORT".into(), "127.0.0.1:0".into()));
+                let serve = root.dir.join("serve.json");
+                std::fs::write(&serve, SERVE_CONFIG).map_err(|e| format!("serve config: {e}"))?;
+                env.push(("TS_SERVE_CONFIG".into(), serve.display().to_string()));
                 Some(api)
             }
         };

@@ -119,6 +119,14 @@ pub fn require(test: &str) -> Option<(Bins, MutexGuard<'static, ()>)> {
 }
 
 /// `Some(path)` of a program on PATH.
+/// The ts-init the lab boots: this build's, or `TSBOOT_REAL_TS_INIT` (the bench points it at the
+/// shipped static build, whose phases sit beside it).
+pub fn ts_init() -> PathBuf {
+    std::env::var_os("TSBOOT_REAL_TS_INIT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::bin_path("ts-init"))
+}
+
 pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -935,6 +943,13 @@ impl Lab {
 
     /// Starts ts-init (or containerboot) in the node's namespace with a private `/run`.
     pub fn boot(&self, spec: BootSpec<'_>) -> Boot {
+        self.boot_in(spec, false)
+    }
+
+    /// [`Lab::boot`], with `pid_ns`: the wrapper as PID 1 of a PID namespace of its own
+    /// (`unshare --pid --fork --mount-proc`), as in a container; `Boot::init` is then
+    /// `unshare`, whose one child is the wrapper.
+    pub fn boot_in(&self, spec: BootSpec<'_>, pid_ns: bool) -> Boot {
         let ns = self.node(spec.node);
         let mut env = self.boot_env(spec.node);
         for (k, v) in spec.env {
@@ -950,9 +965,16 @@ impl Lab {
         let program = if spec.containerboot {
             self.bins.path("containerboot")
         } else {
-            crate::bin_path("ts-init")
+            ts_init()
         };
-        let mut cmd = ns.command_private_run(spec.service_account, program);
+        let mut cmd = if pid_ns {
+            let unshare = which("unshare").expect("util-linux unshare");
+            let mut c = ns.command_private_run(spec.service_account, unshare);
+            c.args(["--pid", "--fork", "--mount-proc"]).arg(program);
+            c
+        } else {
+            ns.command_private_run(spec.service_account, program)
+        };
         cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         let log = self.state_dir(spec.node).join(if spec.containerboot {
             "containerboot.log"

@@ -103,7 +103,12 @@ fn podman() -> Command {
 }
 
 fn podman_out(args: &[&str]) -> Result<String, String> {
-    let out = podman().args(args).output().map_err(|e| e.to_string())?;
+    stdout_of(podman(), args)
+}
+
+/// `cmd args`: its stdout, or an error with its status and output.
+fn stdout_of(mut cmd: Command, args: &[&str]) -> Result<String, String> {
+    let out = cmd.args(args).output().map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -119,6 +124,8 @@ fn podman_out(args: &[&str]) -> Result<String, String> {
 /// A container started by the test, removed (with everything in it) when dropped.
 struct Container {
     name: String,
+    /// The network namespace it was started in (its `--network=host`).
+    netns: String,
 }
 
 impl Container {
@@ -142,7 +149,10 @@ impl Container {
             .stdin(Stdio::null())
             .output()
             .expect("podman run");
-        let c = Container { name };
+        let c = Container {
+            name,
+            netns: ns.name.clone(),
+        };
         assert!(
             out.status.success(),
             "podman run {image} failed: {}\n{}",
@@ -168,6 +178,19 @@ impl Container {
         let mut args = vec!["exec", self.name.as_str()];
         args.extend_from_slice(cmd);
         podman_out(&args)
+    }
+
+    /// podman from inside the container's network namespace: a `--network=host` container
+    /// has none of its own, so what `podman exec` or `podman healthcheck run` starts gets the
+    /// caller's, and a check of 127.0.0.1 must be made from there.
+    fn podman_in_netns(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("bash")
+            .arg(images_sh())
+            .arg("podman")
+            .stdin(Stdio::null());
+        stdout_of(cmd, args)
     }
 
     fn inspect(&self, format: &str) -> String {
@@ -249,7 +272,7 @@ fn sysctl_in(ns: &Netns, key: &str) -> String {
 }
 
 /// The drop-in image booted against the lab's headscale, userspace networking.
-fn boot_drop_in(lab: &Lab, images: &Images, hostname: &str) -> Container {
+fn boot_drop_in(lab: &Lab, images: &Images, hostname: &str, extra: &[&str]) -> Container {
     let key = lab.preauth_key(false);
     let env = [
         format!("TS_AUTHKEY={key}"),
@@ -265,6 +288,7 @@ fn boot_drop_in(lab: &Lab, images: &Images, hostname: &str) -> Container {
     for e in &env {
         args.extend(["-e", e.as_str()]);
     }
+    args.extend_from_slice(extra);
     let c = Container::run(lab.node("c"), &args, images.get("tsboot"), &[]);
     c.wait_log("Startup complete, waiting for shutdown signal");
     c
@@ -331,7 +355,7 @@ fn drop_in_image_boots_to_running_answers_tailscale_status_reaps_and_stops_with_
     let Some(lab) = Lab::new("image-boot", &["c"]) else {
         return;
     };
-    let c = boot_drop_in(&lab, &images, "tsboot-image");
+    let c = boot_drop_in(&lab, &images, "tsboot-image", &[]);
 
     // `tailscale status` as a user runs it: no --socket, through the D17 symlink.
     let (status, ip) = wait_running(&c);
@@ -404,6 +428,73 @@ fn drop_in_image_boots_to_running_answers_tailscale_status_reaps_and_stops_with_
     assert!(logs.contains("Exiting with status 0"), "{logs}");
 }
 
+/// The healthcheck command of docker/compose.yaml (`wget` of /healthz inside the container), as
+/// podman's `--health-cmd`.
+fn compose_healthcheck() -> String {
+    let compose = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/compose.yaml"),
+    )
+    .expect("docker/compose.yaml");
+    let test = compose
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("test: "))
+        .expect("a healthcheck test in docker/compose.yaml");
+    let mut argv: Vec<String> =
+        serde_json::from_str(test).expect("the healthcheck test is a JSON array");
+    assert_eq!(argv.remove(0), "CMD", "{test}");
+    serde_json::to_string(&argv).expect("json")
+}
+
+#[test]
+fn drop_in_image_answers_the_compose_healthcheck_through_ts_health() {
+    let Some(images) = images("image healthcheck") else {
+        return;
+    };
+    let Some(lab) = Lab::new("image-health", &["c"]) else {
+        return;
+    };
+    let cmd = compose_healthcheck();
+    let c = boot_drop_in(
+        &lab,
+        &images,
+        "tsboot-health",
+        &[
+            "-e",
+            "TS_ENABLE_HEALTH_CHECK=true",
+            "--health-cmd",
+            &cmd,
+            // No timer (this machine has no systemd): the test runs the check itself.
+            "--health-interval",
+            "disable",
+            // As docker/compose.yaml: a check that hangs counts as failed after 3 s.
+            "--health-timeout",
+            "3s",
+        ],
+    );
+    wait_running(&c);
+    // ts-health answers 200 once the node is Running and every watcher reconciled; podman
+    // runs the check inside the container and exits 0 only when it passed.
+    wait_for(
+        REAL_PATIENCE,
+        "`podman healthcheck run` to report healthy",
+        || c.podman_in_netns(&["healthcheck", "run", &c.name]).ok(),
+        || {
+            format!(
+                "{:?}\n{}",
+                c.podman_in_netns(&["healthcheck", "run", &c.name]),
+                c.logs()
+            )
+        },
+    );
+    assert!(
+        c.logs().contains("/healthz"),
+        "ts-health did not say where it listens:\n{}",
+        c.logs()
+    );
+    podman_out(&["stop", "-t", "30", &c.name]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.wait_exit(), 0, "{}", c.logs());
+}
+
 #[test]
 fn drop_in_image_reports_tailscaled_killed_by_sigkill_as_137() {
     let Some(images) = images("image tailscaled SIGKILL") else {
@@ -412,7 +503,7 @@ fn drop_in_image_reports_tailscaled_killed_by_sigkill_as_137() {
     let Some(lab) = Lab::new("image-kill", &["c"]) else {
         return;
     };
-    let c = boot_drop_in(&lab, &images, "tsboot-kill");
+    let c = boot_drop_in(&lab, &images, "tsboot-kill", &[]);
     wait_running(&c);
     let tailscaled = child_running(&c, "tailscaled");
     let inner = pid_in_namespace(tailscaled);

@@ -3,7 +3,7 @@
 //! run it through `bench/real-sidebyside.sh`, which builds the release binaries first.
 //!
 //! ```text
-//! real-sidebyside [--runs N] [--mode userspace|kernel|both]
+//! real-sidebyside [--runs N] [--mode userspace|kernel|both] [--orphans N]
 //! ```
 //! For each run and wrapper, a fresh node (fresh state, fresh key) boots in the lab and the
 //! driver records: exec → the daemon's bus reports `Running` (a watch opened as soon as the
@@ -12,6 +12,11 @@
 //! every tsboot process (ts-init and whatever phase stays resident) for tsboot; tailscaled
 //! and the `tailscale` CLI are not counted for either. Prints a Markdown table of
 //! median (min–max).
+//!
+//! With `--orphans N` (kernel mode), each wrapper then boots once more as PID 1 of a PID
+//! namespace of its own, as in a container; a process forked into that namespace forks N
+//! children that exit at once and exits itself, so the kernel re-parents N zombies to the
+//! wrapper. The table gets how many of them are still zombies 2 s later.
 
 use std::time::{Duration, Instant};
 
@@ -42,6 +47,7 @@ struct Sample {
 fn main() {
     let mut runs = 10usize;
     let mut modes = vec![true, false];
+    let mut orphans = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -59,9 +65,16 @@ fn main() {
                     _ => usage("--mode is userspace, kernel or both"),
                 }
             }
+            "--orphans" => {
+                orphans = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage("--orphans needs a number"))
+            }
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
+    let mut orphan_rows = Vec::new();
     println!("| mode | wrapper | exec → Running (ms) | exec → Startup complete (ms) | wrapper RSS (KiB) | wrapper processes |");
     println!("|---|---|---|---|---|---|");
     for userspace in modes {
@@ -108,7 +121,104 @@ fn main() {
                 summary(of(&|s| s.processes as f64)),
             );
         }
+        if orphans > 0 && !userspace {
+            for w in [Wrapper::Tsboot, Wrapper::Containerboot] {
+                let left = orphan_flood(&lab, w, orphans);
+                eprintln!("{} orphans: {left} of {orphans} left as zombies", w.name());
+                orphan_rows.push(format!(
+                    "| PID 1 of a PID namespace | {} | {orphans} orphans re-parented at once | **{left} left as zombies** 2 s later | | |",
+                    w.name()
+                ));
+            }
+        }
     }
+    for row in orphan_rows {
+        println!("{row}");
+    }
+}
+
+#[allow(
+    unsafe_code,
+    reason = "fork(2) into the wrapper's PID namespace has no safe wrapper"
+)]
+/// Boots `wrapper` as PID 1 of its own PID namespace, floods it with `n` orphans, and returns
+/// how many of them are still zombies (children of the wrapper in state Z) 2 s later.
+fn orphan_flood(lab: &Lab, wrapper: Wrapper, n: usize) -> usize {
+    let state = lab.state_dir("a");
+    let _ = std::fs::remove_dir_all(&state);
+    let state = lab.state_dir("a");
+    let env = vec![
+        ("TS_AUTHKEY".to_string(), lab.preauth_key(false)),
+        (
+            "TS_EXTRA_ARGS".into(),
+            format!(
+                "--login-server={} --hostname={}-orphans",
+                lab.login_server(),
+                wrapper.name()
+            ),
+        ),
+        ("TS_USERSPACE".into(), "true".into()),
+    ];
+    let mut boot = lab.boot_in(
+        BootSpec {
+            node: "a",
+            env,
+            service_account: None,
+            containerboot: wrapper == Wrapper::Containerboot,
+        },
+        true,
+    );
+    let bus = BusCapture::start(state.join("tailscaled.sock"), 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !bus.lines().iter().any(|l| l.contains(r#""State":6"#)) {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not reach Running:\n{}",
+            wrapper.name(),
+            boot.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid1 = *tsboot_tests::harness::children_of(boot.init.pid())
+        .first()
+        .expect("the wrapper under unshare");
+    let ns = std::fs::File::open(format!("/proc/{pid1}/ns/pid")).expect("pid namespace");
+    // A thread of its own: setns(CLONE_NEWPID) changes where this thread's children go.
+    std::thread::spawn(move || {
+        use nix::unistd::{fork, ForkResult};
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWPID).expect("setns pid");
+        // SAFETY: the child calls only fork and _exit (async-signal-safe) before it ends.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                for _ in 0..n {
+                    // SAFETY: as above; each grandchild exits at once, unreaped.
+                    if let Ok(ForkResult::Child) = unsafe { fork() } {
+                        // SAFETY: _exit is async-signal-safe and ends this process.
+                        unsafe { nix::libc::_exit(0) };
+                    }
+                }
+                // Exiting hands every zombie to the namespace's PID 1 at once.
+                // SAFETY: _exit is async-signal-safe and ends this process.
+                unsafe { nix::libc::_exit(0) };
+            }
+            ForkResult::Parent { child } => {
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
+        }
+    })
+    .join()
+    .expect("orphan thread");
+    std::thread::sleep(Duration::from_secs(2));
+    let left = tsboot_tests::harness::processes()
+        .into_iter()
+        .filter(|(_, ppid, state)| *ppid == pid1 && *state == 'Z')
+        .count();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid1),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    boot.init.wait_code(Duration::from_secs(30));
+    left
 }
 
 fn usage(msg: &str) -> ! {
