@@ -468,6 +468,46 @@ mod tests {
     }
 
     #[test]
+    fn running_out_of_descriptors_names_the_open_file_limit() {
+        let limit = open_file_limit().expect("RLIMIT_NOFILE");
+        for errno in [nix::libc::EMFILE, nix::libc::ENFILE] {
+            let err = SpawnError::from_io("ts-auth", std::io::Error::from_raw_os_error(errno));
+            let msg = err.to_string();
+            assert!(matches!(err, SpawnError::FdLimit { .. }), "{msg}");
+            assert!(msg.starts_with("starting ts-auth failed: "), "{msg}");
+            assert!(msg.contains(&format!("ulimit -n = {limit}")), "{msg}");
+        }
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert!(matches!(
+            SpawnError::from_io("x", missing),
+            SpawnError::NotFound { .. }
+        ));
+        let other = std::io::Error::from_raw_os_error(nix::libc::EACCES);
+        assert!(matches!(
+            SpawnError::from_io("x", other),
+            SpawnError::Start { .. }
+        ));
+    }
+
+    #[test]
+    fn only_an_open_writable_fd_above_stdio_is_a_readiness_fd() {
+        use std::os::fd::AsRawFd as _;
+        assert!(claim_ready_fd(None).is_ok());
+        for fd in [0, 1, 2] {
+            let err = claim_ready_fd(Some(fd)).unwrap_err().to_string();
+            assert!(err.contains("stdin, stdout and stderr"), "{err}");
+        }
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        let err = claim_ready_fd(Some(r.as_raw_fd())).unwrap_err().to_string();
+        assert!(err.contains("reading only"), "{err}");
+        claim_ready_fd(Some(w.as_raw_fd())).expect("the write end");
+        let flags = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_GETFD).expect("flags");
+        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0, "made close-on-exec");
+        // An fd that is not open: tests/tests/init_hardening.rs (a closed number here could be
+        // reused at once by a test running in parallel).
+    }
+
+    #[test]
     fn ready_pipe_carries_one_newline() {
         let (r, w) = nix::unistd::pipe().expect("pipe");
         use std::os::fd::IntoRawFd;
