@@ -36,17 +36,23 @@ pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
     }
 }
 
+/// The client of the long-running modes; a configuration that cannot make one is logged and
+/// becomes the exit code.
+fn client_or_exit_code(settings: &Settings) -> Result<KubeClient, i32> {
+    KubeClient::from_settings(settings).map_err(|e| {
+        tracing::error!("{e}");
+        e.exit_code()
+    })
+}
+
 async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
     if let Some(why) = preflight::skip_reason(settings) {
         tracing::info!("no state secret to wait for ({why})");
         return exit::SUCCESS;
     }
-    let client = match KubeClient::from_settings(settings) {
+    let client = match client_or_exit_code(settings) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return e.exit_code();
-        }
+        Err(code) => return code,
     };
     let secret = settings.kube_secret.as_str();
     tracing::info!("Checking for consistent state");
@@ -133,12 +139,9 @@ async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) ->
         }
         return exit::SUCCESS;
     }
-    let client = match KubeClient::from_settings(settings) {
+    let client = match client_or_exit_code(settings) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!("{e}");
-            return e.exit_code();
-        }
+        Err(code) => return code,
     };
     // Handlers first, so a SIGTERM during the permission check is a clean stop too.
     let mut stop = ts_localapi::signals::StopSignals::install();

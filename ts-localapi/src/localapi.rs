@@ -589,8 +589,63 @@ impl LocalApi {
         if_match: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<Reply, LocalApiError> {
-        let fut = self.call_inner(method.clone(), path, if_match, body);
-        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        let exchange = async {
+            let client: Client<UnixConnector, http_body_util::Full<Bytes>> =
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(0)
+                    .build(UnixConnector);
+            // Same Host rule as the bus watch (see `watch_ipn_bus`).
+            let uri: http::Uri = UnixUri::new(&self.socket, path).into();
+            let mut builder = http::Request::builder()
+                .method(method.clone())
+                .uri(uri)
+                .header(http::header::HOST, HOST);
+            if let Some(tag) = if_match {
+                builder = builder.header(http::header::IF_MATCH, tag);
+            }
+            if body.is_some() {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            let request = builder
+                .body(http_body_util::Full::new(Bytes::from(
+                    body.unwrap_or_default(),
+                )))
+                .map_err(|e| build_error(path, e))?;
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| self.client_error(e))?;
+            let status = response.status().as_u16();
+            let etag = response
+                .headers()
+                .get(http::header::ETAG)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let mut body = response.into_body();
+            let mut out = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|source| LocalApiError::Read {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                    if out.len() > MAX_REPLY {
+                        return Err(LocalApiError::ReplyTooLarge {
+                            socket: self.socket.clone(),
+                            method: method.to_string(),
+                            path: path.to_string(),
+                            limit: MAX_REPLY,
+                        });
+                    }
+                }
+            }
+            Ok(Reply {
+                status,
+                etag,
+                body: out,
+            })
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
             Ok(r) => r,
             Err(_) => Err(LocalApiError::Timeout {
                 socket: self.socket.clone(),
@@ -599,69 +654,6 @@ impl LocalApi {
                 timeout: CALL_TIMEOUT,
             }),
         }
-    }
-
-    async fn call_inner(
-        &self,
-        method: http::Method,
-        path: &str,
-        if_match: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> Result<Reply, LocalApiError> {
-        let client: Client<UnixConnector, http_body_util::Full<Bytes>> =
-            Client::builder(TokioExecutor::new())
-                .pool_max_idle_per_host(0)
-                .build(UnixConnector);
-        // Same Host rule as the bus watch (see `watch_ipn_bus`).
-        let uri: http::Uri = UnixUri::new(&self.socket, path).into();
-        let mut builder = http::Request::builder()
-            .method(method.clone())
-            .uri(uri)
-            .header(http::header::HOST, HOST);
-        if let Some(tag) = if_match {
-            builder = builder.header(http::header::IF_MATCH, tag);
-        }
-        if body.is_some() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let request = builder
-            .body(http_body_util::Full::new(Bytes::from(
-                body.unwrap_or_default(),
-            )))
-            .map_err(|e| build_error(path, e))?;
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| self.client_error(e))?;
-        let status = response.status().as_u16();
-        let etag = response
-            .headers()
-            .get(http::header::ETAG)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let mut body = response.into_body();
-        let mut out = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|source| LocalApiError::Read {
-                socket: self.socket.clone(),
-                source,
-            })?;
-            if let Ok(data) = frame.into_data() {
-                out.extend_from_slice(&data);
-                if out.len() > MAX_REPLY {
-                    return Err(LocalApiError::ReplyTooLarge {
-                        socket: self.socket.clone(),
-                        method: method.to_string(),
-                        path: path.to_string(),
-                        limit: MAX_REPLY,
-                    });
-                }
-            }
-        }
-        Ok(Reply {
-            status,
-            etag,
-            body: out,
-        })
     }
 }
 
