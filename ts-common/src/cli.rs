@@ -192,20 +192,20 @@ pub struct WatcherArgs {
     /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
     #[arg(long)]
     pub guard: bool,
+
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 impl WatcherArgs {
-    /// The variables these flags stand for, plus `more` (the phase's own flags), for
-    /// [`CommonArgs::phase`].
-    pub fn flags<'a>(
-        &'a self,
-        more: &[(&'static str, Option<&'a String>)],
-    ) -> Vec<(&'static str, Option<&'a String>)> {
+    /// The watcher's invocation: [`CommonArgs::phase`] with these flags' variables plus `more`
+    /// (the phase's own flags).
+    pub fn phase(&self, name: &'static str, more: &[(&'static str, Option<&String>)]) -> Phase {
         let mut pairs = vec![
             ("TS_SOCKET", self.socket.as_ref()),
             ("TS_READY_FD", self.ready_fd.as_ref()),
         ];
         pairs.extend_from_slice(more);
-        pairs
+        self.common.phase(name, &pairs)
     }
 }

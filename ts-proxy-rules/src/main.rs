@@ -59,21 +59,18 @@ struct Args {
 
     #[command(flatten)]
     watcher: cli::WatcherArgs,
-
-    #[command(flatten)]
-    common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
-    let phase = args.common.phase(
+    let phase = args.watcher.phase(
         "ts-proxy-rules",
-        &args.watcher.flags(&[
+        &[
             ("TS_DEST_IP", args.dest_ip.as_ref()),
             ("TS_TAILNET_TARGET_IP", args.tailnet_target_ip.as_ref()),
             ("TS_TAILNET_TARGET_FQDN", args.tailnet_target_fqdn.as_ref()),
             ("TS_DEBUG_FIREWALL_MODE", args.firewall_mode.as_ref()),
-        ]),
+        ],
     );
     let guard = args.watcher.guard;
     ts_localapi::run_phase(phase, |settings, explain| async move {

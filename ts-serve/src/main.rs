@@ -42,19 +42,13 @@ struct Args {
 
     #[command(flatten)]
     watcher: cli::WatcherArgs,
-
-    #[command(flatten)]
-    common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
     let args: Args = cli::parse_args(ENV_HELP);
-    let phase = args.common.phase(
-        "ts-serve",
-        &args
-            .watcher
-            .flags(&[("TS_SERVE_CONFIG", args.config.as_ref())]),
-    );
+    let phase = args
+        .watcher
+        .phase("ts-serve", &[("TS_SERVE_CONFIG", args.config.as_ref())]);
     let guard = args.watcher.guard;
     ts_localapi::run_phase(phase, |settings, explain| async move {
         ts_common::status::init(&settings, "ts-serve");
