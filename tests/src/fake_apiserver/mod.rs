@@ -20,7 +20,7 @@
 //! status it got.
 //!
 //! In-process use (inside a tokio runtime):
-//! ```ignore
+//! ```text
 //! let api = FakeApiServer::start(FakeConfig::default()).await?;
 //! api.set_secret("default", "tailscale", &[("authkey", "tskey-key")]);
 //! api.write_serviceaccount(&root, DEFAULT_TOKEN)?;      // token, ca.crt, namespace
