@@ -496,7 +496,7 @@ impl Lab {
         )
     }
 
-    /// Runs the headscale CLI; `Err(stderr)` when it fails.
+    /// Runs the headscale CLI; its stdout, or an error with the status and its output.
     pub fn headscale_try(&self, args: &[&str]) -> Result<String, String> {
         let out = self
             .hub
@@ -506,15 +506,7 @@ impl Lab {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "headscale {args:?}: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
+        stdout_or_error(&format!("headscale {args:?}"), out)
     }
 
     /// Runs the headscale CLI with `-o json` and parses its answer.
@@ -863,11 +855,16 @@ fn run_cli(mut cmd: Command, env: &[(String, String)], args: &[&str]) -> Result<
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
+    stdout_or_error(&format!("tailscale {args:?}"), out)
+}
+
+/// A finished program's stdout, or an error naming `what` with its status and both outputs.
+fn stdout_or_error(what: &str, out: std::process::Output) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
-            "tailscale {args:?}: {}\n{}{}",
+            "{what}: {}\n{}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
