@@ -23,8 +23,9 @@ pub enum Action {
     Settle { timeout: std::time::Duration },
 }
 
-/// Runs `action` (or, with `explain`, prints its plan) and returns the exit status.
-pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
+/// Runs `action` (or, with `explain`, prints its plan); `Err` is the exit status of a failure
+/// (already logged).
+pub async fn run(settings: &Settings, action: Action, explain: bool) -> Result<(), i32> {
     match (action, explain) {
         (Action::Preflight { .. }, true) => explain_preflight(settings).await,
         (Action::Preflight { result_fd }, false) => run_preflight(settings, result_fd).await,
@@ -46,36 +47,36 @@ fn connect(settings: &Settings) -> Result<Kube, i32> {
         })
 }
 
-async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
+/// Logs the error that ends a run (exit status 1).
+fn failed(e: impl std::fmt::Display) -> i32 {
+    tracing::error!("{e}");
+    exit::FAILURE
+}
+
+async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
     if let Some(why) = skip_reason(settings) {
         tracing::info!("no state secret to wait for ({why})");
-        return exit::SUCCESS;
+        return Ok(());
     }
-    let kube = match connect(settings) {
-        Ok(kube) => kube,
-        Err(code) => return code,
-    };
+    let kube = connect(settings)?;
     let secret = settings.kube_secret.as_str();
     tracing::info!("Checking for consistent state");
     let deadline = tokio::time::Instant::now() + timeout;
     match settle::run(&kube, secret, deadline).await {
-        settle::Settled::Consistent => exit::SUCCESS,
+        settle::Settled::Consistent => Ok(()),
         settle::Settled::TimedOut => {
             tracing::warn!("state in Secret {secret:?} still incomplete after {timeout:?}; stopping tailscaled anyway");
-            exit::FAILURE
+            Err(exit::FAILURE)
         }
         settle::Settled::Unreadable(why) => {
             tracing::warn!("Error waiting for consistent state on shutdown: {why}");
-            exit::FAILURE
+            Err(exit::FAILURE)
         }
     }
 }
 
-async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
-    let ex = match explainer(settings, "settle") {
-        Ok(ex) => ex,
-        Err(code) => return code,
-    };
+async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
+    let ex = explainer(settings, "settle")?;
     plan(format!(
         "  repeat {} (100 ms, doubling to 1 s apart) until the state keys are all present or all absent, at most {timeout:?}",
         describe(&KubeRequest::get_secret(ex.namespace(), &settings.kube_secret))
@@ -93,10 +94,10 @@ async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> i3
         Err(e) => format!("the secret cannot be read ({e}): it would not wait"),
     };
     plan(format!("  now: {now}"));
-    exit::SUCCESS
+    Ok(())
 }
 
-async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
+async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> Result<(), i32> {
     // A one-shot phase: reported only for its Kubernetes request counts, already finished.
     ts_common::status::init(settings, "ts-kubestate preflight");
     ts_common::status::stopped();
@@ -105,59 +106,41 @@ async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
             tracing::info!("Kubernetes preflight: nothing to check ({why})");
             Ok(preflight::skipped(why))
         }
-        None => match connect(settings) {
-            Ok(kube) => preflight::run(&kube, settings).await,
-            Err(code) => return code,
-        },
+        None => preflight::run(&connect(settings)?, settings).await,
     };
-    let done = outcome.and_then(|outcome| match result_fd {
-        Some(fd) => preflight::write_result(fd, &outcome),
-        None => {
-            tracing::info!("Kubernetes preflight done: {}", outcome.describe());
-            Ok(())
-        }
-    });
-    match done {
-        Ok(()) => exit::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            exit::FAILURE
-        }
-    }
+    outcome
+        .and_then(|outcome| match result_fd {
+            Some(fd) => preflight::write_result(fd, &outcome),
+            None => {
+                tracing::info!("Kubernetes preflight done: {}", outcome.describe());
+                Ok(())
+            }
+        })
+        .map_err(failed)
 }
 
-async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> i32 {
+async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> Result<(), i32> {
     ts_common::status::init(settings, "ts-kubestate");
     if let Some(why) = skip_reason(settings) {
         ts_common::status::stopped();
         tracing::info!("nothing to watch ({why})");
         watch::report_ready(settings);
-        return exit::SUCCESS;
+        return Ok(());
     }
-    let kube = match connect(settings) {
-        Ok(kube) => kube,
-        Err(code) => return code,
-    };
+    let kube = connect(settings)?;
     // Handlers first, so a SIGTERM during the permission check is a clean stop too.
     let mut stop = ts_localapi::signals::StopSignals::install();
-    let result = async {
+    async {
         let can_patch = watch::resolve_can_patch(&kube, &settings.kube_secret, can_patch).await?;
         let shutdown = async {
             stop.recv().await;
         };
         watch::run(&kube, settings, can_patch, guard, shutdown).await
     }
-    .await;
-    match result {
-        Ok(()) => {
-            ts_common::status::stopped();
-            exit::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            exit::FAILURE
-        }
-    }
+    .await
+    .map_err(failed)?;
+    ts_common::status::stopped();
+    Ok(())
 }
 
 /// Prints the header of a plan; returns the [`Kube`] that prints the calls, or the exit code
@@ -200,7 +183,7 @@ fn explainer(settings: &Settings, mode: &str) -> Result<Kube, i32> {
     Ok(Kube::explain(client, namespace))
 }
 
-async fn explain_preflight(settings: &Settings) -> i32 {
+async fn explain_preflight(settings: &Settings) -> Result<(), i32> {
     if let Some(why) = skip_reason(settings) {
         plan(format!(
             "ts-kubestate preflight plan: no Kubernetes calls ({why})"
@@ -209,12 +192,9 @@ async fn explain_preflight(settings: &Settings) -> i32 {
             "  result: {}",
             preflight::skipped(why).result_line().trim_end()
         ));
-        return exit::SUCCESS;
+        return Ok(());
     }
-    let ex = match explainer(settings, "preflight") {
-        Ok(ex) => ex,
-        Err(code) => return code,
-    };
+    let ex = explainer(settings, "preflight")?;
     if settings.auth_key.is_some() {
         plan("  (TS_AUTHKEY is set: the secret's authkey is not read)");
     }
@@ -238,14 +218,11 @@ async fn explain_preflight(settings: &Settings) -> i32 {
             exit::FAILURE
         )),
     }
-    exit::SUCCESS
+    Ok(())
 }
 
-async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
-    let ex = match explainer(settings, "watch") {
-        Ok(ex) => ex,
-        Err(code) => return code,
-    };
+async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> Result<(), i32> {
+    let ex = explainer(settings, "watch")?;
     let secret = settings.kube_secret.as_str();
     let can_patch = match can_patch {
         Some(b) => {
@@ -262,7 +239,7 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
     };
     if can_patch == Some(false) {
         plan("  no patch permission: nothing to do, exits 0 (ts-init does not start the watcher)");
-        return exit::SUCCESS;
+        return Ok(());
     }
     let ns = ex.namespace();
     plan(format!(
@@ -298,5 +275,5 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
         Some(fd) => format!("  after the first reconcile: one newline on fd {fd} (readiness)"),
         None => "  readiness: not reported (no TS_READY_FD)".to_string(),
     });
-    exit::SUCCESS
+    Ok(())
 }

@@ -110,10 +110,9 @@ fn main() -> ExitCode {
     let mode = cli.mode;
     ts_localapi::run_phase(phase, |settings, explain| async move {
         let action = action(mode, &settings)?;
-        match app::run(&settings, action, explain).await {
-            exit::SUCCESS => Ok(()),
-            code => Err(cli::Logged(code)),
-        }
+        app::run(&settings, action, explain)
+            .await
+            .map_err(cli::Logged)
     })
 }
 
