@@ -106,7 +106,7 @@ impl RetryPolicy {
     }
 }
 
-/// One kind of call, for error messages and plans: what was asked, and which RBAC verb it needs.
+/// One kind of call, for error messages and plans.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     /// `POST selfsubjectaccessreviews` asking about `verb` on the secret.
@@ -117,17 +117,6 @@ pub enum Call {
     PatchSecret,
     /// JSON-patch `remove` of `/data/<key>`.
     RemoveKey { key: String },
-}
-
-impl Call {
-    /// The RBAC verb and resource the call needs.
-    pub fn rbac(&self) -> (&'static str, &'static str) {
-        match self {
-            Call::AccessReview { .. } => ("create", "selfsubjectaccessreviews"),
-            Call::GetSecret => ("get", "secrets"),
-            Call::PatchSecret | Call::RemoveKey { .. } => ("patch", "secrets"),
-        }
-    }
 }
 
 impl fmt::Display for Call {
@@ -182,8 +171,6 @@ pub enum KubeError {
     Status {
         call: Call,
         code: u16,
-        /// The `reason` of the Kubernetes `Status` body (e.g. `Forbidden`), or the HTTP phrase.
-        reason: String,
         /// The `message` of the `Status` body (or the start of a body that is not one),
         /// bounded and escaped.
         message: String,
@@ -235,16 +222,16 @@ fn canonical(code: u16) -> &'static str {
 
 /// What to do about a status, per call.
 fn advice(call: &Call, code: u16, secret: &str, attempts: u32) -> String {
-    let (verb, resource) = call.rbac();
     match code {
         401 => format!(
             "the API server rejected the service account token (re-read from {SERVICEACCOUNT_DIR}/token and retried once); check that the mounted token is valid and not expired"
         ),
         403 => {
-            let target = if resource == "secrets" {
-                format!("secret {secret:?}")
-            } else {
-                format!("{resource} (authorization.k8s.io)")
+            // The RBAC verb and resource the call needs.
+            let (verb, target) = match call {
+                Call::AccessReview { .. } => ("create", "selfsubjectaccessreviews (authorization.k8s.io)".to_string()),
+                Call::GetSecret => ("get", format!("secret {secret:?}")),
+                Call::PatchSecret | Call::RemoveKey { .. } => ("patch", format!("secret {secret:?}")),
             };
             format!(
                 "grant the pod's service account the {verb:?} permission on {target} in the pod's namespace (a Role with that verb, bound to the service account; check your RBAC configuration)"
@@ -290,16 +277,12 @@ impl KubeError {
     /// The client could not be configured, no request could be made or TLS failed: no
     /// permission answer can be trusted.
     pub fn is_setup(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            KubeError::NotInKubernetes
-                | KubeError::Settings(_)
-                | KubeError::ServiceAccount { .. }
-                | KubeError::Token { .. }
-                | KubeError::CaCert { .. }
-                | KubeError::Client { .. }
-                | KubeError::Request { .. }
-                | KubeError::Tls { .. }
+            KubeError::Status { .. }
+                | KubeError::Timeout { .. }
+                | KubeError::Transport { .. }
+                | KubeError::Decode { .. }
         )
     }
 
@@ -366,14 +349,20 @@ impl KubeConfig {
             .ok_or(KubeError::NotInKubernetes)?;
         let server = service.url()?;
         let dir = settings.host_path(SERVICEACCOUNT_DIR);
-        let namespace = read_trimmed(&dir.join("namespace"))?;
+        let unusable = |name: &str, why: String| KubeError::ServiceAccount {
+            path: dir.join(name),
+            why,
+        };
+        let namespace =
+            trimmed(&dir.join("namespace")).map_err(|why| unusable("namespace", why))?;
         let token_path = dir.join("token");
-        read_token(&token_path).map_err(|why| KubeError::ServiceAccount {
-            path: token_path.clone(),
+        read_token(&token_path).map_err(|why| unusable("token", why))?;
+        let ca_path = dir.join("ca.crt");
+        let pem = std::fs::read(&ca_path).map_err(|e| unusable("ca.crt", e.to_string()))?;
+        let ca_der = parse_ca(&pem).map_err(|why| KubeError::CaCert {
+            path: ca_path.clone(),
             why,
         })?;
-        let ca_path = dir.join("ca.crt");
-        let ca_der = read_ca(&ca_path)?;
         Ok(KubeConfig {
             server,
             namespace,
@@ -392,13 +381,6 @@ fn trimmed(path: &Path) -> Result<String, String> {
     }
 }
 
-fn read_trimmed(path: &Path) -> Result<String, KubeError> {
-    trimmed(path).map_err(|why| KubeError::ServiceAccount {
-        path: path.to_path_buf(),
-        why,
-    })
-}
-
 /// The bearer token, whitespace-trimmed (the reference trims it too; editors add newlines),
 /// as a header value kept out of any debug output of the HTTP stack.
 fn read_token(path: &Path) -> Result<HeaderValue, String> {
@@ -412,26 +394,15 @@ fn read_token(path: &Path) -> Result<HeaderValue, String> {
     Ok(value)
 }
 
-fn read_ca(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::CertificateDer;
-    let pem = std::fs::read(path).map_err(|e| KubeError::ServiceAccount {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    let mut ders = Vec::new();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| KubeError::CaCert {
-            path: path.to_path_buf(),
-            why: format!("not valid PEM: {e}"),
-        })?;
-        ders.push(cert.to_vec());
-    }
+/// The DER certificates of a PEM file.
+fn parse_ca(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .map(|cert| cert.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not valid PEM: {e}"))?;
     if ders.is_empty() {
-        return Err(KubeError::CaCert {
-            path: path.to_path_buf(),
-            why: "no PEM certificate found".into(),
-        });
+        return Err("no PEM certificate found".into());
     }
     Ok(ders)
 }
@@ -549,32 +520,29 @@ impl KubeRequest {
         };
         Self::new(call, name, built.and_then(as_the_reference_sends))
     }
-
-    /// One line for `--explain`: method, path, content type and body.
-    pub fn describe(&self) -> String {
-        let mut out = format!("{} {}", self.http.method(), self.http.uri());
-        if let Some(ct) = self.http.headers().get(CONTENT_TYPE) {
-            out.push_str(&format!(
-                " (Content-Type: {})",
-                String::from_utf8_lossy(ct.as_bytes())
-            ));
-        }
-        if !self.http.body().is_empty() {
-            out.push_str(&format!(
-                " body: {}",
-                String::from_utf8_lossy(self.http.body()).trim_end()
-            ));
-        }
-        out
-    }
 }
 
-/// [`KubeRequest::describe`], or why the request could not be built.
+/// One line for `--explain`: method, path, content type and body, or why the request could not
+/// be built.
 pub fn describe(req: &Result<KubeRequest, KubeError>) -> String {
-    match req {
-        Ok(r) => r.describe(),
-        Err(e) => format!("(no request: {e})"),
+    let http = match req {
+        Ok(r) => &r.http,
+        Err(e) => return format!("(no request: {e})"),
+    };
+    let mut out = format!("{} {}", http.method(), http.uri());
+    if let Some(ct) = http.headers().get(CONTENT_TYPE) {
+        out.push_str(&format!(
+            " (Content-Type: {})",
+            String::from_utf8_lossy(ct.as_bytes())
+        ));
     }
+    if !http.body().is_empty() {
+        out.push_str(&format!(
+            " body: {}",
+            String::from_utf8_lossy(http.body()).trim_end()
+        ));
+    }
+    out
 }
 
 /// A patch exactly as the reference sends it: kube 5 starts the query with an empty pair
@@ -601,24 +569,11 @@ pub struct KubeClient {
     policy: RetryPolicy,
 }
 
-impl fmt::Debug for KubeClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KubeClient")
-            .field("config", &self.config)
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
-}
-
 impl KubeClient {
     /// Builds the client from the in-cluster files and environment (see [`KubeConfig`]).
     /// Must be called inside a tokio runtime (the client spawns its connection worker).
     pub fn from_settings(settings: &Settings) -> Result<Self, KubeError> {
-        Self::new(KubeConfig::from_settings(settings)?, RetryPolicy::default())
-    }
-
-    /// Builds the client from an explicit configuration and retry policy.
-    pub fn new(config: KubeConfig, policy: RetryPolicy) -> Result<Self, KubeError> {
+        let config = KubeConfig::from_settings(settings)?;
         let build_err = |why: String| KubeError::Client {
             server: config.server.clone(),
             why,
@@ -649,7 +604,7 @@ impl KubeClient {
         Ok(KubeClient {
             client,
             config,
-            policy,
+            policy: RetryPolicy::default(),
         })
     }
 
@@ -868,10 +823,6 @@ async fn read_bounded(mut body: Body) -> Result<(Vec<u8>, bool), kube::Error> {
 /// Builds a [`KubeError::Status`] from a non-2xx answer and its Kubernetes `Status` body.
 fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError {
     let parsed: kube::core::Status = serde_json::from_slice(body).unwrap_or_default();
-    let reason = match parsed.reason.as_str() {
-        "" => canonical(status.as_u16()).to_string(),
-        r => outside(r),
-    };
     let message = match (parsed.message.as_str(), body.trim_ascii()) {
         ("", []) => "(empty body)".to_string(),
         ("", text) => outside(&String::from_utf8_lossy(text)),
@@ -880,7 +831,6 @@ fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError
     KubeError::Status {
         call: req.call.clone(),
         code: status.as_u16(),
-        reason,
         message,
         secret: req.secret.clone(),
         attempts: 1,

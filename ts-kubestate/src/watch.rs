@@ -16,7 +16,7 @@
 //! before the first successful write is fatal, after it (after startup) the write is retried
 //! indefinitely with capped exponential backoff and jitter, one log line per retry.
 
-use crate::KubeOps;
+use crate::{check, Kube};
 use std::future::Future;
 use std::time::Duration;
 use ts_common::Settings;
@@ -31,18 +31,10 @@ pub const RETRY: Backoff = Backoff {
     max: Duration::from_secs(30),
 };
 
-/// How the watcher ended without error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchExit {
-    /// Not in Kubernetes, no secret, or no patch permission: nothing to store.
-    NothingToDo,
-    /// SIGTERM/SIGINT.
-    Shutdown,
-}
-
+/// Why the watcher failed (exit status 1).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    /// The client could not be built or the permission check could not be made.
+    /// The permission check could not be made (TLS, service account).
     #[error(transparent)]
     Kube(KubeError),
     #[error("deleting authkey from kube secret: {0}")]
@@ -68,59 +60,41 @@ impl From<WatchEnd> for WatchError {
     }
 }
 
-impl WatchError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            WatchError::Kube(e) => e.exit_code(),
-            _ => ts_common::exit::FAILURE,
-        }
-    }
-}
-
-/// Why there is nothing to watch, if so.
-pub fn skip_reason(settings: &Settings) -> Option<&'static str> {
-    crate::preflight::skip_reason(settings)
-}
-
 /// Whether the pod may patch the secret: `given` (ts-init passes the preflight's answer), else
 /// an SSAR. An SSAR that cannot be answered counts as "no", as in the reference; a TLS or
 /// service-account problem is an error.
-pub async fn resolve_can_patch<K: KubeOps>(
-    kube: &K,
+pub async fn resolve_can_patch(
+    kube: &Kube,
     secret: &str,
     given: Option<bool>,
 ) -> Result<bool, WatchError> {
-    if let Some(given) = given {
-        return Ok(given);
-    }
-    match kube.access_review("patch", secret).await {
-        Ok(allowed) => Ok(allowed),
-        Err(e) if e.is_setup() => Err(WatchError::Kube(e)),
-        Err(e) => {
-            tracing::warn!("error checking patch permission on secret {secret}: {e}");
-            Ok(false)
-        }
+    match given {
+        Some(given) => Ok(given),
+        None => Ok(check(kube, "patch", secret)
+            .await
+            .map_err(WatchError::Kube)?
+            .unwrap_or(false)),
     }
 }
 
-/// Runs the watcher until `shutdown` resolves (→ `Ok(Shutdown)`), tailscaled is gone or a
-/// fatal error. `can_patch` as from [`resolve_can_patch`].
-/// With `guard`, it also ends (with [`WatchError::LeftRunning`]) when tailscaled leaves Running:
-/// ts-init asks one long-lived phase to guard that state.
-pub async fn run<K: KubeOps>(
-    kube: &K,
+/// Runs the watcher until `shutdown` resolves (→ `Ok`), tailscaled is gone or a fatal error.
+/// `can_patch` as from [`resolve_can_patch`]. With `guard`, it also ends (with
+/// [`WatchError::LeftRunning`]) when tailscaled leaves Running: ts-init asks one long-lived
+/// phase to guard that state.
+pub async fn run(
+    kube: &Kube,
     settings: &Settings,
     can_patch: bool,
     guard: bool,
     shutdown: impl Future<Output = ()>,
-) -> Result<WatchExit, WatchError> {
+) -> Result<(), WatchError> {
     let secret = settings.kube_secret.as_str();
     if !can_patch {
         tracing::info!(
             "no patch permission on secret {secret:?}: device info is not stored and the authkey is not removed; nothing to do"
         );
         report_ready(settings);
-        return Ok(WatchExit::NothingToDo);
+        return Ok(());
     }
     tracing::info!(
         "watching tailscaled's IPN bus at {} to keep device_id/device_fqdn in secret {secret:?} (namespace {:?})",
@@ -141,17 +115,17 @@ pub async fn run<K: KubeOps>(
         result = main => result,
         _ = shutdown => {
             tracing::info!("shutdown requested; exiting");
-            Ok(WatchExit::Shutdown)
+            Ok(())
         }
     }
 }
 
 /// Reconciles on every change, forever; returns only with an error.
-async fn follow<K: KubeOps>(
+async fn follow(
     node: &mut NodeWatch,
-    rec: &mut Reconciler<'_, K>,
+    rec: &mut Reconciler<'_>,
     settings: &Settings,
-) -> Result<WatchExit, WatchError> {
+) -> Result<(), WatchError> {
     loop {
         let st = node.changed().await?;
         let was_ready = rec.reconciled;
@@ -162,15 +136,16 @@ async fn follow<K: KubeOps>(
     }
 }
 
-fn report_ready(settings: &Settings) {
+/// One newline on `TS_READY_FD`, if given; a failure is only logged.
+pub fn report_ready(settings: &Settings) {
     if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
         tracing::warn!("could not report readiness on TS_READY_FD: {e}");
     }
 }
 
 /// The watcher's state between reconciles.
-pub struct Reconciler<'a, K> {
-    kube: &'a K,
+pub struct Reconciler<'a> {
+    kube: &'a Kube,
     secret: &'a str,
     auth_once: bool,
     running: bool,
@@ -184,8 +159,8 @@ pub struct Reconciler<'a, K> {
     pub reconciled: bool,
 }
 
-impl<'a, K: KubeOps> Reconciler<'a, K> {
-    pub fn new(kube: &'a K, secret: &'a str, auth_once: bool) -> Self {
+impl<'a> Reconciler<'a> {
+    pub fn new(kube: &'a Kube, secret: &'a str, auth_once: bool) -> Self {
         Reconciler {
             kube,
             secret,
