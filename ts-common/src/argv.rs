@@ -220,6 +220,15 @@ pub fn dnat_rule(op: RuleOp, program: &str, local: &str, dest: &str) -> Command 
         .arg(dest)
 }
 
+/// `iptables -t nat -S PREROUTING`: the rules as iptables-save lines.
+pub fn list_prerouting(program: &str) -> Command {
+    Command::new(program)
+        .arg("-t")
+        .arg("nat")
+        .arg("-S")
+        .arg("PREROUTING")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
