@@ -291,7 +291,7 @@ pub fn outside_max(text: &str, max: usize) -> String {
 }
 
 /// UTC calendar time of a Unix timestamp (Howard Hinnant's days-from-civil inverse).
-fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+pub fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
