@@ -281,28 +281,27 @@ impl Boot {
             "waiting for tailscaled to reach Running",
         )?;
 
+        if self.plan.kubestate.is_some() && !can_patch {
+            tracing::info!(
+                "no patch permission on secret {:?}: device info will not be stored, ts-kubestate not started",
+                self.settings.kube_secret
+            );
+        }
+        let planned = [
+            (self.plan.proxy_rules.clone(), Guard::ProxyRules),
+            (
+                self.plan.kubestate.clone().filter(|_| can_patch),
+                Guard::KubeState,
+            ),
+            (self.plan.serve.clone(), Guard::Serve),
+        ];
         let mut watchers = Vec::new();
-        if let Some(p) = self.plan.proxy_rules.clone() {
-            let p = with_guard(p, self.guard == Guard::ProxyRules);
-            let fd = self.start_ready_phase(Role::Watcher("ts-proxy-rules"), &p, Vec::new())?;
-            watchers.push((Role::Watcher("ts-proxy-rules"), fd));
-        }
-        if let Some(p) = self.plan.kubestate.clone() {
-            if can_patch {
-                let p = with_guard(p, self.guard == Guard::KubeState);
-                let fd = self.start_ready_phase(Role::Watcher("ts-kubestate"), &p, Vec::new())?;
-                watchers.push((Role::Watcher("ts-kubestate"), fd));
-            } else {
-                tracing::info!(
-                    "no patch permission on secret {:?}: device info will not be stored, ts-kubestate not started",
-                    self.settings.kube_secret
-                );
+        for (phase, guard) in planned {
+            if let Some(phase) = phase {
+                let role = Role::Watcher(guard.program());
+                let phase = with_guard(phase, self.guard == guard);
+                watchers.push((role, self.start_ready_phase(role, &phase, Vec::new())?));
             }
-        }
-        if let Some(p) = self.plan.serve.clone() {
-            let p = with_guard(p, self.guard == Guard::Serve);
-            let fd = self.start_ready_phase(Role::Watcher("ts-serve"), &p, Vec::new())?;
-            watchers.push((Role::Watcher("ts-serve"), fd));
         }
         if !watchers.is_empty() {
             status::set_activity("waiting for the watchers' first reconcile");
