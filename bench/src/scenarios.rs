@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use ts_common::argv::{dnat_rule, list_prerouting, RuleOp};
 
 /// Every binary of tsboot (what `docker/build-static.sh --list` builds).
 pub const TSBOOT_BINS: [&str; 7] = [
@@ -833,56 +834,21 @@ pub fn run_reaction(variant: &Variant, runs: usize) -> Result<ReactionData, Stri
         let scratch = Root::new("exec");
         let ipt = scratch.dir.join("usr/bin/iptables");
         let mut cur = ADDR0.to_string();
-        let run = |args: &[&str]| {
+        let run = |cmd: ts_common::argv::Command| {
             let _ = Command::new(&ipt)
-                .args(args)
+                .args(cmd.argv())
                 .env_clear()
                 .envs(scratch.env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .output();
         };
-        run(&[
-            "-t",
-            "nat",
-            "-I",
-            "PREROUTING",
-            "1",
-            "-d",
-            &cur,
-            "-j",
-            "DNAT",
-            "--to-destination",
-            DEST_IP,
-        ]);
+        run(dnat_rule(RuleOp::Insert, "iptables", &cur, DEST_IP));
         for i in 0..runs {
             let new = if i % 2 == 0 { "100.88.77.66" } else { ADDR0 };
             let t = Instant::now();
-            run(&["-t", "nat", "-S", "PREROUTING"]);
-            run(&[
-                "-t",
-                "nat",
-                "-I",
-                "PREROUTING",
-                "1",
-                "-d",
-                new,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                DEST_IP,
-            ]);
-            run(&[
-                "-t",
-                "nat",
-                "-D",
-                "PREROUTING",
-                "-d",
-                &cur,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                DEST_IP,
-            ]);
+            run(list_prerouting("iptables"));
+            run(dnat_rule(RuleOp::Insert, "iptables", new, DEST_IP));
+            run(dnat_rule(RuleOp::Delete, "iptables", &cur, DEST_IP));
             d.exec3.push(ms(t.elapsed()));
             cur = new.to_string();
         }

@@ -91,8 +91,7 @@ pub fn synthetic_peer(n: u32) -> String {
 pub const DEFAULT_INITIAL: &str =
     include_str!("../fixtures/ipn-bus/seed-era-testharness-needslogin.json");
 
-/// HEAD's "lagging watcher" message (docs/tailscaled-localapi.md §2.2).
-pub const FELL_BEHIND: &str = "IPN bus consumer fell behind; closing watch";
+pub use ts_localapi::notify::FELL_BEHIND;
 
 const VERSION_SEED: &str = "1.36.0-fake";
 const VERSION_HEAD: &str = "1.102.3-fake";
@@ -237,7 +236,8 @@ impl BusState {
                 m
             }
         };
-        if let Some(name) = self.state.map(state_name) {
+        if let Some(n) = self.state {
+            let name = ts_localapi::notify::BackendState::from_code(n).name();
             st.insert("BackendState".into(), json!(name));
         }
         if let Some(node) = &self.self_node {
@@ -282,22 +282,11 @@ impl BusState {
             return None;
         }
         let bit = |b: u64| mask & b != 0;
+        let if_bit = |b: u64, v: Value| if bit(b) { v } else { Value::Null };
         let needs_login = self.state == Some(2);
-        let state = if bit(2) {
-            json!(self.state)
-        } else {
-            Value::Null
-        };
-        let prefs = if bit(4) {
-            json!(self.prefs)
-        } else {
-            Value::Null
-        };
-        let netmap = if bit(8) {
-            self.netmap_value()
-        } else {
-            Value::Null
-        };
+        let state = if_bit(2, json!(self.state));
+        let prefs = if_bit(4, json!(self.prefs));
+        let netmap = if_bit(8, self.netmap_value());
         let mut fields: Vec<(&str, Value)> = vec![("Version", json!(self.version))];
         match self.era {
             Era::Seed => {
@@ -352,7 +341,7 @@ impl BusState {
                 }
             }
         }
-        Some(render(&fields))
+        Some(render(fields.iter().map(|(k, v)| (*k, v))))
     }
 
     /// The era's minimal `{State:n}` event.
@@ -361,7 +350,7 @@ impl BusState {
             Era::Seed => "BackendLogID",
             Era::Head => "DriveShares",
         };
-        render(&[
+        let fields = [
             ("Version", json!(self.version)),
             ("ErrMessage", Value::Null),
             ("LoginFinished", Value::Null),
@@ -371,7 +360,8 @@ impl BusState {
             ("Engine", Value::Null),
             ("BrowseToURL", Value::Null),
             (last, Value::Null),
-        ])
+        ];
+        render(fields.iter().map(|(k, v)| (*k, v)))
     }
 
     /// Sends `line` to every open watch and folds it. Returns an error for non-objects.
@@ -462,33 +452,17 @@ fn strip_for_mask(fields: &Map<String, Value>, mask: u64) -> Option<String> {
     if !drop.iter().any(|k| non_null(fields, k).is_some()) {
         return None;
     }
-    let kept: Vec<String> = fields
-        .iter()
-        .filter(|(k, _)| !drop.contains(&k.as_str()))
-        .map(|(k, v)| format!("{}:{}", json!(k), v))
-        .collect();
-    Some(format!("{{{}}}", kept.join(",")))
+    let kept = fields.iter().filter(|(k, _)| !drop.contains(&k.as_str()));
+    Some(render(kept.map(|(k, v)| (k.as_str(), v))))
 }
 
-fn render(fields: &[(&str, Value)]) -> String {
+/// A JSON object with its fields in the given order (serde_json's map would sort them).
+fn render<'a>(fields: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
     let parts: Vec<String> = fields
-        .iter()
+        .into_iter()
         .map(|(k, v)| format!("{}:{}", json!(k), v))
         .collect();
     format!("{{{}}}", parts.join(","))
-}
-
-fn state_name(n: i64) -> String {
-    match n {
-        0 => "NoState".into(),
-        1 => "InUseOtherUser".into(),
-        2 => "NeedsLogin".into(),
-        3 => "NeedsMachineAuth".into(),
-        4 => "Stopped".into(),
-        5 => "Starting".into(),
-        6 => "Running".into(),
-        n => n.to_string(),
-    }
 }
 
 fn session_id() -> String {
@@ -609,16 +583,20 @@ fn append_line(file: &Path, line: &str) {
 }
 
 fn text(code: StatusCode, body: &str) -> Response<FakeBody> {
-    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(format!("{body}\n")))));
+    let r = Response::new(FakeBody::Full(Some(Bytes::from(format!("{body}\n")))));
+    let mut r = typed(r, "text/plain; charset=utf-8");
     *r.status_mut() = code;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
     r.headers_mut().insert(
         http::header::X_CONTENT_TYPE_OPTIONS,
         http::HeaderValue::from_static("nosniff"),
     );
+    r
+}
+
+/// `r` with `Content-Type: content_type`.
+fn typed(mut r: Response<FakeBody>, content_type: &'static str) -> Response<FakeBody> {
+    let value = http::HeaderValue::from_static(content_type);
+    r.headers_mut().insert(http::header::CONTENT_TYPE, value);
     r
 }
 
@@ -635,12 +613,10 @@ fn pretty_json(v: &Value) -> Response<FakeBody> {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding status");
     }
     out.push(b'\n');
-    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(out))));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+    typed(
+        Response::new(FakeBody::Full(Some(Bytes::from(out)))),
+        "application/json",
+    )
 }
 
 /// tailscaled's user-facing metrics endpoint.
@@ -657,12 +633,8 @@ fn usermetrics() -> Response<FakeBody> {
     let body = std::env::var_os("FAKE_TAILSCALED_USERMETRICS")
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_else(|| USERMETRICS.to_string());
-    let mut r = text(StatusCode::OK, body.trim_end_matches('\n'));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain;version=0.0.4;charset=utf-8"),
-    );
-    r
+    let r = text(StatusCode::OK, body.trim_end_matches('\n'));
+    typed(r, "text/plain;version=0.0.4;charset=utf-8")
 }
 
 async fn handle(
@@ -756,12 +728,7 @@ async fn handle(
         (Err(_), Era::Head) => return Ok(text(StatusCode::BAD_REQUEST, "bad mask")),
         // The seed flushed 200 before parsing the mask.
         (Err(_), Era::Seed) => {
-            let mut r = text(StatusCode::OK, "bad mask");
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            return Ok(r);
+            return Ok(typed(text(StatusCode::OK, "bad mask"), "application/json"))
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -772,12 +739,8 @@ async fn handle(
     bus.watchers.push((mask, tx));
     let version = bus.version.clone();
     drop(bus);
-    let mut r = Response::new(FakeBody::Stream(rx));
+    let mut r = typed(Response::new(FakeBody::Stream(rx)), "application/json");
     let h = r.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
     h.insert(
         http::header::X_CONTENT_TYPE_OPTIONS,
         http::HeaderValue::from_static("nosniff"),
@@ -1235,16 +1198,9 @@ async fn run(shared: Arc<Shared>) -> i32 {
         tokio::select! {
             r = &mut serving, if !serving_done => {
                 serving_done = true;
-                match r {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        eprintln!("fake tailscaled: {e}");
-                        return 1;
-                    }
-                    Err(e) => {
-                        eprintln!("fake tailscaled: {e}");
-                        return 1;
-                    }
+                if let Err(e) = r.map_err(|e| e.to_string()).and_then(|r| r) {
+                    eprintln!("fake tailscaled: {e}");
+                    return 1;
                 }
             }
             _ = term.recv() => {

@@ -27,6 +27,18 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The control command that sends a fixture: `notify` with the contents of a file of one
+/// message, `replay` for `.ndjson`.
+pub fn fixture_command(name: &str) -> String {
+    let path = fixture(name);
+    if name.ends_with(".ndjson") {
+        format!("replay {}", path.display())
+    } else {
+        let json = std::fs::read_to_string(&path).expect("fixture");
+        format!("notify {}", json.trim())
+    }
+}
+
 pub struct FakeTailscaled {
     child: Option<Child>,
     pub dir: PathBuf,
@@ -115,15 +127,9 @@ impl FakeTailscaled {
         crate::fake_cli::control_command(&self.control, command)
     }
 
-    /// `notify` with the contents of a fixture file (one message) or `replay` for `.ndjson`.
+    /// Sends the fixture's messages (see [`fixture_command`]).
     pub fn send_fixture(&self, name: &str) {
-        let path = fixture(name);
-        if name.ends_with(".ndjson") {
-            self.control(&format!("replay {}", path.display()));
-        } else {
-            let json = std::fs::read_to_string(&path).expect("fixture");
-            self.control(&format!("notify {}", json.trim()));
-        }
+        self.control(&fixture_command(name));
     }
 
     /// Lines of the request log.

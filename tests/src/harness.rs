@@ -285,13 +285,7 @@ impl Root {
     }
 
     pub fn notify_file(&self, name: &str) {
-        let path = fixture(name);
-        if name.ends_with(".ndjson") {
-            self.control(&format!("replay {}", path.display()));
-        } else {
-            let json = std::fs::read_to_string(&path).expect("fixture");
-            self.control(&format!("notify {}", json.trim()));
-        }
+        self.control(&crate::fake_tailscaled_ctl::fixture_command(name));
     }
 
     pub fn read(&self, rel: &str) -> String {
@@ -632,36 +626,47 @@ pub fn rec(program: &str, args: &str) -> String {
 }
 
 /// The fake kube-apiserver as a separate process (`fake-apiserver`), with its service-account
-/// files written under the test root and its state mirrored into `state`.
+/// files written under `root` and its state mirrored into `state`; stopped when dropped.
 pub struct ApiServer {
-    child: Child,
+    proc: Proc,
+    pub root: PathBuf,
     pub state: PathBuf,
     pub env: Vec<(String, String)>,
 }
 
 impl ApiServer {
-    /// Starts it with a JSON `FakeConfig` (see `fake-apiserver`'s docs).
+    /// Starts it for the test root with a JSON `FakeConfig` (see `fake-apiserver`'s docs).
     pub fn start(root: &Root, config: &str) -> ApiServer {
-        let state = root.dir.join("apiserver");
+        ApiServer::launch(root.dir.clone(), config, PATIENCE, |args, log| {
+            let spec = Spawn {
+                stderr: Some(log),
+                ..Spawn::default()
+            };
+            Proc::spawn(&crate::bin_path("fake-apiserver"), args, spec)
+        })
+    }
+
+    /// Starts it with `spawn` (given its arguments and a log file) and its files under `root`,
+    /// and waits up to `patience` until it listens.
+    pub fn launch(
+        root: PathBuf,
+        config: &str,
+        patience: Duration,
+        spawn: impl FnOnce(&[&str], PathBuf) -> Proc,
+    ) -> ApiServer {
+        let state = root.join("apiserver");
         std::fs::create_dir_all(&state).expect("apiserver state dir");
         let config_file = state.join("config.json");
         std::fs::write(&config_file, config).expect("apiserver config");
-        let child = Command::new(crate::bin_path("fake-apiserver"))
-            .arg("--root")
-            .arg(&root.dir)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--config")
-            .arg(&config_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start fake-apiserver");
-        let start = Instant::now();
-        while !state.join("port").exists() {
-            assert!(start.elapsed() < PATIENCE, "fake-apiserver did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let [r, s, c] = [&root, &state, &config_file].map(|p| p.display().to_string());
+        let args = ["--root", &r, "--state-dir", &s, "--config", &c];
+        let proc = spawn(&args, root.join("fake-apiserver.log"));
+        crate::real::wait_for(
+            patience,
+            "the fake apiserver's port file",
+            || state.join("port").exists().then_some(()),
+            || proc.log(),
+        );
         let env = read_lines(&state.join("env"))
             .into_iter()
             .filter_map(|l| {
@@ -669,7 +674,17 @@ impl ApiServer {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
-        ApiServer { child, state, env }
+        ApiServer {
+            proc,
+            root,
+            state,
+            env,
+        }
+    }
+
+    /// The service-account directory (to place at the real path).
+    pub fn service_account(&self) -> PathBuf {
+        self.root.join(crate::fake_apiserver::SERVICEACCOUNT_DIR)
     }
 
     /// The secret's data, decoded (`None` while it does not exist).
@@ -706,15 +721,9 @@ impl ApiServer {
     pub fn requests(&self) -> Vec<String> {
         read_lines(&self.state.join("requests.log"))
     }
-}
 
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+    pub fn log(&self) -> String {
+        self.proc.log()
     }
 }
 

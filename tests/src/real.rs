@@ -25,12 +25,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::harness::Proc;
+use crate::harness::{ApiServer, Proc};
 
 /// Real boots are slow next to the doubles (key generation, a control round trip, netcheck).
 pub const REAL_PATIENCE: Duration = Duration::from_secs(60);
@@ -118,7 +118,6 @@ pub fn require(test: &str) -> Option<(Bins, MutexGuard<'static, ()>)> {
     Some((bins, guard))
 }
 
-/// `Some(path)` of a program on PATH.
 /// The ts-init the lab boots: this build's, or `TSBOOT_REAL_TS_INIT` (the bench points it at the
 /// shipped static build, whose phases sit beside it).
 pub fn ts_init() -> PathBuf {
@@ -127,6 +126,7 @@ pub fn ts_init() -> PathBuf {
         .unwrap_or_else(|| crate::bin_path("ts-init"))
 }
 
+/// `Some(path)` of a program on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -264,8 +264,15 @@ impl Drop for Netns {
     }
 }
 
-fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
-    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+/// Starts `cmd` with stdout and stderr in `log` (`append`: kept from an earlier run).
+fn spawn_logged(mut cmd: Command, log: PathBuf, append: bool) -> Proc {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(&log)
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
     let err = out.try_clone().expect("dup log file");
     // Never let a real program outlive a test that panics before its drop runs.
     // SAFETY: the closure only calls prctl (async-signal-safe) between fork and exec.
@@ -275,11 +282,13 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
                 .map_err(std::io::Error::from)
         });
     }
-    cmd.stdin(Stdio::null())
+    let child = cmd
+        .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
         .spawn()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    Proc::from_child(child, log)
 }
 
 /// Waits until `check` returns `Some`, or panics after `within` with `what` and `context()`.
@@ -332,48 +341,26 @@ impl Lab {
         for (i, name) in nodes.iter().enumerate() {
             let i = i + 1;
             let ns = Netns::new(format!("tsr{tag}{name}"));
-            let (hub_if, node_if) = (format!("h{tag}n{i}"), format!("n{tag}n{i}"));
-            // veth names are at most 15 bytes.
-            let (hub_if, node_if) = (trunc15(&hub_if), trunc15(&node_if));
-            ip(&[
-                "link", "add", &hub_if, "netns", &hub.name, "type", "veth", "peer", "name",
-                &node_if, "netns", &ns.name,
-            ]);
-            hub.ip(&["addr", "add", &format!("198.18.{i}.1/24"), "dev", &hub_if]);
-            link_up(&hub, &hub_if);
-            ns.ip(&["addr", "add", &format!("198.18.{i}.2/24"), "dev", &node_if]);
-            link_up(&ns, &node_if);
-            ns.ip(&[
-                "route",
-                "add",
-                "198.18.0.0/15",
-                "via",
-                &format!("198.18.{i}.1"),
-            ]);
-            ns.ip(&[
-                "route",
-                "add",
-                &format!("{HUB_IP}/32"),
-                "via",
-                &format!("198.18.{i}.1"),
-            ]);
+            let names = (format!("h{tag}n{i}"), format!("n{tag}n{i}"));
+            let hub_route = format!("{HUB_IP}/32");
+            veth(
+                &hub,
+                &ns,
+                names,
+                &format!("198.18.{i}"),
+                &["198.18.0.0/15", &hub_route],
+            );
             lab_nodes.push((name.to_string(), ns));
         }
-        let derper = spawn_logged(
-            {
-                let mut c = hub.command(bins.path("derper"));
-                c.args([
-                    "--dev",
-                    "--c",
-                    &dir.join("derper.key").display().to_string(),
-                    "--stun-port",
-                    &STUN_PORT.to_string(),
-                ]);
-                c
-            },
-            &dir.join("derper.log"),
-        );
-        let derper = Proc::from_child(derper, dir.join("derper.log"));
+        let mut derper = hub.command(bins.path("derper"));
+        derper.args([
+            "--dev",
+            "--c",
+            &dir.join("derper.key").display().to_string(),
+            "--stun-port",
+            &STUN_PORT.to_string(),
+        ]);
+        let derper = spawn_logged(derper, dir.join("derper.log"), false);
         write_headscale_config(&dir);
         let mut lab = Lab {
             bins,
@@ -406,17 +393,6 @@ impl Lab {
             .1
     }
 
-    /// The node's address on its link to the hub.
-    pub fn node_ip(&self, name: &str) -> String {
-        let i = self
-            .nodes
-            .iter()
-            .position(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no node namespace {name}"))
-            + 1;
-        format!("198.18.{i}.2")
-    }
-
     /// Starts headscale (again, after [`Lab::stop_headscale`]) and waits until it answers.
     pub fn start_headscale(&mut self) {
         let log = self.dir.join("headscale.log");
@@ -427,27 +403,7 @@ impl Lab {
             "serve",
         ]);
         // Append, so a restart keeps the first run's log for a failing test.
-        let child = {
-            let out = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .expect("headscale log");
-            let err = out.try_clone().expect("dup");
-            // SAFETY: the closure only calls prctl (async-signal-safe) between fork and exec.
-            unsafe {
-                cmd.pre_exec(|| {
-                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                        .map_err(std::io::Error::from)
-                });
-            }
-            cmd.stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("start headscale")
-        };
-        self.headscale = Some(Proc::from_child(child, log));
+        self.headscale = Some(spawn_logged(cmd, log, true));
         self.wait_tcp(HEADSCALE_PORT, "headscale");
         // The CLI's socket comes up with the HTTP listener, but give it its own check.
         wait_for(
@@ -596,27 +552,10 @@ impl Lab {
         let tag = self.hub.name.trim_end_matches("hub").to_string();
         let ns = Netns::new(format!("{tag}be{i}"));
         let node = self.node(behind);
-        let (a, b) = (
-            trunc15(&format!("{tag}bn{i}")),
-            trunc15(&format!("{tag}bb{i}")),
-        );
-        ip(&[
-            "link", "add", &a, "netns", &node.name, "type", "veth", "peer", "name", &b, "netns",
-            &ns.name,
-        ]);
-        node.ip(&["addr", "add", &format!("198.19.{i}.1/24"), "dev", &a]);
-        link_up(node, &a);
-        ns.ip(&["addr", "add", &format!("198.19.{i}.2/24"), "dev", &b]);
-        link_up(&ns, &b);
+        let names = (format!("{tag}bn{i}"), format!("{tag}bb{i}"));
         // Replies to tailnet sources go back through the node (no default route: nothing else
         // is reachable from here).
-        ns.ip(&[
-            "route",
-            "add",
-            "100.64.0.0/10",
-            "via",
-            &format!("198.19.{i}.1"),
-        ]);
+        veth(node, &ns, names, &format!("198.19.{i}"), &["100.64.0.0/10"]);
         let addr = format!("198.19.{i}.2");
         let bind: SocketAddr = format!("{addr}:{port}").parse().expect("backend addr");
         let listener = ns.within(move || TcpListener::bind(bind).expect("backend bind"));
@@ -645,14 +584,27 @@ fn link_up(ns: &Netns, dev: &str) {
     ns.ip(&["link", "set", dev, "up"]);
 }
 
+/// A veth pair between `near` (`<net>.1/24`) and `far` (`<net>.2/24`), both up, with `routes`
+/// in `far` going through `near`.
+fn veth(near: &Netns, far: &Netns, (a, b): (String, String), net: &str, routes: &[&str]) {
+    // veth names are at most 15 bytes.
+    let (a, b) = (trunc15(&a), trunc15(&b));
+    ip(&[
+        "link", "add", &a, "netns", &near.name, "type", "veth", "peer", "name", &b, "netns",
+        &far.name,
+    ]);
+    near.ip(&["addr", "add", &format!("{net}.1/24"), "dev", &a]);
+    link_up(near, &a);
+    far.ip(&["addr", "add", &format!("{net}.2/24"), "dev", &b]);
+    link_up(far, &b);
+    for route in routes {
+        far.ip(&["route", "add", route, "via", &format!("{net}.1")]);
+    }
+}
+
 fn trunc15(s: &str) -> String {
-    s.chars()
-        .rev()
-        .take(15)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect()
+    let skip = s.chars().count().saturating_sub(15);
+    s.chars().skip(skip).collect()
 }
 
 fn json_id(v: &serde_json::Value) -> Option<String> {
@@ -786,9 +738,8 @@ impl Lab {
             .env_clear()
             .envs(self.daemon_env());
         let log = state.join("tailscaled.log");
-        let child = spawn_logged(cmd, &log);
         let daemon = Daemon {
-            proc: Proc::from_child(child, log),
+            proc: spawn_logged(cmd, log, false),
             socket,
             ns_name: ns.name.clone(),
             tailscale: self.bins.path("tailscale"),
@@ -1055,82 +1006,16 @@ impl Boot {
     }
 }
 
-/// The fake kube-apiserver as a process inside a node's namespace (so the boot there reaches
-/// it on 127.0.0.1), with its service account written under `root`.
-pub struct KubeFake {
-    proc: Proc,
-    pub root: PathBuf,
-    pub state: PathBuf,
-    pub env: Vec<(String, String)>,
-}
-
-impl KubeFake {
-    /// The service-account directory to place at the real path.
-    pub fn service_account(&self) -> PathBuf {
-        self.root
-            .join("var/run/secrets/kubernetes.io/serviceaccount")
-    }
-
-    /// The secret's data, decoded (`None` while it does not exist).
-    pub fn secret(&self, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
-        let text =
-            std::fs::read_to_string(self.state.join(format!("secret-default-{name}.data.json")))
-                .ok()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    /// One JSON line per request the fake saw.
-    pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(self.state.join("requests.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    pub fn log(&self) -> String {
-        self.proc.log()
-    }
-}
-
 impl Lab {
-    /// Starts the repository's fake kube-apiserver in node `node` with a JSON `FakeConfig`.
-    pub fn fake_apiserver(&self, node: &str, config: &str) -> KubeFake {
+    /// Starts the repository's fake kube-apiserver in node `node` (so the boot there reaches it
+    /// on 127.0.0.1) with a JSON `FakeConfig`.
+    pub fn fake_apiserver(&self, node: &str, config: &str) -> ApiServer {
         let root = self.dir.join(format!("kube-{node}"));
-        let state = root.join("apiserver");
-        std::fs::create_dir_all(&state).expect("apiserver dirs");
-        let config_file = state.join("config.json");
-        std::fs::write(&config_file, config).expect("apiserver config");
-        let mut cmd = self.node(node).command(crate::bin_path("fake-apiserver"));
-        cmd.arg("--root")
-            .arg(&root)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--config")
-            .arg(&config_file);
-        let log = root.join("fake-apiserver.log");
-        let child = spawn_logged(cmd, &log);
-        let proc = Proc::from_child(child, log);
-        wait_for(
-            REAL_PATIENCE,
-            "the fake apiserver's port file",
-            || state.join("port").exists().then_some(()),
-            || proc.log(),
-        );
-        let env = std::fs::read_to_string(state.join("env"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                l.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        KubeFake {
-            proc,
-            root,
-            state,
-            env,
-        }
+        ApiServer::launch(root, config, REAL_PATIENCE, |args, log| {
+            let mut cmd = self.node(node).command(crate::bin_path("fake-apiserver"));
+            cmd.args(args);
+            spawn_logged(cmd, log, false)
+        })
     }
 }
 

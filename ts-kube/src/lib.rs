@@ -106,7 +106,7 @@ impl RetryPolicy {
     }
 }
 
-/// One kind of call, for error messages and plans: what was asked, and which RBAC verb it needs.
+/// One kind of call, for error messages and plans.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Call {
     /// `POST selfsubjectaccessreviews` asking about `verb` on the secret.
@@ -117,17 +117,6 @@ pub enum Call {
     PatchSecret,
     /// JSON-patch `remove` of `/data/<key>`.
     RemoveKey { key: String },
-}
-
-impl Call {
-    /// The RBAC verb and resource the call needs.
-    pub fn rbac(&self) -> (&'static str, &'static str) {
-        match self {
-            Call::AccessReview { .. } => ("create", "selfsubjectaccessreviews"),
-            Call::GetSecret => ("get", "secrets"),
-            Call::PatchSecret | Call::RemoveKey { .. } => ("patch", "secrets"),
-        }
-    }
 }
 
 impl fmt::Display for Call {
@@ -148,7 +137,6 @@ impl fmt::Display for Call {
 /// and text from the API server in them is bounded and escaped.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum KubeError {
-    /// `KUBERNETES_SERVICE_HOST` is not set: there is no API server to talk to.
     #[error("not running in Kubernetes (KUBERNETES_SERVICE_HOST is not set), so there is no API server to call")]
     NotInKubernetes,
     /// The service-account environment is invalid (e.g. a bad port): a configuration error.
@@ -164,10 +152,8 @@ pub enum KubeError {
         why: String,
         attempts: u32,
     },
-    /// `ca.crt` holds no usable certificate.
     #[error("CA certificate {}: {why}; mount the cluster's CA certificate (the service account's ca.crt)", path.display())]
     CaCert { path: PathBuf, why: String },
-    /// The HTTP client could not be built.
     #[error("building the Kubernetes client for {server}: {why}")]
     Client { server: String, why: String },
     /// A request could not be built from its parts (kube refused a name or a body).
@@ -182,8 +168,6 @@ pub enum KubeError {
     Status {
         call: Call,
         code: u16,
-        /// The `reason` of the Kubernetes `Status` body (e.g. `Forbidden`), or the HTTP phrase.
-        reason: String,
         /// The `message` of the `Status` body (or the start of a body that is not one),
         /// bounded and escaped.
         message: String,
@@ -235,16 +219,16 @@ fn canonical(code: u16) -> &'static str {
 
 /// What to do about a status, per call.
 fn advice(call: &Call, code: u16, secret: &str, attempts: u32) -> String {
-    let (verb, resource) = call.rbac();
     match code {
         401 => format!(
             "the API server rejected the service account token (re-read from {SERVICEACCOUNT_DIR}/token and retried once); check that the mounted token is valid and not expired"
         ),
         403 => {
-            let target = if resource == "secrets" {
-                format!("secret {secret:?}")
-            } else {
-                format!("{resource} (authorization.k8s.io)")
+            // The RBAC verb and resource the call needs.
+            let (verb, target) = match call {
+                Call::AccessReview { .. } => ("create", "selfsubjectaccessreviews (authorization.k8s.io)".to_string()),
+                Call::GetSecret => ("get", format!("secret {secret:?}")),
+                Call::PatchSecret | Call::RemoveKey { .. } => ("patch", format!("secret {secret:?}")),
             };
             format!(
                 "grant the pod's service account the {verb:?} permission on {target} in the pod's namespace (a Role with that verb, bound to the service account; check your RBAC configuration)"
@@ -290,16 +274,12 @@ impl KubeError {
     /// The client could not be configured, no request could be made or TLS failed: no
     /// permission answer can be trusted.
     pub fn is_setup(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            KubeError::NotInKubernetes
-                | KubeError::Settings(_)
-                | KubeError::ServiceAccount { .. }
-                | KubeError::Token { .. }
-                | KubeError::CaCert { .. }
-                | KubeError::Client { .. }
-                | KubeError::Request { .. }
-                | KubeError::Tls { .. }
+            KubeError::Status { .. }
+                | KubeError::Timeout { .. }
+                | KubeError::Transport { .. }
+                | KubeError::Decode { .. }
         )
     }
 
@@ -366,14 +346,20 @@ impl KubeConfig {
             .ok_or(KubeError::NotInKubernetes)?;
         let server = service.url()?;
         let dir = settings.host_path(SERVICEACCOUNT_DIR);
-        let namespace = read_trimmed(&dir.join("namespace"))?;
+        let unusable = |name: &str, why: String| KubeError::ServiceAccount {
+            path: dir.join(name),
+            why,
+        };
+        let namespace =
+            trimmed(&dir.join("namespace")).map_err(|why| unusable("namespace", why))?;
         let token_path = dir.join("token");
-        read_token(&token_path).map_err(|why| KubeError::ServiceAccount {
-            path: token_path.clone(),
+        read_token(&token_path).map_err(|why| unusable("token", why))?;
+        let ca_path = dir.join("ca.crt");
+        let pem = std::fs::read(&ca_path).map_err(|e| unusable("ca.crt", e.to_string()))?;
+        let ca_der = parse_ca(&pem).map_err(|why| KubeError::CaCert {
+            path: ca_path.clone(),
             why,
         })?;
-        let ca_path = dir.join("ca.crt");
-        let ca_der = read_ca(&ca_path)?;
         Ok(KubeConfig {
             server,
             namespace,
@@ -392,13 +378,6 @@ fn trimmed(path: &Path) -> Result<String, String> {
     }
 }
 
-fn read_trimmed(path: &Path) -> Result<String, KubeError> {
-    trimmed(path).map_err(|why| KubeError::ServiceAccount {
-        path: path.to_path_buf(),
-        why,
-    })
-}
-
 /// The bearer token, whitespace-trimmed (the reference trims it too; editors add newlines),
 /// as a header value kept out of any debug output of the HTTP stack.
 fn read_token(path: &Path) -> Result<HeaderValue, String> {
@@ -412,26 +391,15 @@ fn read_token(path: &Path) -> Result<HeaderValue, String> {
     Ok(value)
 }
 
-fn read_ca(path: &Path) -> Result<Vec<Vec<u8>>, KubeError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::CertificateDer;
-    let pem = std::fs::read(path).map_err(|e| KubeError::ServiceAccount {
-        path: path.to_path_buf(),
-        why: e.to_string(),
-    })?;
-    let mut ders = Vec::new();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| KubeError::CaCert {
-            path: path.to_path_buf(),
-            why: format!("not valid PEM: {e}"),
-        })?;
-        ders.push(cert.to_vec());
-    }
+/// The DER certificates of a PEM file.
+fn parse_ca(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    let ders = CertificateDer::pem_slice_iter(pem)
+        .map(|cert| cert.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not valid PEM: {e}"))?;
     if ders.is_empty() {
-        return Err(KubeError::CaCert {
-            path: path.to_path_buf(),
-            why: "no PEM certificate found".into(),
-        });
+        return Err("no PEM certificate found".into());
     }
     Ok(ders)
 }
@@ -453,12 +421,25 @@ fn secrets(namespace: &str) -> kube::api::Request {
     kube::api::Request::new(Secret::url_path(&(), Some(namespace)))
 }
 
-/// Every write names tsboot's field manager, as the reference's do.
-fn patch_params() -> PatchParams {
-    PatchParams {
+/// A patch of a secret exactly as the reference sends it: with tsboot's field manager, without
+/// the empty first query pair of kube 5 (`?&fieldManager=…`, which API servers ignore), and with
+/// the newline that ends the body of the reference's Go `json.Encoder`.
+fn patch<P: serde::Serialize>(
+    namespace: &str,
+    name: &str,
+    patch: &Patch<P>,
+) -> Result<http::Request<Vec<u8>>, RequestError> {
+    let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
-    }
+    };
+    let mut req = secrets(namespace).patch(name, &params, patch)?;
+    let fixed = req.uri().to_string().replacen("?&", "?", 1);
+    *req.uri_mut() = fixed
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| RequestError::BuildRequest(e.into()))?;
+    req.body_mut().push(b'\n');
+    Ok(req)
 }
 
 impl KubeRequest {
@@ -528,12 +509,11 @@ impl KubeRequest {
         data: &[(&str, &str)],
     ) -> Result<Self, KubeError> {
         let data: std::collections::BTreeMap<&str, &str> = data.iter().copied().collect();
-        let patch = Patch::Strategic(serde_json::json!({ "stringData": data }));
-        let built = secrets(namespace).patch(name, &patch_params(), &patch);
+        let string_data = Patch::Strategic(serde_json::json!({ "stringData": data }));
         Self::new(
             Call::PatchSecret,
             name,
-            built.and_then(as_the_reference_sends),
+            patch(namespace, name, &string_data),
         )
     }
 
@@ -542,55 +522,35 @@ impl KubeRequest {
         let remove = json_patch::PatchOperation::Remove(json_patch::RemoveOperation {
             path: PointerBuf::from_tokens(["data", key]),
         });
-        let patch = Patch::Json::<()>(json_patch::Patch(vec![remove]));
-        let built = secrets(namespace).patch(name, &patch_params(), &patch);
+        let remove = Patch::Json::<()>(json_patch::Patch(vec![remove]));
         let call = Call::RemoveKey {
             key: key.to_string(),
         };
-        Self::new(call, name, built.and_then(as_the_reference_sends))
-    }
-
-    /// One line for `--explain`: method, path, content type and body.
-    pub fn describe(&self) -> String {
-        let mut out = format!("{} {}", self.http.method(), self.http.uri());
-        if let Some(ct) = self.http.headers().get(CONTENT_TYPE) {
-            out.push_str(&format!(
-                " (Content-Type: {})",
-                String::from_utf8_lossy(ct.as_bytes())
-            ));
-        }
-        if !self.http.body().is_empty() {
-            out.push_str(&format!(
-                " body: {}",
-                String::from_utf8_lossy(self.http.body()).trim_end()
-            ));
-        }
-        out
+        Self::new(call, name, patch(namespace, name, &remove))
     }
 }
 
-/// [`KubeRequest::describe`], or why the request could not be built.
+/// One line for `--explain`: method, path, content type and body, or why the request could not
+/// be built.
 pub fn describe(req: &Result<KubeRequest, KubeError>) -> String {
-    match req {
-        Ok(r) => r.describe(),
-        Err(e) => format!("(no request: {e})"),
+    let http = match req {
+        Ok(r) => &r.http,
+        Err(e) => return format!("(no request: {e})"),
+    };
+    let mut out = format!("{} {}", http.method(), http.uri());
+    if let Some(ct) = http.headers().get(CONTENT_TYPE) {
+        out.push_str(&format!(
+            " (Content-Type: {})",
+            String::from_utf8_lossy(ct.as_bytes())
+        ));
     }
-}
-
-/// A patch exactly as the reference sends it: kube 5 starts the query with an empty pair
-/// (`?&fieldManager=…`), which API servers ignore but the reference does not send, and the
-/// reference's Go `json.Encoder` ends the body with a newline.
-fn as_the_reference_sends(
-    mut req: http::Request<Vec<u8>>,
-) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
-    if let Some(pq) = req.uri().path_and_query() {
-        let fixed = pq.as_str().replacen("?&", "?", 1);
-        *req.uri_mut() = fixed.parse().map_err(|e: http::uri::InvalidUri| {
-            kube::core::request::Error::BuildRequest(e.into())
-        })?;
+    if !http.body().is_empty() {
+        out.push_str(&format!(
+            " body: {}",
+            String::from_utf8_lossy(http.body()).trim_end()
+        ));
     }
-    req.body_mut().push(b'\n');
-    Ok(req)
+    out
 }
 
 /// The client every tsboot Kubernetes call goes through.
@@ -601,24 +561,11 @@ pub struct KubeClient {
     policy: RetryPolicy,
 }
 
-impl fmt::Debug for KubeClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KubeClient")
-            .field("config", &self.config)
-            .field("policy", &self.policy)
-            .finish_non_exhaustive()
-    }
-}
-
 impl KubeClient {
     /// Builds the client from the in-cluster files and environment (see [`KubeConfig`]).
     /// Must be called inside a tokio runtime (the client spawns its connection worker).
     pub fn from_settings(settings: &Settings) -> Result<Self, KubeError> {
-        Self::new(KubeConfig::from_settings(settings)?, RetryPolicy::default())
-    }
-
-    /// Builds the client from an explicit configuration and retry policy.
-    pub fn new(config: KubeConfig, policy: RetryPolicy) -> Result<Self, KubeError> {
+        let config = KubeConfig::from_settings(settings)?;
         let build_err = |why: String| KubeError::Client {
             server: config.server.clone(),
             why,
@@ -649,7 +596,7 @@ impl KubeClient {
         Ok(KubeClient {
             client,
             config,
-            policy,
+            policy: RetryPolicy::default(),
         })
     }
 
@@ -814,7 +761,21 @@ impl KubeClient {
                 after: wait,
                 attempts: 1,
             }),
-            Ok(Err(e)) => Err(self.transport_error(req, &e)),
+            Ok(Err(e)) => Err(match find_rustls_error(&e) {
+                Some(tls) => KubeError::Tls {
+                    call: req.call.clone(),
+                    secret: req.secret.clone(),
+                    server: self.config.server.clone(),
+                    detail: outside(&tls.to_string()),
+                },
+                None => KubeError::Transport {
+                    call: req.call.clone(),
+                    secret: req.secret.clone(),
+                    server: self.config.server.clone(),
+                    detail: outside(&error_chain(&e)),
+                    attempts: 1,
+                },
+            }),
             Ok(Ok((status, body, false))) if status.is_success() => Ok(body),
             Ok(Ok((status, _, true))) if status.is_success() => Err(KubeError::Decode {
                 call: req.call.clone(),
@@ -822,29 +783,6 @@ impl KubeClient {
                 detail: format!("the answer is larger than {MAX_ANSWER} bytes"),
             }),
             Ok(Ok((status, body, _))) => Err(status_error(req, status, &body)),
-        }
-    }
-
-    fn transport_error(&self, req: &KubeRequest, err: &kube::Error) -> KubeError {
-        let (call, secret, server) = (
-            req.call.clone(),
-            req.secret.clone(),
-            self.config.server.clone(),
-        );
-        match find_rustls_error(err) {
-            Some(tls) => KubeError::Tls {
-                call,
-                secret,
-                server,
-                detail: outside(&tls.to_string()),
-            },
-            None => KubeError::Transport {
-                call,
-                secret,
-                server,
-                detail: outside(&error_chain(err)),
-                attempts: 1,
-            },
         }
     }
 }
@@ -868,10 +806,6 @@ async fn read_bounded(mut body: Body) -> Result<(Vec<u8>, bool), kube::Error> {
 /// Builds a [`KubeError::Status`] from a non-2xx answer and its Kubernetes `Status` body.
 fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError {
     let parsed: kube::core::Status = serde_json::from_slice(body).unwrap_or_default();
-    let reason = match parsed.reason.as_str() {
-        "" => canonical(status.as_u16()).to_string(),
-        r => outside(r),
-    };
     let message = match (parsed.message.as_str(), body.trim_ascii()) {
         ("", []) => "(empty body)".to_string(),
         ("", text) => outside(&String::from_utf8_lossy(text)),
@@ -880,7 +814,6 @@ fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError
     KubeError::Status {
         call: req.call.clone(),
         code: status.as_u16(),
-        reason,
         message,
         secret: req.secret.clone(),
         attempts: 1,

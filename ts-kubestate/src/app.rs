@@ -1,8 +1,7 @@
 //! The two modes as the binary runs them: load nothing, decide nothing about the command line;
 //! take validated [`Settings`], run the mode (or print its plan) and return the exit status.
 
-use crate::explain::Explainer;
-use crate::{preflight, settle, watch};
+use crate::{preflight, settle, skip_reason, watch, Kube};
 use ts_common::cli::plan;
 use ts_common::exit;
 use ts_common::settings::{Settings, REDACTED};
@@ -24,8 +23,9 @@ pub enum Action {
     Settle { timeout: std::time::Duration },
 }
 
-/// Runs `action` (or, with `explain`, prints its plan) and returns the exit status.
-pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
+/// Runs `action` (or, with `explain`, prints its plan); `Err` is the exit status of a failure
+/// (already logged).
+pub async fn run(settings: &Settings, action: Action, explain: bool) -> Result<(), i32> {
     match (action, explain) {
         (Action::Preflight { .. }, true) => explain_preflight(settings).await,
         (Action::Preflight { result_fd }, false) => run_preflight(settings, result_fd).await,
@@ -36,51 +36,52 @@ pub async fn run(settings: &Settings, action: Action, explain: bool) -> i32 {
     }
 }
 
-/// The client of the long-running modes; a configuration that cannot make one is logged and
-/// becomes the exit code.
-fn client_or_exit_code(settings: &Settings) -> Result<KubeClient, i32> {
-    KubeClient::from_settings(settings).map_err(|e| {
-        tracing::error!("{e}");
-        e.exit_code()
-    })
+/// The client of a run; a configuration that cannot make one is logged and becomes the exit
+/// code.
+fn connect(settings: &Settings) -> Result<Kube, i32> {
+    KubeClient::from_settings(settings)
+        .map(Kube::new)
+        .map_err(|e| {
+            tracing::error!("{e}");
+            e.exit_code()
+        })
 }
 
-async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
-    if let Some(why) = preflight::skip_reason(settings) {
+/// Logs the error that ends a run (exit status 1).
+fn failed(e: impl std::fmt::Display) -> i32 {
+    tracing::error!("{e}");
+    exit::FAILURE
+}
+
+async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
+    if let Some(why) = skip_reason(settings) {
         tracing::info!("no state secret to wait for ({why})");
-        return exit::SUCCESS;
+        return Ok(());
     }
-    let client = match client_or_exit_code(settings) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let kube = connect(settings)?;
     let secret = settings.kube_secret.as_str();
     tracing::info!("Checking for consistent state");
     let deadline = tokio::time::Instant::now() + timeout;
-    match settle::run(&client, secret, deadline).await {
-        settle::Settled::Consistent => exit::SUCCESS,
+    match settle::run(&kube, secret, deadline).await {
+        settle::Settled::Consistent => Ok(()),
         settle::Settled::TimedOut => {
             tracing::warn!("state in Secret {secret:?} still incomplete after {timeout:?}; stopping tailscaled anyway");
-            exit::FAILURE
+            Err(exit::FAILURE)
         }
         settle::Settled::Unreadable(why) => {
             tracing::warn!("Error waiting for consistent state on shutdown: {why}");
-            exit::FAILURE
+            Err(exit::FAILURE)
         }
     }
 }
 
-async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> i32 {
-    let ex = match skip_or_explainer(settings, "settle", preflight::skip_reason(settings)) {
-        Ok(ex) => ex,
-        Err(code) => return code,
-    };
-    let ns = crate::KubeOps::namespace(&ex).to_string();
+async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
+    let ex = explainer(settings, "settle")?;
     plan(format!(
         "  repeat {} (100 ms, doubling to 1 s apart) until the state keys are all present or all absent, at most {timeout:?}",
-        describe(&KubeRequest::get_secret(&ns, &settings.kube_secret))
+        describe(&KubeRequest::get_secret(ex.namespace(), &settings.kube_secret))
     ));
-    let now = match crate::KubeOps::get_secret(&ex, &settings.kube_secret).await {
+    let now = match ex.get_secret(&settings.kube_secret).await {
         Ok(None) => "the secret does not exist: nothing to wait for".to_string(),
         Ok(Some(found)) => {
             let keys = found.data.iter().flat_map(|d| d.keys().map(String::as_str));
@@ -93,81 +94,64 @@ async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> i3
         Err(e) => format!("the secret cannot be read ({e}): it would not wait"),
     };
     plan(format!("  now: {now}"));
-    exit::SUCCESS
+    Ok(())
 }
 
-async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> i32 {
+async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> Result<(), i32> {
     // A one-shot phase: reported only for its Kubernetes request counts, already finished.
     ts_common::status::init(settings, "ts-kubestate preflight");
     ts_common::status::stopped();
-    let outcome = match preflight::skip_reason(settings) {
+    let outcome = match skip_reason(settings) {
         Some(why) => {
             tracing::info!("Kubernetes preflight: nothing to check ({why})");
             Ok(preflight::skipped(why))
         }
-        None => match KubeClient::from_settings(settings) {
-            Ok(client) => preflight::run(&client, settings).await,
-            Err(e) => Err(preflight::PreflightError::Kube(e)),
-        },
+        None => preflight::run(&connect(settings)?, settings).await,
     };
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::error!("{e}");
-            return e.exit_code();
-        }
-    };
-    match result_fd {
-        Some(fd) => {
-            if let Err(e) = preflight::write_result(fd, &outcome) {
-                tracing::error!("{e}");
-                return e.exit_code();
+    outcome
+        .and_then(|outcome| match result_fd {
+            Some(fd) => preflight::write_result(fd, &outcome),
+            None => {
+                tracing::info!("Kubernetes preflight done: {}", outcome.describe());
+                Ok(())
             }
-        }
-        None => tracing::info!("Kubernetes preflight done: {}", outcome.describe()),
-    }
-    exit::SUCCESS
+        })
+        .map_err(failed)
 }
 
-async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> i32 {
+async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> Result<(), i32> {
     ts_common::status::init(settings, "ts-kubestate");
-    if let Some(why) = watch::skip_reason(settings) {
+    if let Some(why) = skip_reason(settings) {
         ts_common::status::stopped();
         tracing::info!("nothing to watch ({why})");
-        if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
-            tracing::warn!("could not report readiness on TS_READY_FD: {e}");
-        }
-        return exit::SUCCESS;
+        watch::report_ready(settings);
+        return Ok(());
     }
-    let client = match client_or_exit_code(settings) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    let kube = connect(settings)?;
     // Handlers first, so a SIGTERM during the permission check is a clean stop too.
     let mut stop = ts_localapi::signals::StopSignals::install();
-    let result = async {
-        let can_patch = watch::resolve_can_patch(&client, &settings.kube_secret, can_patch).await?;
+    async {
+        let can_patch = watch::resolve_can_patch(&kube, &settings.kube_secret, can_patch).await?;
         let shutdown = async {
             stop.recv().await;
         };
-        watch::run(&client, settings, can_patch, guard, shutdown).await
+        watch::run(&kube, settings, can_patch, guard, shutdown).await
     }
-    .await;
-    match result {
-        Ok(_) => {
-            ts_common::status::stopped();
-            exit::SUCCESS
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            e.exit_code()
-        }
-    }
+    .await
+    .map_err(failed)?;
+    ts_common::status::stopped();
+    Ok(())
 }
 
-/// Prints the header shared by both plans; returns the explainer, or the exit code when the
-/// configuration is invalid.
-fn explainer(settings: &Settings, mode: &str) -> Result<Explainer, i32> {
+/// Prints the header of a plan; returns the [`Kube`] that prints the calls, or the exit code
+/// when there is nothing to do (0) or the configuration is invalid (2).
+fn explainer(settings: &Settings, mode: &str) -> Result<Kube, i32> {
+    if let Some(why) = skip_reason(settings) {
+        plan(format!(
+            "ts-kubestate {mode} plan: no Kubernetes calls ({why}); exits 0"
+        ));
+        return Err(exit::SUCCESS);
+    }
     plan(format!(
         "ts-kubestate {mode} plan (reads are made, writes are not sent)"
     ));
@@ -196,11 +180,11 @@ fn explainer(settings: &Settings, mode: &str) -> Result<Explainer, i32> {
         "  namespace: {namespace}, secret: {:?}",
         settings.kube_secret
     ));
-    Ok(Explainer::new(client, namespace))
+    Ok(Kube::explain(client, namespace))
 }
 
-async fn explain_preflight(settings: &Settings) -> i32 {
-    if let Some(why) = preflight::skip_reason(settings) {
+async fn explain_preflight(settings: &Settings) -> Result<(), i32> {
+    if let Some(why) = skip_reason(settings) {
         plan(format!(
             "ts-kubestate preflight plan: no Kubernetes calls ({why})"
         ));
@@ -208,12 +192,9 @@ async fn explain_preflight(settings: &Settings) -> i32 {
             "  result: {}",
             preflight::skipped(why).result_line().trim_end()
         ));
-        return exit::SUCCESS;
+        return Ok(());
     }
-    let ex = match explainer(settings, "preflight") {
-        Ok(ex) => ex,
-        Err(code) => return code,
-    };
+    let ex = explainer(settings, "preflight")?;
     if settings.auth_key.is_some() {
         plan("  (TS_AUTHKEY is set: the secret's authkey is not read)");
     }
@@ -234,32 +215,14 @@ async fn explain_preflight(settings: &Settings) -> i32 {
         }
         Err(e) => plan(format!(
             "  outcome: the preflight would fail (exit {}): {e}",
-            e.exit_code()
+            exit::FAILURE
         )),
     }
-    exit::SUCCESS
+    Ok(())
 }
 
-/// The plan's one line when `skip` says there is nothing to do (`Err(0)`), else the explainer.
-fn skip_or_explainer(
-    settings: &Settings,
-    mode: &str,
-    skip: Option<&'static str>,
-) -> Result<Explainer, i32> {
-    if let Some(why) = skip {
-        plan(format!(
-            "ts-kubestate {mode} plan: no Kubernetes calls ({why}); exits 0"
-        ));
-        return Err(exit::SUCCESS);
-    }
-    explainer(settings, mode)
-}
-
-async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
-    let ex = match skip_or_explainer(settings, "watch", watch::skip_reason(settings)) {
-        Ok(ex) => ex,
-        Err(code) => return code,
-    };
+async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> Result<(), i32> {
+    let ex = explainer(settings, "watch")?;
     let secret = settings.kube_secret.as_str();
     let can_patch = match can_patch {
         Some(b) => {
@@ -276,9 +239,9 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
     };
     if can_patch == Some(false) {
         plan("  no patch permission: nothing to do, exits 0 (ts-init does not start the watcher)");
-        return exit::SUCCESS;
+        return Ok(());
     }
-    let ns = crate::KubeOps::namespace(&ex).to_string();
+    let ns = ex.namespace();
     plan(format!(
         "  then, following the IPN bus at {} (mask {}, this device from GET {} at each watch):",
         settings.socket.display(),
@@ -289,18 +252,18 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
         plan("  on the first Running state (TS_AUTH_ONCE): log \"Deleting authkey from kube secret\" and");
         plan(format!(
             "     {}  (404/422: already gone)",
-            describe(&KubeRequest::remove_key(&ns, secret, "authkey"))
+            describe(&KubeRequest::remove_key(ns, secret, "authkey"))
         ));
     }
     plan("  on every change of the node's (StableID, Name), values from the bus (not known now):");
     plan(format!(
         "     {}  (4xx: skip the write)",
-        describe(&KubeRequest::get_secret(&ns, secret))
+        describe(&KubeRequest::get_secret(ns, secret))
     ));
     plan(format!(
         "     {}",
         describe(&KubeRequest::patch_string_data(
-            &ns,
+            ns,
             secret,
             &[
                 ("device_fqdn", "<SelfNode.Name>"),
@@ -312,5 +275,5 @@ async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> i32 {
         Some(fd) => format!("  after the first reconcile: one newline on fd {fd} (readiness)"),
         None => "  readiness: not reported (no TS_READY_FD)".to_string(),
     });
-    exit::SUCCESS
+    Ok(())
 }

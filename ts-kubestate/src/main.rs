@@ -110,17 +110,16 @@ fn main() -> ExitCode {
     let mode = cli.mode;
     ts_localapi::run_phase(phase, |settings, explain| async move {
         let action = action(mode, &settings)?;
-        match app::run(&settings, action, explain).await {
-            exit::SUCCESS => Ok(()),
-            code => Err(cli::Logged(code)),
-        }
+        app::run(&settings, action, explain)
+            .await
+            .map_err(cli::Logged)
     })
 }
 
 /// What the subcommand asks for; a flag value it cannot use is refused (exit 2).
 fn action(mode: Option<Mode>, settings: &Settings) -> Result<Action, cli::Logged> {
-    let usage = |why: String| {
-        tracing::error!("invalid configuration: {why}");
+    let usage = |flag: &str, value: &str, want: &str| {
+        tracing::error!("invalid configuration: --{flag}={value:?} is not {want}");
         cli::Logged(exit::USAGE)
     };
     let mode = mode.unwrap_or(Mode::Watch {
@@ -129,39 +128,21 @@ fn action(mode: Option<Mode>, settings: &Settings) -> Result<Action, cli::Logged
     });
     Ok(match mode {
         Mode::Preflight { result_fd } => Action::Preflight { result_fd },
-        Mode::Settle { timeout: None } => Action::Settle {
-            timeout: settings.shutdown_grace / 2,
-        },
-        Mode::Settle {
-            timeout: Some(value),
-        } => match parse_duration(&value) {
-            Some(timeout) => Action::Settle { timeout },
-            None => {
-                return Err(usage(format!(
-                    "--timeout={value:?} is not a duration: use e.g. 10s or 500ms"
-                )))
-            }
-        },
-        Mode::Watch {
-            can_patch: None,
-            guard,
-        } => Action::Watch {
-            can_patch: None,
-            guard,
-        },
-        Mode::Watch {
-            can_patch: Some(value),
-            guard,
-        } => match parse_bool(&value) {
-            Some(b) => Action::Watch {
-                can_patch: Some(b),
-                guard,
+        Mode::Settle { timeout } => Action::Settle {
+            timeout: match timeout {
+                None => settings.shutdown_grace / 2,
+                Some(value) => parse_duration(&value)
+                    .ok_or_else(|| usage("timeout", &value, "a duration: use e.g. 10s or 500ms"))?,
             },
-            None => {
-                return Err(usage(format!(
-                    "--can-patch={value:?} is not a boolean: use true or false"
-                )))
-            }
+        },
+        Mode::Watch { can_patch, guard } => Action::Watch {
+            can_patch: can_patch
+                .map(|value| {
+                    parse_bool(&value)
+                        .ok_or_else(|| usage("can-patch", &value, "a boolean: use true or false"))
+                })
+                .transpose()?,
+            guard,
         },
     })
 }

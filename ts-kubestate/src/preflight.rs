@@ -16,7 +16,7 @@
 //! The result goes to ts-init as one JSON line on a pipe ([`PreflightOutcome::result_line`]),
 //! so the key never appears in an argv or a log.
 
-use crate::KubeOps;
+use crate::{check, Kube};
 use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
 use ts_common::preflight::PreflightResult;
 use ts_common::settings::AuthKey;
@@ -62,7 +62,7 @@ impl PreflightOutcome {
     }
 }
 
-/// Why the preflight failed. Messages keep the reference's wording where operators rely on it.
+/// Why the preflight failed (exit status 1). Messages keep the reference's wording where operators rely on it.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// SSAR reported `allowed: false` for get and/or update.
@@ -81,35 +81,12 @@ pub enum PreflightError {
     MissingSecretCannotCreate(String),
     #[error("authkey found in TS_KUBE_SECRET, but the pod doesn't have patch permissions on the secret to manage the authkey.")]
     AuthKeyWithoutPatch,
-    /// The client could not be built (missing service account files, bad port, ...).
-    #[error(transparent)]
-    Kube(KubeError),
     #[error("writing the preflight result to fd {fd}: {source} (the fd must be the write end of a pipe opened by the caller)")]
     ResultFd {
         fd: RawFd,
         #[source]
         source: std::io::Error,
     },
-}
-
-impl PreflightError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            PreflightError::Kube(e) => e.exit_code(),
-            _ => ts_common::exit::FAILURE,
-        }
-    }
-}
-
-/// Why there is nothing to check, if so.
-pub fn skip_reason(settings: &Settings) -> Option<&'static str> {
-    if !settings.in_kubernetes() {
-        Some("not running in Kubernetes: KUBERNETES_SERVICE_HOST is not set")
-    } else if settings.kube_secret.is_empty() {
-        Some("TS_KUBE_SECRET is empty: the state secret is not used")
-    } else {
-        None
-    }
 }
 
 /// The outcome when there is nothing to check.
@@ -122,14 +99,14 @@ pub fn skipped(why: &'static str) -> PreflightOutcome {
 }
 
 /// Runs the checks of a Kubernetes setup with secret storage (see the module docs).
-pub async fn run<K: KubeOps>(
-    kube: &K,
-    settings: &Settings,
-) -> Result<PreflightOutcome, PreflightError> {
+pub async fn run(kube: &Kube, settings: &Settings) -> Result<PreflightOutcome, PreflightError> {
     let secret = settings.kube_secret.as_str();
     let mut missing = Vec::new();
     for verb in ["get", "update"] {
-        match check(kube, verb, secret).await? {
+        match check(kube, verb, secret)
+            .await
+            .map_err(PreflightError::Check)?
+        {
             Some(true) => {}
             Some(false) => missing.push(format!("missing {verb} permission on secret {secret:?}")),
             // The reference cannot tell, so it lets tailscaled find out.
@@ -139,7 +116,10 @@ pub async fn run<K: KubeOps>(
     if !missing.is_empty() {
         return Err(PreflightError::MissingPermissions(join_errors(&missing)));
     }
-    let can_patch = check(kube, "patch", secret).await?.unwrap_or(false);
+    let can_patch = check(kube, "patch", secret)
+        .await
+        .map_err(PreflightError::Check)?
+        .unwrap_or(false);
 
     let want_key = settings.auth_key.is_none() && !settings.oauth_login();
     let found = kube.get_secret(secret).await.map_err(if want_key {
@@ -151,7 +131,8 @@ pub async fn run<K: KubeOps>(
         // tailscaled's `kube:` store creates a missing secret; without that right it would
         // fail later with a less helpful message. An unanswerable check counts as "no", as in
         // today's image.
-        if check(kube, "create", secret).await? != Some(true) {
+        let create = check(kube, "create", secret).await;
+        if create.map_err(PreflightError::Check)? != Some(true) {
             return Err(PreflightError::MissingSecretCannotCreate(
                 secret.to_string(),
             ));
@@ -182,23 +163,6 @@ pub async fn run<K: KubeOps>(
         authkey,
         skipped: None,
     })
-}
-
-/// One SSAR: `Some(allowed)`, or `None` when the answer could not be obtained (logged, as the
-/// reference does). TLS and service-account failures are fatal instead.
-pub async fn check<K: KubeOps>(
-    kube: &K,
-    verb: &str,
-    secret: &str,
-) -> Result<Option<bool>, PreflightError> {
-    match kube.access_review(verb, secret).await {
-        Ok(allowed) => Ok(Some(allowed)),
-        Err(e) if e.is_setup() => Err(PreflightError::Check(e)),
-        Err(e) => {
-            tracing::warn!("error checking {verb} permission on secret {secret}: {e}");
-            Ok(None)
-        }
-    }
 }
 
 /// Go's `multierr` rendering: one error as is, several as `multiple errors:\n\t…\n\t…`.

@@ -8,7 +8,7 @@
 //! as consistent (nothing written), and so does a secret that cannot be read: the wait must
 //! never be the reason a pod does not stop.
 
-use crate::KubeOps;
+use crate::Kube;
 use std::time::Duration;
 use tokio::time::Instant;
 use ts_kube::Backoff;
@@ -54,7 +54,7 @@ pub fn has_consistent_state<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool
 }
 
 /// Reads the secret until its state is consistent or `deadline` passes.
-pub async fn run<K: KubeOps>(kube: &K, secret: &str, deadline: Instant) -> Settled {
+pub async fn run(kube: &Kube, secret: &str, deadline: Instant) -> Settled {
     let mut reads: u32 = 0;
     loop {
         reads += 1;

@@ -16,7 +16,7 @@
 //! before the first successful write is fatal, after it (after startup) the write is retried
 //! indefinitely with capped exponential backoff and jitter, one log line per retry.
 
-use crate::KubeOps;
+use crate::{check, Kube};
 use std::future::Future;
 use std::time::Duration;
 use ts_common::Settings;
@@ -31,18 +31,10 @@ pub const RETRY: Backoff = Backoff {
     max: Duration::from_secs(30),
 };
 
-/// How the watcher ended without error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WatchExit {
-    /// Not in Kubernetes, no secret, or no patch permission: nothing to store.
-    NothingToDo,
-    /// SIGTERM/SIGINT.
-    Shutdown,
-}
-
+/// Why the watcher failed (exit status 1).
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    /// The client could not be built or the permission check could not be made.
+    /// The permission check could not be made (TLS, service account).
     #[error(transparent)]
     Kube(KubeError),
     #[error("deleting authkey from kube secret: {0}")]
@@ -68,59 +60,41 @@ impl From<WatchEnd> for WatchError {
     }
 }
 
-impl WatchError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            WatchError::Kube(e) => e.exit_code(),
-            _ => ts_common::exit::FAILURE,
-        }
-    }
-}
-
-/// Why there is nothing to watch, if so.
-pub fn skip_reason(settings: &Settings) -> Option<&'static str> {
-    crate::preflight::skip_reason(settings)
-}
-
 /// Whether the pod may patch the secret: `given` (ts-init passes the preflight's answer), else
 /// an SSAR. An SSAR that cannot be answered counts as "no", as in the reference; a TLS or
 /// service-account problem is an error.
-pub async fn resolve_can_patch<K: KubeOps>(
-    kube: &K,
+pub async fn resolve_can_patch(
+    kube: &Kube,
     secret: &str,
     given: Option<bool>,
 ) -> Result<bool, WatchError> {
-    if let Some(given) = given {
-        return Ok(given);
-    }
-    match kube.access_review("patch", secret).await {
-        Ok(allowed) => Ok(allowed),
-        Err(e) if e.is_setup() => Err(WatchError::Kube(e)),
-        Err(e) => {
-            tracing::warn!("error checking patch permission on secret {secret}: {e}");
-            Ok(false)
-        }
+    match given {
+        Some(given) => Ok(given),
+        None => Ok(check(kube, "patch", secret)
+            .await
+            .map_err(WatchError::Kube)?
+            .unwrap_or(false)),
     }
 }
 
-/// Runs the watcher until `shutdown` resolves (→ `Ok(Shutdown)`), tailscaled is gone or a
-/// fatal error. `can_patch` as from [`resolve_can_patch`].
-/// With `guard`, it also ends (with [`WatchError::LeftRunning`]) when tailscaled leaves Running:
-/// ts-init asks one long-lived phase to guard that state.
-pub async fn run<K: KubeOps>(
-    kube: &K,
+/// Runs the watcher until `shutdown` resolves (→ `Ok`), tailscaled is gone or a fatal error.
+/// `can_patch` as from [`resolve_can_patch`]. With `guard`, it also ends (with
+/// [`WatchError::LeftRunning`]) when tailscaled leaves Running: ts-init asks one long-lived
+/// phase to guard that state.
+pub async fn run(
+    kube: &Kube,
     settings: &Settings,
     can_patch: bool,
     guard: bool,
     shutdown: impl Future<Output = ()>,
-) -> Result<WatchExit, WatchError> {
+) -> Result<(), WatchError> {
     let secret = settings.kube_secret.as_str();
     if !can_patch {
         tracing::info!(
             "no patch permission on secret {secret:?}: device info is not stored and the authkey is not removed; nothing to do"
         );
         report_ready(settings);
-        return Ok(WatchExit::NothingToDo);
+        return Ok(());
     }
     tracing::info!(
         "watching tailscaled's IPN bus at {} to keep device_id/device_fqdn in secret {secret:?} (namespace {:?})",
@@ -141,17 +115,17 @@ pub async fn run<K: KubeOps>(
         result = main => result,
         _ = shutdown => {
             tracing::info!("shutdown requested; exiting");
-            Ok(WatchExit::Shutdown)
+            Ok(())
         }
     }
 }
 
 /// Reconciles on every change, forever; returns only with an error.
-async fn follow<K: KubeOps>(
+async fn follow(
     node: &mut NodeWatch,
-    rec: &mut Reconciler<'_, K>,
+    rec: &mut Reconciler<'_>,
     settings: &Settings,
-) -> Result<WatchExit, WatchError> {
+) -> Result<(), WatchError> {
     loop {
         let st = node.changed().await?;
         let was_ready = rec.reconciled;
@@ -162,15 +136,16 @@ async fn follow<K: KubeOps>(
     }
 }
 
-fn report_ready(settings: &Settings) {
+/// One newline on `TS_READY_FD`, if given; a failure is only logged.
+pub fn report_ready(settings: &Settings) {
     if let Err(e) = ts_common::process::notify_ready(settings.ready_fd) {
         tracing::warn!("could not report readiness on TS_READY_FD: {e}");
     }
 }
 
 /// The watcher's state between reconciles.
-pub struct Reconciler<'a, K> {
-    kube: &'a K,
+pub struct Reconciler<'a> {
+    kube: &'a Kube,
     secret: &'a str,
     auth_once: bool,
     running: bool,
@@ -184,8 +159,8 @@ pub struct Reconciler<'a, K> {
     pub reconciled: bool,
 }
 
-impl<'a, K: KubeOps> Reconciler<'a, K> {
-    pub fn new(kube: &'a K, secret: &'a str, auth_once: bool) -> Self {
+impl<'a> Reconciler<'a> {
+    pub fn new(kube: &'a Kube, secret: &'a str, auth_once: bool) -> Self {
         Reconciler {
             kube,
             secret,
@@ -226,19 +201,19 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
     /// JSON-patch remove of `authkey` (the reference's call 5).
     pub async fn remove_authkey(&self) -> Result<(), WatchError> {
         tracing::info!("Deleting authkey from kube secret");
-        match self.kube.remove_key(self.secret, "authkey").await {
-            Ok(()) => Ok(()),
-            Err(e) => match e.status_code() {
-                // 404: no secret; 422: the key is already absent. Either way it is gone.
-                Some(code @ (404 | 422)) => {
-                    tracing::info!(
-                        "authkey already absent from secret {:?} ({code})",
-                        self.secret
-                    );
-                    Ok(())
-                }
-                _ => Err(WatchError::DeleteAuthKey(e)),
-            },
+        let Err(e) = self.kube.remove_key(self.secret, "authkey").await else {
+            return Ok(());
+        };
+        match e.status_code() {
+            // 404: no secret; 422: the key is already absent. Either way it is gone.
+            Some(code @ (404 | 422)) => {
+                tracing::info!(
+                    "authkey already absent from secret {:?} ({code})",
+                    self.secret
+                );
+                Ok(())
+            }
+            _ => Err(WatchError::DeleteAuthKey(e)),
         }
     }
 
@@ -246,18 +221,8 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
     async fn store(&mut self, id: &str, name: &str) -> Result<(), WatchError> {
         let mut retry: u32 = 0;
         loop {
-            let err = match ts_common::status::track(self.try_store(id, name)).await {
-                Ok(stored) => {
-                    if stored {
-                        self.stored_once = true;
-                        tracing::info!(
-                            "stored device info in secret {:?}: device_id={id} device_fqdn={name}",
-                            self.secret
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(e) => e,
+            let Err(err) = ts_common::status::track(self.try_store(id, name)).await else {
+                return Ok(());
             };
             // Before the first successful write a failure ends the watcher (ts-init ends the
             // container, as the reference's crash did); after it, the write is retried.
@@ -275,8 +240,8 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
         }
     }
 
-    /// One GET + PATCH; `Ok(false)` when the write is skipped per the status table.
-    async fn try_store(&self, id: &str, name: &str) -> Result<bool, KubeError> {
+    /// One GET + PATCH, or only the GET when the write is skipped per the status table.
+    async fn try_store(&mut self, id: &str, name: &str) -> Result<(), KubeError> {
         match self.kube.get_secret(self.secret).await {
             Ok(Some(_)) => {}
             // A 2xx whose body we could not read: the secret is there, go on.
@@ -286,7 +251,7 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
                     "secret {:?} not found: not storing device info (retried when the node's identity changes)",
                     self.secret
                 );
-                return Ok(false);
+                return Ok(());
             }
             Err(e)
                 if e.status_code().is_some_and(|c| (400..500).contains(&c))
@@ -296,19 +261,26 @@ impl<'a, K: KubeOps> Reconciler<'a, K> {
                     "cannot read secret {:?} before storing device info, skipping the write: {e}",
                     self.secret
                 );
-                return Ok(false);
+                return Ok(());
             }
             Err(e) => return Err(e),
         }
         let data = [("device_fqdn", name), ("device_id", id)];
         match self.kube.patch_string_data(self.secret, &data).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.stored_once = true;
+                tracing::info!(
+                    "stored device info in secret {:?}: device_id={id} device_fqdn={name}",
+                    self.secret
+                );
+                Ok(())
+            }
             Err(e) if e.status_code() == Some(404) => {
                 tracing::info!(
                     "secret {:?} disappeared before device info was stored: skipping the write",
                     self.secret
                 );
-                Ok(false)
+                Ok(())
             }
             Err(e) => Err(e),
         }

@@ -67,23 +67,16 @@ pub async fn run_until(
         .map_err(|e| SpawnError::from_io(&cmd.program, e))?;
     let pid = child.id();
     let waited = tokio::time::timeout_at(deadline, async {
-        if output == Output::Capture {
-            // Read both pipes while waiting, so a chatty command cannot fill one and hang.
-            let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-            let (stdout, stderr, status) =
-                tokio::join!(read_all(out.as_mut()), read_all(err.as_mut()), child.wait());
-            status.map(|status| Finished {
-                status,
-                stdout,
-                stderr,
-            })
-        } else {
-            child.wait().await.map(|status| Finished {
-                status,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            })
-        }
+        // Read both pipes (if captured) while waiting, so a chatty command cannot fill one and
+        // hang.
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let (stdout, stderr, status) =
+            tokio::join!(read_all(out.as_mut()), read_all(err.as_mut()), child.wait());
+        status.map(|status| Finished {
+            status,
+            stdout,
+            stderr,
+        })
     })
     .await;
     match waited {
@@ -123,7 +116,7 @@ mod tests {
     use super::*;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        crate::block_on(f).expect("a runtime")
+        crate::runtime().expect("a runtime").block_on(f)
     }
 
     #[test]

@@ -13,7 +13,7 @@
 use crate::notify::{Notify, PeerMode, Status};
 use crate::stream::{self, Parsed};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -30,8 +30,6 @@ pub const NOTIFY_INITIAL_NETMAP: u64 = 1 << 3;
 /// `NotifyNoNetMap` (v1.98+): no netmap on runtime messages (Linux daemons send none anyway;
 /// older daemons ignore the bit and keep sending whole netmaps, which the parser streams).
 pub const NOTIFY_NO_NETMAP: u64 = 1 << 13;
-/// `NotifyInitialStatus` (v1.100+): the first message carries `ipnstate.Status`, peers included.
-pub const NOTIFY_INITIAL_STATUS: u64 = 1 << 14;
 
 /// Seed containerboot's first watch: InitialNetMap | InitialPrefs | InitialState.
 pub const MASK_FIRST_WATCH: u64 = 14;
@@ -158,24 +156,8 @@ impl LocalApi {
         &self,
         mask: u64,
     ) -> Result<BusWatch<T>, LocalApiError> {
-        // No idle pool: a watch is one endless request, and a finished one must close its
-        // connection (that is how tailscaled learns the watcher is gone).
-        let client: Client<UnixConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(UnixConnector);
         let path = format!("{WATCH_PATH}?mask={mask}");
-        // hyperlocal's URI names the socket (hex-encoded in its authority) for the connector;
-        // the request itself goes out in origin form with the Host tailscaled accepts, because
-        // a real tailscaled answers 403 to the hex-encoded Host hyperlocal would otherwise send.
-        let uri: http::Uri = UnixUri::new(&self.socket, &path).into();
-        let request = http::Request::get(uri)
-            .header(http::header::HOST, HOST)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| build_error(&path, e))?;
-        let response = client
-            .request(request)
-            .await
-            .map_err(|e| self.client_error(e))?;
+        let response = self.send(&http::Method::GET, &path, None, None).await?;
         let status = response.status();
         let mut body = response.into_body();
         if status != http::StatusCode::OK {
@@ -201,26 +183,53 @@ impl LocalApi {
 }
 
 impl LocalApi {
-    /// A failed request: `Connect` when the socket could not be reached, else `Request`.
-    fn client_error(&self, e: hyper_util::client::legacy::Error) -> LocalApiError {
-        if e.is_connect() {
-            LocalApiError::Connect {
-                socket: self.socket.clone(),
-                source: io_source(&e),
-            }
-        } else {
-            LocalApiError::Request {
-                socket: self.socket.clone(),
-                source: e,
-            }
+    /// Sends one request on a connection of its own, with an optional `If-Match` and JSON body.
+    async fn send(
+        &self,
+        method: &http::Method,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<http::Response<Incoming>, LocalApiError> {
+        // No idle pool: a watch is one endless request, and a finished one must close its
+        // connection (that is how tailscaled learns the watcher is gone).
+        let client: Client<UnixConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(UnixConnector);
+        // hyperlocal's URI names the socket (hex-encoded in its authority) for the connector;
+        // the request itself goes out in origin form with the Host tailscaled accepts, because
+        // a real tailscaled answers 403 to the hex-encoded Host hyperlocal would otherwise send.
+        let uri: http::Uri = UnixUri::new(&self.socket, path).into();
+        let mut builder = http::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(http::header::HOST, HOST);
+        if let Some(tag) = if_match {
+            builder = builder.header(http::header::IF_MATCH, tag);
         }
-    }
-}
-
-fn build_error(path: &str, source: http::Error) -> LocalApiError {
-    LocalApiError::Build {
-        path: path.to_string(),
-        source,
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|source| LocalApiError::Build {
+                path: path.to_string(),
+                source,
+            })?;
+        client.request(request).await.map_err(|e| {
+            // `Connect` when the socket could not be reached.
+            if e.is_connect() {
+                LocalApiError::Connect {
+                    socket: self.socket.clone(),
+                    source: io_source(&e),
+                }
+            } else {
+                LocalApiError::Request {
+                    socket: self.socket.clone(),
+                    source: e,
+                }
+            }
+        })
     }
 }
 
@@ -590,31 +599,7 @@ impl LocalApi {
         body: Option<Vec<u8>>,
     ) -> Result<Reply, LocalApiError> {
         let exchange = async {
-            let client: Client<UnixConnector, http_body_util::Full<Bytes>> =
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(0)
-                    .build(UnixConnector);
-            // Same Host rule as the bus watch (see `watch_ipn_bus`).
-            let uri: http::Uri = UnixUri::new(&self.socket, path).into();
-            let mut builder = http::Request::builder()
-                .method(method.clone())
-                .uri(uri)
-                .header(http::header::HOST, HOST);
-            if let Some(tag) = if_match {
-                builder = builder.header(http::header::IF_MATCH, tag);
-            }
-            if body.is_some() {
-                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-            }
-            let request = builder
-                .body(http_body_util::Full::new(Bytes::from(
-                    body.unwrap_or_default(),
-                )))
-                .map_err(|e| build_error(path, e))?;
-            let response = client
-                .request(request)
-                .await
-                .map_err(|e| self.client_error(e))?;
+            let response = self.send(&method, path, if_match, body).await?;
             let status = response.status().as_u16();
             let etag = response
                 .headers()

@@ -109,24 +109,19 @@ impl NodeWatch {
     /// changes in between coalesced). Cancel-safe. An error when the watch ended.
     pub async fn changed(&mut self) -> Result<NodeState, WatchEnd> {
         if !self.pending {
-            let changed = {
-                let rx = &mut self.rx;
-                let reader = &mut self.reader;
-                tokio::select! {
-                    r = rx.changed() => r.is_ok(),
-                    end = ended(reader) => return Err(end),
-                }
+            let changed = tokio::select! {
+                r = self.rx.changed() => r.is_ok(),
+                end = ended(&mut self.reader) => return Err(end),
             };
             if !changed {
-                return Err(self.end().await);
+                return Err(ended(&mut self.reader).await);
             }
             self.pending = true;
         }
         if let Some(at) = self.last.map(|t| t + self.spacing) {
-            let reader = &mut self.reader;
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
-                end = ended(reader) => return Err(end),
+                end = ended(&mut self.reader) => return Err(end),
             }
         }
         self.pending = false;
@@ -137,15 +132,10 @@ impl NodeWatch {
     /// Runs `work` unless the watch ends first: then `work` is dropped where it stands and the
     /// reason returned. The guard is never blind, whatever the work waits for.
     pub async fn guarded<F: Future>(&mut self, work: F) -> Result<F::Output, WatchEnd> {
-        let reader = &mut self.reader;
         tokio::select! {
             out = work => Ok(out),
-            end = ended(reader) => Err(end),
+            end = ended(&mut self.reader) => Err(end),
         }
-    }
-
-    async fn end(&mut self) -> WatchEnd {
-        ended(&mut self.reader).await
     }
 }
 
@@ -173,28 +163,10 @@ async fn ended(reader: &mut Option<JoinHandle<WatchEnd>>) -> WatchEnd {
     out
 }
 
-/// Folding the peers of a message, in the modes that read them.
-pub trait PeerFold: PeerMode {
-    /// `true` when the message said anything about peers.
-    fn fold_peers(peers: &mut Peers, msg: &Notify<Self>) -> bool;
-}
-
-impl PeerFold for Skip {
-    fn fold_peers(_: &mut Peers, _: &Notify<Skip>) -> bool {
-        false
-    }
-}
-
-impl PeerFold for Keep {
-    fn fold_peers(peers: &mut Peers, msg: &Notify<Keep>) -> bool {
-        peers.apply(msg)
-    }
-}
-
 /// The node as the first message of a watch (with this device's status) tells it, for a plan
 /// printed by `--explain`.
 pub async fn first_state(api: LocalApi, opts: &Options) -> Result<NodeState, LocalApiError> {
-    async fn one<M: PeerFold>(api: LocalApi, opts: &Options) -> Result<NodeState, LocalApiError> {
+    async fn one<M: PeerMode>(api: LocalApi, opts: &Options) -> Result<NodeState, LocalApiError> {
         let msg = Follower::<Notify<M>>::of(api, opts.mask)
             .with_self_status()
             .next()
@@ -211,13 +183,13 @@ pub async fn first_state(api: LocalApi, opts: &Options) -> Result<NodeState, Loc
     }
 }
 
-fn resolution<M: PeerFold>(
+fn resolution<M: PeerMode>(
     peers: &mut Peers,
     msg: &Notify<M>,
     name: Option<&str>,
 ) -> Option<Resolution> {
     let name = name?;
-    if !M::fold_peers(peers, msg) {
+    if !peers.apply(msg) {
         return None;
     }
     Some(Resolution {
@@ -227,7 +199,7 @@ fn resolution<M: PeerFold>(
 }
 
 /// The reader task: folds every message, ends on a fatal bus error or when the guard trips.
-async fn read<M: PeerFold>(
+async fn read<M: PeerMode>(
     api: LocalApi,
     opts: Options,
     tx: watch::Sender<NodeState>,

@@ -34,61 +34,45 @@ pub enum BackendState {
     Unknown(i64),
 }
 
+/// The states Go knows, in code order (`Notify.State` is the index).
+const KNOWN: [(BackendState, &str); 7] = [
+    (BackendState::NoState, "NoState"),
+    (BackendState::InUseOtherUser, "InUseOtherUser"),
+    (BackendState::NeedsLogin, "NeedsLogin"),
+    (BackendState::NeedsMachineAuth, "NeedsMachineAuth"),
+    (BackendState::Stopped, "Stopped"),
+    (BackendState::Starting, "Starting"),
+    (BackendState::Running, "Running"),
+];
+
 impl BackendState {
     /// Go's `State.String()`: the name, or the number for values Go does not know either.
     pub fn name(&self) -> String {
-        match self {
-            BackendState::NoState => "NoState".into(),
-            BackendState::InUseOtherUser => "InUseOtherUser".into(),
-            BackendState::NeedsLogin => "NeedsLogin".into(),
-            BackendState::NeedsMachineAuth => "NeedsMachineAuth".into(),
-            BackendState::Stopped => "Stopped".into(),
-            BackendState::Starting => "Starting".into(),
-            BackendState::Running => "Running".into(),
-            BackendState::Unknown(n) => n.to_string(),
+        match KNOWN.iter().find(|(s, _)| s == self) {
+            Some((_, name)) => name.to_string(),
+            None => self.code().to_string(),
         }
     }
 
     /// The integer form used in `Notify.State`.
     pub fn from_code(code: i64) -> Self {
-        match code {
-            0 => BackendState::NoState,
-            1 => BackendState::InUseOtherUser,
-            2 => BackendState::NeedsLogin,
-            3 => BackendState::NeedsMachineAuth,
-            4 => BackendState::Stopped,
-            5 => BackendState::Starting,
-            6 => BackendState::Running,
-            n => BackendState::Unknown(n),
-        }
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| KNOWN.get(i))
+            .map_or(BackendState::Unknown(code), |(s, _)| *s)
     }
 
     /// The integer form (what tailscaled puts in `Notify.State`).
     pub fn code(&self) -> i64 {
         match self {
-            BackendState::NoState => 0,
-            BackendState::InUseOtherUser => 1,
-            BackendState::NeedsLogin => 2,
-            BackendState::NeedsMachineAuth => 3,
-            BackendState::Stopped => 4,
-            BackendState::Starting => 5,
-            BackendState::Running => 6,
             BackendState::Unknown(n) => *n,
+            known => KNOWN.iter().position(|(s, _)| s == known).unwrap_or(0) as i64,
         }
     }
 
     /// HEAD's `ipn.StateFromString`, for `InitialStatus.BackendState`. Unknown names give `None`.
     pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "NoState" => BackendState::NoState,
-            "InUseOtherUser" => BackendState::InUseOtherUser,
-            "NeedsLogin" => BackendState::NeedsLogin,
-            "NeedsMachineAuth" => BackendState::NeedsMachineAuth,
-            "Stopped" => BackendState::Stopped,
-            "Starting" => BackendState::Starting,
-            "Running" => BackendState::Running,
-            _ => return None,
-        })
+        KNOWN.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
     }
 }
 
@@ -153,143 +137,136 @@ impl<'de, M: PeerMode, T: Deserialize<'de>> Deserialize<'de> for PeerField<M, T>
 
 /// One message of the IPN bus. Every field is a delta: `None` means "unchanged".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(bound(deserialize = "M: PeerMode"))]
+#[serde(rename_all = "PascalCase", default, bound(deserialize = "M: PeerMode"))]
 pub struct Notify<M = Skip> {
-    #[serde(rename = "Version", default)]
     pub version: Option<String>,
     /// HEAD only, first message of a watch with bit 1.
-    #[serde(rename = "SessionID", default)]
+    #[serde(rename = "SessionID")]
     pub session_id: Option<String>,
     /// A user-visible backend error (bad auth key, [`FELL_BEHIND`], ...).
-    #[serde(rename = "ErrMessage", default)]
     pub err_message: Option<String>,
     /// `LoginFinished:{}` was present.
-    #[serde(rename = "LoginFinished", default, deserialize_with = "present")]
+    #[serde(deserialize_with = "present")]
     pub login_finished: bool,
-    #[serde(rename = "State", default, deserialize_with = "state_code")]
+    #[serde(deserialize_with = "state_code")]
     pub state: Option<BackendState>,
-    #[serde(rename = "Prefs", default)]
     pub prefs: Option<Prefs>,
     /// An interactive-login URL; the seed's first message may carry `""`.
-    #[serde(rename = "BrowseToURL", default)]
+    #[serde(rename = "BrowseToURL")]
     pub browse_to_url: Option<String>,
-    #[serde(rename = "NetMap", default)]
     pub net_map: Option<NetMap<M>>,
     /// HEAD (v1.98+): the self node, sent instead of runtime netmaps.
-    #[serde(rename = "SelfChange", default)]
     pub self_change: Option<Node>,
     /// HEAD (v1.100+): `ipnstate.Status` in the first message of a watch with bit 14; on a
     /// watch that asks for no netmap, the status read at its start (see
     /// [`crate::localapi::Follower::with_self_status`]).
-    #[serde(rename = "InitialStatus", default)]
     pub initial_status: Option<Status<M>>,
     /// v1.98+ with mask bit 12: peers added or changed (whole nodes); with `SelfChange`, every
     /// peer (a full netmap).
-    #[serde(rename = "PeersChanged", default)]
     pub peers_changed: PeerField<M, Vec<Node>>,
     /// v1.98+ with mask bit 12: node IDs of peers gone.
-    #[serde(rename = "PeersRemoved", default)]
     pub peers_removed: PeerField<M, Vec<i64>>,
 }
 
 /// The few `ipn.Prefs` fields worth logging.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct Prefs {
-    #[serde(rename = "ControlURL", default, deserialize_with = "nullable")]
+    #[serde(rename = "ControlURL", deserialize_with = "nullable")]
     pub control_url: String,
-    #[serde(rename = "WantRunning", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub want_running: bool,
-    #[serde(rename = "LoggedOut", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub logged_out: bool,
-    #[serde(rename = "Hostname", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub hostname: String,
 }
 
 /// The parts of `netmap.NetworkMap` containerboot relies on (docs/tailscaled-localapi.md §3.4).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(bound(deserialize = "M: PeerMode"))]
+#[serde(rename_all = "PascalCase", default, bound(deserialize = "M: PeerMode"))]
 pub struct NetMap<M = Skip> {
-    #[serde(rename = "SelfNode", default)]
     pub self_node: Option<Node>,
     /// Seed..v1.90 only.
-    #[serde(rename = "Name", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
     /// Top-level addresses: seed..v1.48 only (removed in v1.50).
-    #[serde(rename = "Addresses", default, deserialize_with = "prefixes")]
+    #[serde(deserialize_with = "prefixes")]
     pub addresses: Vec<IpPrefix>,
     /// Seed..v1.48 only (`machine-authorized`, `machine-unauthorized`, ...).
-    #[serde(rename = "MachineStatus", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub machine_status: String,
-    #[serde(rename = "DNS", default, deserialize_with = "nullable")]
+    #[serde(rename = "DNS", deserialize_with = "nullable")]
     pub dns: DnsConfig,
     /// Every peer (seed..v1.98 runtime netmaps, and every first message with bit 8).
-    #[serde(rename = "Peers", default)]
     pub peers: PeerField<M, Vec<Node>>,
 }
 
 /// The part of `tailcfg.DNSConfig` (`NetMap.DNS`, and the body of `GET /localapi/v0/dns-config`)
 /// ts-serve needs: the names this node may get TLS certificates for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct DnsConfig {
-    #[serde(rename = "CertDomains", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub cert_domains: Vec<String>,
 }
 
 /// The parts of `tailcfg.Node` that identify this device.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct Node {
-    #[serde(rename = "ID", default, deserialize_with = "nullable")]
+    #[serde(rename = "ID", deserialize_with = "nullable")]
     pub id: i64,
-    #[serde(rename = "StableID", default, deserialize_with = "nullable")]
+    #[serde(rename = "StableID", deserialize_with = "nullable")]
     pub stable_id: String,
     /// MagicDNS FQDN, normally with a trailing dot; kept verbatim.
-    #[serde(rename = "Name", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
-    #[serde(rename = "Addresses", default, deserialize_with = "prefixes")]
+    #[serde(deserialize_with = "prefixes")]
     pub addresses: Vec<IpPrefix>,
     /// Omitted (false) while the machine awaits admin approval.
-    #[serde(rename = "MachineAuthorized", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub machine_authorized: bool,
 }
 
 /// The parts of `ipnstate.Status` that carry state and identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(bound(deserialize = "M: PeerMode"))]
+#[serde(rename_all = "PascalCase", default, bound(deserialize = "M: PeerMode"))]
 pub struct Status<M = Skip> {
-    #[serde(rename = "Version", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub version: String,
     /// A state *name* (`"Running"`), see [`BackendState::from_name`].
-    #[serde(rename = "BackendState", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub backend_state: String,
-    #[serde(rename = "AuthURL", default, deserialize_with = "nullable")]
+    #[serde(rename = "AuthURL", deserialize_with = "nullable")]
     pub auth_url: String,
     /// Bare addresses, no prefix length.
-    #[serde(rename = "TailscaleIPs", default, deserialize_with = "nullable")]
+    #[serde(rename = "TailscaleIPs", deserialize_with = "nullable")]
     pub tailscale_ips: Vec<IpAddr>,
-    #[serde(rename = "Self", default)]
+    #[serde(rename = "Self")]
     pub self_status: Option<PeerStatus>,
-    #[serde(rename = "CertDomains", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub cert_domains: Vec<String>,
     /// The peers by node key (empty from `status?peers=false`).
-    #[serde(rename = "Peer", default)]
     pub peer: PeerField<M, BTreeMap<String, PeerStatus>>,
 }
 
 /// The parts of `ipnstate.PeerStatus` that identify a node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
 pub struct PeerStatus {
     /// The StableNodeID.
-    #[serde(rename = "ID", default, deserialize_with = "nullable")]
+    #[serde(rename = "ID", deserialize_with = "nullable")]
     pub id: String,
     /// The numeric node ID (peers' entries; what `PeersRemoved` names).
-    #[serde(rename = "NodeID", default, deserialize_with = "nullable")]
+    #[serde(rename = "NodeID", deserialize_with = "nullable")]
     pub node_id: i64,
-    #[serde(rename = "HostName", default, deserialize_with = "nullable")]
+    #[serde(deserialize_with = "nullable")]
     pub host_name: String,
     /// MagicDNS FQDN with a trailing dot.
-    #[serde(rename = "DNSName", default, deserialize_with = "nullable")]
+    #[serde(rename = "DNSName", deserialize_with = "nullable")]
     pub dns_name: String,
-    #[serde(rename = "TailscaleIPs", default, deserialize_with = "nullable")]
+    #[serde(rename = "TailscaleIPs", deserialize_with = "nullable")]
     pub tailscale_ips: Vec<IpAddr>,
 }
 
@@ -305,13 +282,11 @@ pub struct SelfIdentity {
 
 /// A line that is not an `ipn.Notify`.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("malformed IPN bus message ({len} bytes): {source}; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
-    Json {
-        len: usize,
-        #[source]
-        source: serde_json::Error,
-    },
+#[error("malformed IPN bus message ({len} bytes): {source}; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
+pub struct NotifyError {
+    len: usize,
+    #[source]
+    source: serde_json::Error,
 }
 
 /// The one long-lived phase that guards the Running state (ts-auth, or the first watcher
@@ -337,7 +312,7 @@ impl<M: PeerMode> Notify<M> {
     pub fn parse_line(line: &[u8]) -> Result<Notify<M>, NotifyError> {
         serde_json::from_slice::<crate::stream::Object<Notify<M>>>(line)
             .map(|o| o.0)
-            .map_err(|source| NotifyError::Json {
+            .map_err(|source| NotifyError {
                 len: line.len(),
                 source,
             })

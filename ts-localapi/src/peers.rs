@@ -12,7 +12,7 @@
 //! `PeerChangedPatch` never changes a name or an address, so it is not asked for.
 
 use crate::localapi::{NOTIFY_INITIAL_NETMAP, NOTIFY_INITIAL_STATE, NOTIFY_NO_NETMAP};
-use crate::notify::{single_ip, Keep, Node, Notify};
+use crate::notify::{single_ip, Keep, Node, Notify, PeerMode};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use ts_common::settings::IpPrefix;
@@ -60,9 +60,10 @@ impl Peers {
         }
     }
 
-    /// Folds one message in; `true` when it said anything about peers. Peers are folded one at
-    /// a time: only a peer's name and addresses are kept.
-    pub fn apply(&mut self, delta: &PeerDelta) -> bool {
+    /// Folds one message in; `true` when it said anything about peers (never in [`Skip`] mode,
+    /// which reads none). Peers are folded one at a time: only a peer's name and addresses are
+    /// kept.
+    pub fn apply<M: PeerMode>(&mut self, delta: &Notify<M>) -> bool {
         let from_node = |n: &Node| {
             (
                 n.id,

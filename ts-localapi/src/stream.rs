@@ -179,13 +179,8 @@ pub fn spawn_parser<T: DeserializeOwned + Send + 'static>(
     Ok((chunk_tx, msg_rx))
 }
 
-/// Parses a whole byte string the way the stream parser does (for tests, benchmarks and the
-/// fuzz targets): every message and malformed line, in order.
-pub fn parse_all<T: DeserializeOwned>(bytes: &[u8]) -> Vec<Parsed<T>> {
-    parse_chunks(vec![Bytes::copy_from_slice(bytes)])
-}
-
-/// [`parse_all`] for a body that arrived in `chunks`, on the calling thread.
+/// Parses a body that arrived in `chunks` the way the stream parser does, on the calling thread
+/// (for tests and the property tests): every message and malformed line, in order.
 pub fn parse_chunks<T: DeserializeOwned>(chunks: Vec<Bytes>) -> Vec<Parsed<T>> {
     let (tx, rx) = mpsc::channel(chunks.len().max(1));
     for chunk in chunks {
@@ -210,7 +205,7 @@ mod tests {
     use crate::notify::{BackendState, Notify};
 
     fn messages(bytes: &[u8]) -> Vec<Result<Notify, u64>> {
-        parse_all::<Notify>(bytes)
+        parse_chunks::<Notify>(vec![Bytes::copy_from_slice(bytes)])
             .into_iter()
             .map(|p| match p {
                 Parsed::Message(m) => Ok(m),

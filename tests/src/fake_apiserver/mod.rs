@@ -100,6 +100,13 @@ pub struct Rule {
     pub resource: String,
 }
 
+impl Rule {
+    fn new(verb: &str, resource: &str) -> Rule {
+        let (verb, resource) = (verb.to_string(), resource.to_string());
+        Rule { verb, resource }
+    }
+}
+
 fn secrets_resource() -> String {
     "secrets".to_string()
 }
@@ -305,10 +312,7 @@ impl State {
     }
 
     fn denied(&self, verb: &str, resource: &str) -> bool {
-        self.deny.contains(&Rule {
-            verb: verb.to_string(),
-            resource: resource.to_string(),
-        })
+        self.deny.contains(&Rule::new(verb, resource))
     }
 }
 
@@ -450,14 +454,6 @@ impl FakeApiServer {
             .map(|s| decoded(&s.data))
     }
 
-    /// The secret as a GET returns it.
-    pub fn secret_object(&self, ns: &str, name: &str) -> Option<Value> {
-        let st = self.shared.lock();
-        st.secrets
-            .get(&(ns.to_string(), name.to_string()))
-            .map(|s| secret_json(ns, name, s))
-    }
-
     /// Creates the secret or replaces its data (values in plain text).
     pub fn set_secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
         let data = data
@@ -484,18 +480,12 @@ impl FakeApiServer {
 
     /// Takes `verb` on `resource` away from the service account.
     pub fn deny(&self, verb: &str, resource: &str) {
-        self.shared.lock().deny.insert(Rule {
-            verb: verb.into(),
-            resource: resource.into(),
-        });
+        self.shared.lock().deny.insert(Rule::new(verb, resource));
     }
 
     /// Gives `verb` on `resource` back.
     pub fn allow(&self, verb: &str, resource: &str) {
-        self.shared.lock().deny.remove(&Rule {
-            verb: verb.into(),
-            resource: resource.into(),
-        });
+        self.shared.lock().deny.remove(&Rule::new(verb, resource));
     }
 
     /// Allows exactly `verbs` on secrets (every other common verb is denied).
@@ -504,10 +494,7 @@ impl FakeApiServer {
         for verb in [
             "get", "list", "watch", "create", "update", "patch", "delete",
         ] {
-            let rule = Rule {
-                verb: verb.into(),
-                resource: "secrets".into(),
-            };
+            let rule = Rule::new(verb, "secrets");
             if verbs.contains(&verb) {
                 st.deny.remove(&rule);
             } else {
@@ -523,41 +510,40 @@ impl FakeApiServer {
 
     /// Answers the next `times` matching requests with `status` (a real `Status` body).
     pub fn fail_next(&self, matcher: Match, status: u16, times: u32) {
-        self.add_fault(Fault {
-            matcher,
-            action: FaultAction::Status(status),
-            times: Some(times),
-        });
+        self.arm(matcher, FaultAction::Status(status), times);
     }
 
     /// Answers the next `times` matching requests with `status` and a `Status` body whose
     /// `message` is `message`.
     pub fn fail_next_with(&self, matcher: Match, status: u16, message: &str, times: u32) {
-        self.add_fault(Fault {
+        let message = message.to_string();
+        self.arm(
             matcher,
-            action: FaultAction::StatusMessage {
+            FaultAction::StatusMessage {
                 code: status,
-                message: message.to_string(),
+                message,
             },
-            times: Some(times),
-        });
+            times,
+        );
     }
 
     /// Delays the next `times` matching requests by `delay`, then serves them.
     pub fn delay_next(&self, matcher: Match, delay: Duration, times: u32) {
-        self.add_fault(Fault {
-            matcher,
-            action: FaultAction::DelayMs(delay.as_millis() as u64),
-            times: Some(times),
-        });
+        let ms = delay.as_millis() as u64;
+        self.arm(matcher, FaultAction::DelayMs(ms), times);
     }
 
     /// Never answers the next `times` matching requests.
     pub fn hang_next(&self, matcher: Match, times: u32) {
+        self.arm(matcher, FaultAction::Hang, times);
+    }
+
+    fn arm(&self, matcher: Match, action: FaultAction, times: u32) {
+        let times = Some(times);
         self.add_fault(Fault {
             matcher,
-            action: FaultAction::Hang,
-            times: Some(times),
+            action,
+            times,
         });
     }
 
@@ -701,6 +687,10 @@ impl Answer {
             code,
             body: status_body(code, message, details),
         }
+    }
+    fn not_allowed(details: Option<(&str, &str)>) -> Answer {
+        let message = "the server does not allow this method on the requested resource";
+        Answer::fail(405, message, details)
     }
 }
 
@@ -882,11 +872,7 @@ fn serve(shared: &Shared, req: &RecordedRequest, target: &Target, body: &[u8]) -
     match target {
         Target::Ssar => {
             if req.method != "POST" {
-                return Answer::fail(
-                    405,
-                    "the server does not allow this method on the requested resource",
-                    None,
-                );
+                return Answer::not_allowed(None);
             }
             if st.denied("create", "selfsubjectaccessreviews") {
                 let msg =
@@ -984,11 +970,7 @@ fn serve(shared: &Shared, req: &RecordedRequest, target: &Target, body: &[u8]) -
                         Err(e) => Answer::fail(e.code, &e.message, Some((name, "secrets"))),
                     }
                 }
-                _ => Answer::fail(
-                    405,
-                    "the server does not allow this method on the requested resource",
-                    Some((name, "secrets")),
-                ),
+                _ => Answer::not_allowed(Some((name, "secrets"))),
             }
         }
         Target::Secrets { ns } => create_secret(&mut st, req, ns),
@@ -1004,11 +986,7 @@ fn serve(shared: &Shared, req: &RecordedRequest, target: &Target, body: &[u8]) -
 /// `data` (base64) / `stringData`; 409 when it exists, 403 when create is denied.
 fn create_secret(st: &mut State, req: &RecordedRequest, ns: &str) -> Answer {
     if req.method != "POST" {
-        return Answer::fail(
-            405,
-            "the server does not allow this method on the requested resource",
-            None,
-        );
+        return Answer::not_allowed(None);
     }
     let Some(body) = req.json() else {
         return Answer::fail(400, "error decoding Secret: not JSON", None);
@@ -1117,21 +1095,6 @@ fn rfc3339_now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    let (year, month, day, h, m, s) = ts_common::logging::civil_time(secs);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z")
 }

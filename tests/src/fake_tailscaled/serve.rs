@@ -17,7 +17,7 @@
 //! `POST serve-config if-match=<tag or -> <status> <body as received>` and
 //! `PATCH prefs <status> <body as received>`.
 
-use super::{text, FakeBody, Shared};
+use super::{text, typed, FakeBody, Shared};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
@@ -48,12 +48,11 @@ pub fn etag(body: &[u8]) -> String {
 }
 
 fn json_response(code: StatusCode, body: String) -> Response<FakeBody> {
-    let mut r = Response::new(FakeBody::Full(Some(Bytes::from(body))));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+    let mut r = typed(
+        Response::new(FakeBody::Full(Some(Bytes::from(body)))),
+        "application/json",
     );
+    *r.status_mut() = code;
     r
 }
 
