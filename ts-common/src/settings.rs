@@ -143,7 +143,7 @@ impl FromStr for IpPrefix {
     }
 }
 
-/// Which IP families need forwarding (§10 of the contract).
+/// Which IP families need forwarding: those of TS_ROUTES, TS_DEST_IP and the egress target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Families {
     pub ipv4: bool,
