@@ -129,14 +129,11 @@ pub fn tailscaled(s: &Settings) -> Command {
         s.state_dir.as_str()
     };
     if s.kube_state_enabled() {
-        cmd = cmd
-            .arg(format!("--state=kube:{}", s.kube_secret))
-            .arg(format!("--statedir={statedir}"));
-    } else if !s.state_dir.is_empty() {
-        cmd = cmd.arg(format!("--statedir={}", s.state_dir));
-    } else {
-        cmd = cmd.arg("--state=mem:").arg("--statedir=/tmp");
+        cmd = cmd.arg(format!("--state=kube:{}", s.kube_secret));
+    } else if s.state_dir.is_empty() {
+        cmd = cmd.arg("--state=mem:");
     }
+    cmd = cmd.arg(format!("--statedir={statedir}"));
     if s.userspace {
         cmd = cmd.arg("--tun=userspace-networking");
     }
@@ -202,28 +199,16 @@ fn owned_prefs(cmd: Command, s: &Settings) -> Command {
 /// What an iptables command should do with the DNAT rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleOp {
-    /// `-C PREROUTING …`: exit 0 when the rule exists.
-    Check,
     /// `-I PREROUTING 1 …`: the reference's insert.
     Insert,
     /// `-D PREROUTING …`.
     Delete,
 }
 
-/// `iptables` / `ip6tables` by the destination's family (the README's boot order).
-pub fn dnat_program(dest: &std::net::IpAddr) -> &'static str {
-    if dest.is_ipv4() {
-        "iptables"
-    } else {
-        "ip6tables"
-    }
-}
-
 /// The reference's DNAT rule from `local` (a tailnet IP) to `dest` (`TS_DEST_IP` verbatim).
 pub fn dnat_rule(op: RuleOp, program: &str, local: &str, dest: &str) -> Command {
     let mut cmd = Command::new(program).arg("-t").arg("nat");
     cmd = match op {
-        RuleOp::Check => cmd.arg("-C").arg("PREROUTING"),
         RuleOp::Insert => cmd.arg("-I").arg("PREROUTING").arg("1"),
         RuleOp::Delete => cmd.arg("-D").arg("PREROUTING"),
     };
@@ -509,10 +494,6 @@ mod tests {
         assert_eq!(
             dnat_rule(RuleOp::Delete, "ip6tables", "fd7a::1", "fd00::5").display_redacted(),
             "ip6tables -t nat -D PREROUTING -d fd7a::1 -j DNAT --to-destination fd00::5"
-        );
-        assert_eq!(
-            dnat_program(&"::ffff:1.2.3.4".parse().unwrap()),
-            "ip6tables"
         );
     }
 }

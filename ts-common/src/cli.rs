@@ -125,14 +125,9 @@ fn claim(settings: &Settings, explain: bool) -> Result<(), i32> {
 }
 
 /// A failure that was already logged where it happened, carrying only its exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("exit status {0}")]
 pub struct Logged(pub i32);
-
-impl std::fmt::Display for Logged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
 
 impl Failure for Logged {
     fn exit_code(&self) -> i32 {
@@ -160,17 +155,13 @@ pub fn warn_unsupported(settings: &Settings) {
             "{var} is set but not supported by tsboot yet (newer containerboot feature); it is ignored"
         );
     }
+    // Still honoured, as in containerboot.
     if let Some(addr) = &settings.local.deprecated_health_addr {
-        tracing::warn!("{}", deprecated_health_warning(addr));
+        tracing::warn!(
+            "TS_HEALTHCHECK_ADDR_PORT is deprecated (serving /healthz alone on {addr}); \
+             use TS_ENABLE_HEALTH_CHECK=true and optionally TS_LOCAL_ADDR_PORT instead"
+        );
     }
-}
-
-/// The one-line warning for `TS_HEALTHCHECK_ADDR_PORT` (still honoured, as in containerboot).
-pub fn deprecated_health_warning(addr: &crate::settings::ListenAddr) -> String {
-    format!(
-        "TS_HEALTHCHECK_ADDR_PORT is deprecated (serving /healthz alone on {addr}); \
-         use TS_ENABLE_HEALTH_CHECK=true and optionally TS_LOCAL_ADDR_PORT instead"
-    )
 }
 
 /// Prints one `--explain` plan line to stdout.

@@ -18,9 +18,6 @@ use std::process::{Command, Stdio};
 /// The fd number a long-lived child finds its readiness pipe at.
 pub const CHILD_READY_FD: RawFd = 3;
 
-/// Variables that carry a credential (D15).
-pub use crate::settings::SECRET_VARS;
-
 /// What tailscaled and the watchers never inherit: the credentials (D15), and `TS_EXTRA_ARGS`,
 /// which only `tailscale up` needs and which may hold one (`--authkey=…`).
 pub const DAEMON_ENV_REMOVE: &[&str] = &[
@@ -221,9 +218,7 @@ impl SpawnError {
             _ => SpawnError::Start { program, source },
         }
     }
-}
 
-impl SpawnError {
     /// The operating system's error underneath, for callers whose own error type carries one.
     pub fn into_io(self) -> std::io::Error {
         match self {
@@ -380,11 +375,7 @@ fn cloexec_from(first: RawFd) {
 /// writable is a configuration error: writing to it and closing it would break this process.
 pub fn claim_ready_fd(fd: Option<i32>) -> Result<(), crate::SettingsError> {
     let Some(fd) = fd else { return Ok(()) };
-    let invalid = |why: &str| crate::SettingsError::Invalid {
-        var: "TS_READY_FD",
-        value: fd.to_string(),
-        why: why.to_string(),
-    };
+    let invalid = |why: &str| crate::SettingsError::invalid("TS_READY_FD", &fd.to_string(), why);
     if (0..=2).contains(&fd) {
         return Err(invalid(
             "0, 1 and 2 are stdin, stdout and stderr; the readiness fd must be another one",
@@ -433,7 +424,10 @@ pub fn override_env(overrides: &[crate::settings::Override]) -> Vec<(String, Str
 mod tests {
     #[test]
     fn daemons_never_get_a_credential_variable() {
-        for var in super::SECRET_VARS.iter().chain(super::AUTH_KEY_VARS) {
+        for var in crate::settings::SECRET_VARS
+            .iter()
+            .chain(super::AUTH_KEY_VARS)
+        {
             assert!(super::DAEMON_ENV_REMOVE.contains(var), "{var}");
         }
     }
