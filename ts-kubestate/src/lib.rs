@@ -3,8 +3,8 @@
 //! * [`preflight`]: before tailscaled starts (the README's boot order): RBAC checks through
 //!   SelfSubjectAccessReviews and the `authkey` lookup in the state secret; the result (patch
 //!   permission, the key) goes to ts-init through a pipe, never through argv or a log (D15).
-//! * [`watch`]: the long-lived watcher after tailscaled reached Running (the README's boot order,
-//!   §7): removes `authkey` with `TS_AUTH_ONCE`, and stores `device_id` / `device_fqdn` on
+//! * [`watch`]: the long-lived watcher after tailscaled reached Running (the README's boot
+//!   order): removes `authkey` with `TS_AUTH_ONCE`, and stores `device_id` / `device_fqdn` on
 //!   every identity change.
 //!
 //! Every call follows the status table of the README's deviation table; the calls themselves (and the shared
