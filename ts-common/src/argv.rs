@@ -10,17 +10,7 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Command {
     pub program: String,
-    args: Vec<Arg>,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-enum Arg {
-    Plain(String),
-    /// A credential: shown as `prefix<redacted>`, passed as `prefix<value>`.
-    Secret {
-        prefix: String,
-        value: Secret,
-    },
+    args: Vec<Word>,
 }
 
 impl Command {
@@ -34,19 +24,19 @@ impl Command {
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
-        self.args.push(Arg::Plain(a.into()));
+        self.args.push(Word::Plain(a.into()));
         self
     }
 
     pub fn args(mut self, a: &[String]) -> Self {
-        self.args.extend(a.iter().cloned().map(Arg::Plain));
+        self.args.extend(a.iter().cloned().map(Word::Plain));
         self
     }
 
     /// `prefix<value>` when there is a value; nothing otherwise.
     fn secret(mut self, prefix: &str, value: Option<&Secret>) -> Self {
         if let Some(value) = value {
-            self.args.push(Arg::Secret {
+            self.args.push(Word::Secret {
                 prefix: prefix.to_string(),
                 value: value.clone(),
             });
@@ -65,15 +55,7 @@ impl Command {
 
     /// `TS_EXTRA_ARGS` words, a credential among them kept apart like the auth key.
     fn user_words(mut self, words: &[String]) -> Self {
-        for word in classify_words(words) {
-            self.args.push(match word {
-                Word::Plain(w) => Arg::Plain(w.to_string()),
-                Word::Secret { prefix, value } => Arg::Secret {
-                    prefix: prefix.to_string(),
-                    value: Secret::new(value),
-                },
-            });
-        }
+        self.args.extend(classify_words(words));
         self
     }
 
@@ -82,8 +64,8 @@ impl Command {
         self.args
             .iter()
             .map(|a| match a {
-                Arg::Plain(s) => s.clone(),
-                Arg::Secret { prefix, value } => format!("{prefix}{}", value.expose()),
+                Word::Plain(s) => s.clone(),
+                Word::Secret { prefix, value } => format!("{prefix}{}", value.expose()),
             })
             .collect()
     }
@@ -94,8 +76,8 @@ impl Command {
         for a in &self.args {
             out.push(' ');
             match a {
-                Arg::Plain(s) => out.push_str(s),
-                Arg::Secret { prefix, .. } => {
+                Word::Plain(s) => out.push_str(s),
+                Word::Secret { prefix, .. } => {
                     out.push_str(prefix);
                     out.push_str(REDACTED);
                 }

@@ -120,22 +120,16 @@ pub fn run_phase<E: Failure>(
     phase: Phase,
     body: impl FnOnce(Settings, bool) -> Result<(), E>,
 ) -> std::process::ExitCode {
-    let code = match load_settings(phase.name, &phase.overrides) {
-        Err(code) => code,
-        Ok(settings) => match claim(&settings, phase.explain) {
-            Err(code) => code,
-            Ok(()) => {
-                warn_unsupported(&settings);
-                match body(settings, phase.explain) {
-                    Ok(()) => crate::exit::SUCCESS,
-                    Err(e) => {
-                        e.log();
-                        e.exit_code()
-                    }
-                }
-            }
-        },
+    let run = || {
+        let settings = load_settings(phase.name, &phase.overrides)?;
+        claim(&settings, phase.explain)?;
+        warn_unsupported(&settings);
+        body(settings, phase.explain).map_err(|e| {
+            e.log();
+            e.exit_code()
+        })
     };
+    let code = run().err().unwrap_or(crate::exit::SUCCESS);
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 

@@ -171,13 +171,13 @@ pub fn command(path: &Path, args: &[String], fds: &[(RawFd, RawFd)]) -> Command 
 /// Starts a child for ts-init with [`command`]'s hygiene plus the readiness and result fds of
 /// `spec`. Returns its pid; the caller's reaper owns the wait.
 pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
-    let mut fds: Vec<(RawFd, RawFd)> = Vec::new();
-    if let Some(fd) = spec.ready_fd {
-        fds.push((fd.as_raw_fd(), CHILD_READY_FD));
-    }
-    if let Some(fd) = spec.result_fd {
-        fds.push((fd.as_raw_fd(), CHILD_RESULT_FD));
-    }
+    let fds: Vec<(RawFd, RawFd)> = [
+        (spec.ready_fd, CHILD_READY_FD),
+        (spec.result_fd, CHILD_RESULT_FD),
+    ]
+    .into_iter()
+    .filter_map(|(fd, to)| Some((fd?.as_raw_fd(), to)))
+    .collect();
     let mut cmd = command(spec.path, &spec.args, &fds);
     for var in spec.env_remove {
         cmd.env_remove(var);
@@ -185,15 +185,11 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     for (k, v) in &spec.env_set {
         cmd.env(k, v);
     }
-    match cmd.spawn() {
-        Ok(child) => {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            // Dropping a std Child neither waits nor kills: the reaper owns the status.
-            drop(child);
-            Ok(pid)
-        }
-        Err(e) => Err(SpawnError::from_io(spec.program, e)),
-    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| SpawnError::from_io(spec.program, e))?;
+    // Dropping a std Child neither waits nor kills: the reaper owns the status.
+    Ok(nix::unistd::Pid::from_raw(child.id() as i32))
 }
 
 impl SpawnError {

@@ -737,7 +737,7 @@ fn unicode_vars(
 ) -> Result<BTreeMap<String, String>, SettingsError> {
     let mut map = BTreeMap::new();
     for (name, value) in vars {
-        let Some(name) = name.to_str().map(str::to_string) else {
+        let Ok(name) = name.into_string() else {
             continue;
         };
         match value.into_string() {
@@ -781,7 +781,7 @@ impl fmt::Debug for ExtraArgs {
         let shown: Vec<String> = classify_words(&self.0)
             .into_iter()
             .map(|w| match w {
-                Word::Plain(s) => s.to_string(),
+                Word::Plain(s) => s,
                 Word::Secret { prefix, .. } => format!("{prefix}{REDACTED}"),
             })
             .collect();
@@ -789,15 +789,15 @@ impl fmt::Debug for ExtraArgs {
     }
 }
 
-/// One `TS_EXTRA_ARGS` word as tsboot must show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Word<'a> {
-    Plain(&'a str),
+/// One command-line word (of `TS_EXTRA_ARGS`, or any tsboot passes) as tsboot must show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Word {
+    Plain(String),
     /// A credential: `prefix` (e.g. `--authkey=`, or "" for the value word after a bare
     /// `--authkey`) is shown, `value` never is.
     Secret {
-        prefix: &'a str,
-        value: &'a str,
+        prefix: String,
+        value: Secret,
     },
 }
 
@@ -812,29 +812,24 @@ fn flag(word: &str) -> Option<(&str, Option<&str>)> {
 
 /// Splits `words` into what may be shown and the credentials (`--authkey=K`, or `--authkey K`
 /// as two words, which Go's flag package also accepts).
-pub fn classify_words(words: &[String]) -> Vec<Word<'_>> {
-    let mut out = Vec::with_capacity(words.len());
+pub fn classify_words(words: &[String]) -> Vec<Word> {
+    let secret = |prefix: &str, value: &str| Word::Secret {
+        prefix: prefix.into(),
+        value: Secret::new(value),
+    };
     let mut next_is_secret = false;
+    let mut out = Vec::with_capacity(words.len());
     for word in words {
-        if next_is_secret {
-            next_is_secret = false;
-            out.push(Word::Secret {
-                prefix: "",
-                value: word,
-            });
-            continue;
-        }
-        match flag(word).filter(|(name, _)| SECRET_UP_FLAGS.contains(name)) {
-            Some((_, Some(value))) => {
-                let prefix = &word[..word.len() - value.len()];
-                out.push(Word::Secret { prefix, value });
-            }
-            Some((_, None)) => {
+        let flag = flag(word).filter(|(name, _)| SECRET_UP_FLAGS.contains(name));
+        out.push(match (std::mem::take(&mut next_is_secret), flag) {
+            (true, _) => secret("", word),
+            (false, Some((_, Some(value)))) => secret(&word[..word.len() - value.len()], value),
+            (false, Some((_, None))) => {
                 next_is_secret = true;
-                out.push(Word::Plain(word));
+                Word::Plain(word.clone())
             }
-            None => out.push(Word::Plain(word)),
-        }
+            (false, None) => Word::Plain(word.clone()),
+        });
     }
     out
 }

@@ -69,14 +69,9 @@ impl PhaseState {
         PhaseState::Stopped,
     ];
 
+    /// The serde name (in declaration order, as [`PhaseState::ALL`]).
     pub fn name(&self) -> &'static str {
-        match self {
-            PhaseState::Running => "running",
-            PhaseState::Ready => "ready",
-            PhaseState::Done => "done",
-            PhaseState::Failed => "failed",
-            PhaseState::Stopped => "stopped",
-        }
+        ["running", "ready", "done", "failed", "stopped"][*self as usize]
     }
 }
 
