@@ -820,37 +820,30 @@ fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError
     }
 }
 
+type DynError = dyn std::error::Error + 'static;
+
 /// `a: b: c` over an error's source chain (io errors wrapping another error included).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(err: &DynError) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
+    for e in std::iter::successors(Some(err), |e| e.source()) {
         let text = e.to_string();
         if parts.last().is_none_or(|last| !last.contains(&text)) {
             parts.push(text);
         }
-        cur = e.source();
     }
     parts.join(": ")
 }
 
 /// Finds a rustls error in the chain. hyper-rustls and tokio-rustls wrap it in `io::Error`s,
 /// whose `source()` skips the wrapped error, so an `io::Error` is followed through `get_ref`.
-fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        cur = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => match io.get_ref() {
-                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-                None => e.source(),
-            },
-            None => e.source(),
-        };
-    }
-    None
+fn find_rustls_error<'a>(err: &'a DynError) -> Option<&'a rustls::Error> {
+    let next = |e: &&'a DynError| -> Option<&'a DynError> {
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        wrapped.map_or_else(|| e.source(), |inner| Some(inner))
+    };
+    std::iter::successors(Some(err), next).find_map(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// `data.<key>` of a secret as UTF-8, if present.

@@ -109,7 +109,16 @@ pub async fn run(
             resolve: None,
         },
     );
-    let mut rec = Reconciler::new(kube, secret, settings.auth_once);
+    let mut rec = Reconciler {
+        kube,
+        secret,
+        auth_once: settings.auth_once,
+        running: false,
+        seen: None,
+        last: None,
+        stored_once: false,
+        reconciled: false,
+    };
     let main = follow(&mut node, &mut rec, settings);
     tokio::select! {
         result = main => result,
@@ -160,19 +169,6 @@ pub struct Reconciler<'a> {
 }
 
 impl<'a> Reconciler<'a> {
-    pub fn new(kube: &'a Kube, secret: &'a str, auth_once: bool) -> Self {
-        Reconciler {
-            kube,
-            secret,
-            auth_once,
-            running: false,
-            seen: None,
-            last: None,
-            stored_once: false,
-            reconciled: false,
-        }
-    }
-
     /// Brings the secret in line with the node as the bus last told it.
     pub async fn on_state(&mut self, st: &NodeState) -> Result<(), WatchError> {
         if let Some(id) = &st.me {
