@@ -1,6 +1,7 @@
 //! ts-auth: `tailscale up` with the reference's argv and the login watch over the IPN bus until
 //! tailscaled is Running (the README's boot order). In guard mode (what ts-init asks for) it
-//! then stays resident and ends the container when tailscaled leaves Running (§7 step 1).
+//! then stays resident and ends the container when tailscaled leaves Running (the README's
+//! "Signals and exit status of ts-init").
 
 use std::time::Duration;
 use tokio::time::Instant;

@@ -10,17 +10,7 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct Command {
     pub program: String,
-    args: Vec<Arg>,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-enum Arg {
-    Plain(String),
-    /// A credential: shown as `prefix<redacted>`, passed as `prefix<value>`.
-    Secret {
-        prefix: String,
-        value: Secret,
-    },
+    args: Vec<Word>,
 }
 
 impl Command {
@@ -34,19 +24,19 @@ impl Command {
     }
 
     pub fn arg(mut self, a: impl Into<String>) -> Self {
-        self.args.push(Arg::Plain(a.into()));
+        self.args.push(Word::Plain(a.into()));
         self
     }
 
     pub fn args(mut self, a: &[String]) -> Self {
-        self.args.extend(a.iter().cloned().map(Arg::Plain));
+        self.args.extend(a.iter().cloned().map(Word::Plain));
         self
     }
 
     /// `prefix<value>` when there is a value; nothing otherwise.
     fn secret(mut self, prefix: &str, value: Option<&Secret>) -> Self {
         if let Some(value) = value {
-            self.args.push(Arg::Secret {
+            self.args.push(Word::Secret {
                 prefix: prefix.to_string(),
                 value: value.clone(),
             });
@@ -65,15 +55,7 @@ impl Command {
 
     /// `TS_EXTRA_ARGS` words, a credential among them kept apart like the auth key.
     fn user_words(mut self, words: &[String]) -> Self {
-        for word in classify_words(words) {
-            self.args.push(match word {
-                Word::Plain(w) => Arg::Plain(w.to_string()),
-                Word::Secret { prefix, value } => Arg::Secret {
-                    prefix: prefix.to_string(),
-                    value: Secret::new(value),
-                },
-            });
-        }
+        self.args.extend(classify_words(words));
         self
     }
 
@@ -82,8 +64,8 @@ impl Command {
         self.args
             .iter()
             .map(|a| match a {
-                Arg::Plain(s) => s.clone(),
-                Arg::Secret { prefix, value } => format!("{prefix}{}", value.expose()),
+                Word::Plain(s) => s.clone(),
+                Word::Secret { prefix, value } => format!("{prefix}{}", value.expose()),
             })
             .collect()
     }
@@ -94,8 +76,8 @@ impl Command {
         for a in &self.args {
             out.push(' ');
             match a {
-                Arg::Plain(s) => out.push_str(s),
-                Arg::Secret { prefix, .. } => {
+                Word::Plain(s) => out.push_str(s),
+                Word::Secret { prefix, .. } => {
                     out.push_str(prefix);
                     out.push_str(REDACTED);
                 }
@@ -129,14 +111,11 @@ pub fn tailscaled(s: &Settings) -> Command {
         s.state_dir.as_str()
     };
     if s.kube_state_enabled() {
-        cmd = cmd
-            .arg(format!("--state=kube:{}", s.kube_secret))
-            .arg(format!("--statedir={statedir}"));
-    } else if !s.state_dir.is_empty() {
-        cmd = cmd.arg(format!("--statedir={}", s.state_dir));
-    } else {
-        cmd = cmd.arg("--state=mem:").arg("--statedir=/tmp");
+        cmd = cmd.arg(format!("--state=kube:{}", s.kube_secret));
+    } else if s.state_dir.is_empty() {
+        cmd = cmd.arg("--state=mem:");
     }
+    cmd = cmd.arg(format!("--statedir={statedir}"));
     if s.userspace {
         cmd = cmd.arg("--tun=userspace-networking");
     }
@@ -202,28 +181,16 @@ fn owned_prefs(cmd: Command, s: &Settings) -> Command {
 /// What an iptables command should do with the DNAT rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleOp {
-    /// `-C PREROUTING …`: exit 0 when the rule exists.
-    Check,
     /// `-I PREROUTING 1 …`: the reference's insert.
     Insert,
     /// `-D PREROUTING …`.
     Delete,
 }
 
-/// `iptables` / `ip6tables` by the destination's family (the README's boot order).
-pub fn dnat_program(dest: &std::net::IpAddr) -> &'static str {
-    if dest.is_ipv4() {
-        "iptables"
-    } else {
-        "ip6tables"
-    }
-}
-
 /// The reference's DNAT rule from `local` (a tailnet IP) to `dest` (`TS_DEST_IP` verbatim).
 pub fn dnat_rule(op: RuleOp, program: &str, local: &str, dest: &str) -> Command {
     let mut cmd = Command::new(program).arg("-t").arg("nat");
     cmd = match op {
-        RuleOp::Check => cmd.arg("-C").arg("PREROUTING"),
         RuleOp::Insert => cmd.arg("-I").arg("PREROUTING").arg("1"),
         RuleOp::Delete => cmd.arg("-D").arg("PREROUTING"),
     };
@@ -509,10 +476,6 @@ mod tests {
         assert_eq!(
             dnat_rule(RuleOp::Delete, "ip6tables", "fd7a::1", "fd00::5").display_redacted(),
             "ip6tables -t nat -D PREROUTING -d fd7a::1 -j DNAT --to-destination fd00::5"
-        );
-        assert_eq!(
-            dnat_program(&"::ffff:1.2.3.4".parse().unwrap()),
-            "ip6tables"
         );
     }
 }

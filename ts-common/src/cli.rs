@@ -94,22 +94,16 @@ pub fn run_phase<E: Failure>(
     phase: Phase,
     body: impl FnOnce(Settings, bool) -> Result<(), E>,
 ) -> std::process::ExitCode {
-    let code = match load_settings(phase.name, &phase.overrides) {
-        Err(code) => code,
-        Ok(settings) => match claim(&settings, phase.explain) {
-            Err(code) => code,
-            Ok(()) => {
-                warn_unsupported(&settings);
-                match body(settings, phase.explain) {
-                    Ok(()) => crate::exit::SUCCESS,
-                    Err(e) => {
-                        e.log();
-                        e.exit_code()
-                    }
-                }
-            }
-        },
+    let run = || {
+        let settings = load_settings(phase.name, &phase.overrides)?;
+        claim(&settings, phase.explain)?;
+        warn_unsupported(&settings);
+        body(settings, phase.explain).map_err(|e| {
+            e.log();
+            e.exit_code()
+        })
     };
+    let code = run().err().unwrap_or(crate::exit::SUCCESS);
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
@@ -125,14 +119,9 @@ fn claim(settings: &Settings, explain: bool) -> Result<(), i32> {
 }
 
 /// A failure that was already logged where it happened, carrying only its exit status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("exit status {0}")]
 pub struct Logged(pub i32);
-
-impl std::fmt::Display for Logged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit status {}", self.0)
-    }
-}
 
 impl Failure for Logged {
     fn exit_code(&self) -> i32 {
@@ -160,17 +149,13 @@ pub fn warn_unsupported(settings: &Settings) {
             "{var} is set but not supported by tsboot yet (newer containerboot feature); it is ignored"
         );
     }
+    // Still honoured, as in containerboot.
     if let Some(addr) = &settings.local.deprecated_health_addr {
-        tracing::warn!("{}", deprecated_health_warning(addr));
+        tracing::warn!(
+            "TS_HEALTHCHECK_ADDR_PORT is deprecated (serving /healthz alone on {addr}); \
+             use TS_ENABLE_HEALTH_CHECK=true and optionally TS_LOCAL_ADDR_PORT instead"
+        );
     }
-}
-
-/// The one-line warning for `TS_HEALTHCHECK_ADDR_PORT` (still honoured, as in containerboot).
-pub fn deprecated_health_warning(addr: &crate::settings::ListenAddr) -> String {
-    format!(
-        "TS_HEALTHCHECK_ADDR_PORT is deprecated (serving /healthz alone on {addr}); \
-         use TS_ENABLE_HEALTH_CHECK=true and optionally TS_LOCAL_ADDR_PORT instead"
-    )
 }
 
 /// Prints one `--explain` plan line to stdout.

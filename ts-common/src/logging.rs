@@ -173,21 +173,22 @@ struct Fields {
     extra: Vec<(&'static str, String)>,
 }
 
+impl Fields {
+    fn record(&mut self, field: &Field, value: String) {
+        match field.name() {
+            "message" => self.message = value,
+            name => self.extra.push((name, value)),
+        }
+    }
+}
+
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message = value.to_string();
-        } else {
-            self.extra.push((field.name(), value.to_string()));
-        }
+        self.record(field, value.to_string());
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.message = format!("{value:?}");
-        } else {
-            self.extra.push((field.name(), format!("{value:?}")));
-        }
+        self.record(field, format!("{value:?}"));
     }
 }
 

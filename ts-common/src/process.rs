@@ -18,9 +18,6 @@ use std::process::{Command, Stdio};
 /// The fd number a long-lived child finds its readiness pipe at.
 pub const CHILD_READY_FD: RawFd = 3;
 
-/// Variables that carry a credential (D15).
-pub use crate::settings::SECRET_VARS;
-
 /// What tailscaled and the watchers never inherit: the credentials (D15), and `TS_EXTRA_ARGS`,
 /// which only `tailscale up` needs and which may hold one (`--authkey=…`).
 pub const DAEMON_ENV_REMOVE: &[&str] = &[
@@ -174,13 +171,13 @@ pub fn command(path: &Path, args: &[String], fds: &[(RawFd, RawFd)]) -> Command 
 /// Starts a child for ts-init with [`command`]'s hygiene plus the readiness and result fds of
 /// `spec`. Returns its pid; the caller's reaper owns the wait.
 pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
-    let mut fds: Vec<(RawFd, RawFd)> = Vec::new();
-    if let Some(fd) = spec.ready_fd {
-        fds.push((fd.as_raw_fd(), CHILD_READY_FD));
-    }
-    if let Some(fd) = spec.result_fd {
-        fds.push((fd.as_raw_fd(), CHILD_RESULT_FD));
-    }
+    let fds: Vec<(RawFd, RawFd)> = [
+        (spec.ready_fd, CHILD_READY_FD),
+        (spec.result_fd, CHILD_RESULT_FD),
+    ]
+    .into_iter()
+    .filter_map(|(fd, to)| Some((fd?.as_raw_fd(), to)))
+    .collect();
     let mut cmd = command(spec.path, &spec.args, &fds);
     for var in spec.env_remove {
         cmd.env_remove(var);
@@ -188,15 +185,11 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<nix::unistd::Pid, SpawnError> {
     for (k, v) in &spec.env_set {
         cmd.env(k, v);
     }
-    match cmd.spawn() {
-        Ok(child) => {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            // Dropping a std Child neither waits nor kills: the reaper owns the status.
-            drop(child);
-            Ok(pid)
-        }
-        Err(e) => Err(SpawnError::from_io(spec.program, e)),
-    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| SpawnError::from_io(spec.program, e))?;
+    // Dropping a std Child neither waits nor kills: the reaper owns the status.
+    Ok(nix::unistd::Pid::from_raw(child.id() as i32))
 }
 
 impl SpawnError {
@@ -221,9 +214,7 @@ impl SpawnError {
             _ => SpawnError::Start { program, source },
         }
     }
-}
 
-impl SpawnError {
     /// The operating system's error underneath, for callers whose own error type carries one.
     pub fn into_io(self) -> std::io::Error {
         match self {
@@ -380,11 +371,7 @@ fn cloexec_from(first: RawFd) {
 /// writable is a configuration error: writing to it and closing it would break this process.
 pub fn claim_ready_fd(fd: Option<i32>) -> Result<(), crate::SettingsError> {
     let Some(fd) = fd else { return Ok(()) };
-    let invalid = |why: &str| crate::SettingsError::Invalid {
-        var: "TS_READY_FD",
-        value: fd.to_string(),
-        why: why.to_string(),
-    };
+    let invalid = |why: &str| crate::SettingsError::invalid("TS_READY_FD", &fd.to_string(), why);
     if (0..=2).contains(&fd) {
         return Err(invalid(
             "0, 1 and 2 are stdin, stdout and stderr; the readiness fd must be another one",
@@ -433,7 +420,10 @@ pub fn override_env(overrides: &[crate::settings::Override]) -> Vec<(String, Str
 mod tests {
     #[test]
     fn daemons_never_get_a_credential_variable() {
-        for var in super::SECRET_VARS.iter().chain(super::AUTH_KEY_VARS) {
+        for var in crate::settings::SECRET_VARS
+            .iter()
+            .chain(super::AUTH_KEY_VARS)
+        {
             assert!(super::DAEMON_ENV_REMOVE.contains(var), "{var}");
         }
     }

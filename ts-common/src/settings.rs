@@ -131,26 +131,19 @@ impl FromStr for IpPrefix {
             && !(bits.len() > 1 && bits.starts_with('0'));
         let len: u8 = if digits_ok { bits.parse().ok() } else { None }
             .ok_or_else(|| format!("bad prefix length {bits:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let (max, family) = if addr.is_ipv4() {
+            (32, "IPv4")
+        } else {
+            (128, "IPv6")
+        };
         if len > max {
-            return Err(format!(
-                "prefix length {len} too large for {}",
-                family_name(&addr)
-            ));
+            return Err(format!("prefix length {len} too large for {family}"));
         }
         Ok(IpPrefix { addr, len })
     }
 }
 
-fn family_name(addr: &IpAddr) -> &'static str {
-    if addr.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
-}
-
-/// Which IP families need forwarding (§10 of the contract).
+/// Which IP families need forwarding: those of TS_ROUTES, TS_DEST_IP and the egress target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Families {
     pub ipv4: bool,
@@ -175,22 +168,15 @@ pub struct KubeService {
 impl KubeService {
     /// `https://host:port`, with an IPv6 host in brackets (D14).
     pub fn url(&self) -> Result<String, SettingsError> {
-        let port = match self.port.as_deref() {
-            Some(p) if !p.is_empty() => p,
-            _ => {
-                return Err(SettingsError::Missing {
+        let port =
+            self.port
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .ok_or(SettingsError::Missing {
                     var: "KUBERNETES_SERVICE_PORT_HTTPS",
                     why: "KUBERNETES_SERVICE_HOST is set, so the API server port is needed",
-                })
-            }
-        };
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(SettingsError::Invalid {
-                var: "KUBERNETES_SERVICE_PORT_HTTPS",
-                value: port.to_string(),
-                why: "not a TCP port number".into(),
-            });
-        }
+                })?;
+        places::check_port(port)?;
         let host = if self.host.contains(':') && !self.host.starts_with('[') {
             format!("[{}]", self.host)
         } else {
@@ -239,6 +225,17 @@ pub enum SettingsError {
     /// Two variables that today's containerboot refuses together (its `validate()`).
     #[error("{0}")]
     Conflict(&'static str),
+}
+
+impl SettingsError {
+    /// [`SettingsError::Invalid`]: `var=value` is refused because of `why`.
+    pub fn invalid(var: &'static str, value: &str, why: impl Into<String>) -> Self {
+        SettingsError::Invalid {
+            var,
+            value: value.to_string(),
+            why: why.into(),
+        }
+    }
 }
 
 /// One value standing in for a variable, e.g. from a command-line flag.
@@ -341,6 +338,11 @@ impl Env {
         self.vars.get(var).map(String::as_str)
     }
 
+    /// The value unless it is unset or empty (which mean the same for most variables).
+    fn non_empty(&self, var: &str) -> Option<&str> {
+        self.get(var).filter(|v| !v.is_empty())
+    }
+
     /// Reference `defaultEnv`: set (even to "") wins, else the default.
     fn string(&self, var: &str, default: &str) -> String {
         self.get(var).unwrap_or(default).to_string()
@@ -348,23 +350,21 @@ impl Env {
 
     /// Booleans (D1): empty or unset = default; anything unrecognised is an error.
     fn boolean(&self, var: &'static str, default: bool) -> Result<bool, SettingsError> {
-        match self.get(var) {
-            None | Some("") => Ok(default),
-            Some(v) => parse_bool(v).ok_or_else(|| SettingsError::Bool {
+        self.non_empty(var).map_or(Ok(default), |v| {
+            parse_bool(v).ok_or_else(|| SettingsError::Bool {
                 var,
-                value: v.to_string(),
-            }),
-        }
+                value: v.into(),
+            })
+        })
     }
 
     fn duration(&self, var: &'static str, default: Duration) -> Result<Duration, SettingsError> {
-        match self.get(var) {
-            None | Some("") => Ok(default),
-            Some(v) => parse_duration(v).ok_or_else(|| SettingsError::Duration {
+        self.non_empty(var).map_or(Ok(default), |v| {
+            parse_duration(v).ok_or_else(|| SettingsError::Duration {
                 var,
-                value: v.to_string(),
-            }),
-        }
+                value: v.into(),
+            })
+        })
     }
 }
 
@@ -388,10 +388,8 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
     // positive value, so it is left to fail below). Strip it once here so every form agrees:
     // before, "+5" passed (u64's FromStr takes '+') while the Go-valid "+5s" and "+1.5" failed.
     let v = v.strip_prefix('+').unwrap_or(v);
-    let nanos = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        // Only digits are left, so the one way this parse fails is overflow: refuse it.
-        u128::from(v.parse::<u64>().ok()?) * 1_000_000_000
-    } else if is_plain_decimal(v) {
+    let plain = v.bytes().all(|b| b.is_ascii_digit() || b == b'.') && v.matches('.').count() <= 1;
+    let nanos = if plain {
         decimal_nanos(v, 1_000_000_000)?
     } else {
         go_duration_nanos(v)?
@@ -400,16 +398,6 @@ pub fn parse_duration(v: &str) -> Option<Duration> {
         return None;
     }
     Some(Duration::from_nanos(nanos as u64))
-}
-
-fn is_plain_decimal(v: &str) -> bool {
-    let mut parts = v.splitn(2, '.');
-    let int = parts.next().unwrap_or("");
-    let frac = parts.next().unwrap_or("");
-    v.contains('.')
-        && (!int.is_empty() || !frac.is_empty())
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `12.5` in units of `unit_nanos`, as whole nanoseconds.
@@ -468,11 +456,11 @@ fn parse_log_format(value: Option<&str>) -> Result<LogFormat, SettingsError> {
     match value {
         None | Some("") | Some("text") => Ok(LogFormat::Text),
         Some("json") => Ok(LogFormat::Json),
-        Some(other) => Err(SettingsError::Invalid {
-            var: "TS_LOG_FORMAT",
-            value: other.to_string(),
-            why: "use text or json".into(),
-        }),
+        Some(other) => Err(SettingsError::invalid(
+            "TS_LOG_FORMAT",
+            other,
+            "use text or json",
+        )),
     }
 }
 
@@ -552,70 +540,57 @@ impl Settings {
         )?;
         let debug_addr_port = env.string("TS_DEBUG_ADDR_PORT", "");
         if !debug_addr_port.is_empty() && debug_addr_port.parse::<std::net::SocketAddr>().is_err() {
-            return Err(SettingsError::Invalid {
-                var: "TS_DEBUG_ADDR_PORT",
-                value: debug_addr_port,
-                why: "not an IP address and port: use e.g. 0.0.0.0:9001 or [::]:9001".into(),
-            });
+            return Err(SettingsError::invalid(
+                "TS_DEBUG_ADDR_PORT",
+                &debug_addr_port,
+                "not an IP address and port: use e.g. 0.0.0.0:9001 or [::]:9001",
+            ));
         }
 
         let dest_ip_raw = env.string("TS_DEST_IP", "");
-        let dest_ip = if dest_ip_raw.is_empty() {
-            None
-        } else {
-            Some(
-                dest_ip_raw
-                    .parse::<IpAddr>()
-                    .map_err(|_| SettingsError::DestIp {
-                        value: dest_ip_raw.clone(),
-                        why: format!("ParseAddr({dest_ip_raw:?}): not an IP address"),
-                    })?,
-            )
+        let dest_ip = match dest_ip_raw.as_str() {
+            "" => None,
+            raw => Some(raw.parse::<IpAddr>().map_err(|_| SettingsError::DestIp {
+                value: raw.to_string(),
+                why: format!("ParseAddr({raw:?}): not an IP address"),
+            })?),
         };
         if dest_ip.is_some() && userspace {
             return Err(SettingsError::DestIpUserspace { value: dest_ip_raw });
         }
 
         let tailnet_target = egress::parse_tailnet_target(
-            env.get("TS_TAILNET_TARGET_IP"),
-            env.get("TS_TAILNET_TARGET_FQDN"),
+            env.non_empty("TS_TAILNET_TARGET_IP"),
+            env.non_empty("TS_TAILNET_TARGET_FQDN"),
             userspace,
         )?;
-        let firewall_mode = egress::parse_firewall_mode(env.get("TS_DEBUG_FIREWALL_MODE"))?;
+        let firewall_mode = egress::parse_firewall_mode(env.non_empty("TS_DEBUG_FIREWALL_MODE"))?;
 
         let boot_timeout = env.duration("TS_BOOT_TIMEOUT", DEFAULT_BOOT_TIMEOUT)?;
         let shutdown_grace = env.duration("TS_SHUTDOWN_GRACE", DEFAULT_SHUTDOWN_GRACE)?;
 
         let log_format = parse_log_format(env.get("TS_LOG_FORMAT"))?;
 
-        let ready_fd = match env.get("TS_READY_FD") {
-            None | Some("") => None,
+        let ready_fd = match env.non_empty("TS_READY_FD") {
+            None => None,
             Some(v) => {
+                let invalid = |why| SettingsError::invalid("TS_READY_FD", v, why);
                 let fd = v.parse::<i32>().ok().filter(|fd| *fd >= 0).ok_or_else(|| {
-                    SettingsError::Invalid {
-                        var: "TS_READY_FD",
-                        value: v.to_string(),
-                        why: "not a file descriptor number (a non-negative integer)".into(),
-                    }
+                    invalid("not a file descriptor number (a non-negative integer)")
                 })?;
                 if fd <= 2 {
-                    return Err(SettingsError::Invalid {
-                        var: "TS_READY_FD",
-                        value: v.to_string(),
-                        why: "0, 1 and 2 are stdin, stdout and stderr; the readiness fd must be another one".into(),
-                    });
+                    return Err(invalid("0, 1 and 2 are stdin, stdout and stderr; the readiness fd must be another one"));
                 }
                 Some(fd)
             }
         };
 
-        let kube_service = match env.get("KUBERNETES_SERVICE_HOST") {
-            Some(host) if !host.is_empty() => Some(KubeService {
+        let kube_service = env
+            .non_empty("KUBERNETES_SERVICE_HOST")
+            .map(|host| KubeService {
                 host: host.to_string(),
                 port: env.get("KUBERNETES_SERVICE_PORT_HTTPS").map(str::to_string),
-            }),
-            _ => None,
-        };
+            });
         let kube_secret = env.string("TS_KUBE_SECRET", DEFAULT_KUBE_SECRET);
         if let Some(service) = &kube_service {
             places::check_kube(service, &kube_secret)?;
@@ -639,10 +614,7 @@ impl Settings {
             .collect();
 
         let serve = ServeSettings {
-            config: env
-                .get("TS_SERVE_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            config: env.non_empty("TS_SERVE_CONFIG").map(PathBuf::from),
             auto_advertise: env.boolean("TS_EXPERIMENTAL_SERVICE_AUTO_ADVERTISEMENT", true)?,
             no_inotify: env.boolean("TS_TEST_ONLY_SERVE_NO_INOTIFY", false)?,
         };
@@ -724,15 +696,9 @@ impl Settings {
         if self.userspace {
             return families;
         }
-        if let Some(ip) = self.dest_ip {
+        let routes = self.route_prefixes.iter().map(|p| p.addr);
+        for ip in self.dest_ip.into_iter().chain(routes) {
             if ip.is_ipv4() {
-                families.ipv4 = true;
-            } else {
-                families.ipv6 = true;
-            }
-        }
-        for prefix in &self.route_prefixes {
-            if prefix.is_ipv4() {
                 families.ipv4 = true;
             } else {
                 families.ipv6 = true;
@@ -771,7 +737,7 @@ fn unicode_vars(
 ) -> Result<BTreeMap<String, String>, SettingsError> {
     let mut map = BTreeMap::new();
     for (name, value) in vars {
-        let Some(name) = name.to_str().map(str::to_string) else {
+        let Ok(name) = name.into_string() else {
             continue;
         };
         match value.into_string() {
@@ -804,13 +770,9 @@ impl ExtraArgs {
     /// flag package reads them). `tailscale up` refuses a flag given twice, so tsboot leaves out
     /// its own flag when the user's words already set it.
     pub fn mentions(&self, name: &str) -> bool {
-        self.0.iter().any(|word| {
-            let body = word
-                .strip_prefix("--")
-                .or_else(|| word.strip_prefix('-'))
-                .unwrap_or("");
-            body.split_once('=').map_or(body, |(n, _)| n) == name
-        })
+        self.0
+            .iter()
+            .any(|word| flag(word).is_some_and(|(n, _)| n == name))
     }
 }
 
@@ -819,7 +781,7 @@ impl fmt::Debug for ExtraArgs {
         let shown: Vec<String> = classify_words(&self.0)
             .into_iter()
             .map(|w| match w {
-                Word::Plain(s) => s.to_string(),
+                Word::Plain(s) => s,
                 Word::Secret { prefix, .. } => format!("{prefix}{REDACTED}"),
             })
             .collect();
@@ -827,53 +789,47 @@ impl fmt::Debug for ExtraArgs {
     }
 }
 
-/// One `TS_EXTRA_ARGS` word as tsboot must show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Word<'a> {
-    Plain(&'a str),
+/// One command-line word (of `TS_EXTRA_ARGS`, or any tsboot passes) as tsboot must show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Word {
+    Plain(String),
     /// A credential: `prefix` (e.g. `--authkey=`, or "" for the value word after a bare
     /// `--authkey`) is shown, `value` never is.
     Secret {
-        prefix: &'a str,
-        value: &'a str,
+        prefix: String,
+        value: Secret,
     },
 }
 
-/// The name of a credential flag in `word` (`-authkey`, `--client-secret=…`), Go flag syntax.
-fn secret_flag(word: &str) -> Option<(&str, Option<&str>)> {
+/// The flag name in `word` and its `=` value (`-authkey`, `--client-secret=…`), Go flag syntax.
+fn flag(word: &str) -> Option<(&str, Option<&str>)> {
     let body = word.strip_prefix("--").or_else(|| word.strip_prefix('-'))?;
-    let (name, value) = match body.split_once('=') {
+    Some(match body.split_once('=') {
         Some((n, v)) => (n, Some(v)),
         None => (body, None),
-    };
-    SECRET_UP_FLAGS.contains(&name).then_some((name, value))
+    })
 }
 
 /// Splits `words` into what may be shown and the credentials (`--authkey=K`, or `--authkey K`
 /// as two words, which Go's flag package also accepts).
-pub fn classify_words(words: &[String]) -> Vec<Word<'_>> {
-    let mut out = Vec::with_capacity(words.len());
+pub fn classify_words(words: &[String]) -> Vec<Word> {
+    let secret = |prefix: &str, value: &str| Word::Secret {
+        prefix: prefix.into(),
+        value: Secret::new(value),
+    };
     let mut next_is_secret = false;
+    let mut out = Vec::with_capacity(words.len());
     for word in words {
-        if next_is_secret {
-            next_is_secret = false;
-            out.push(Word::Secret {
-                prefix: "",
-                value: word,
-            });
-            continue;
-        }
-        match secret_flag(word) {
-            Some((_, Some(value))) => {
-                let prefix = &word[..word.len() - value.len()];
-                out.push(Word::Secret { prefix, value });
-            }
-            Some((_, None)) => {
+        let flag = flag(word).filter(|(name, _)| SECRET_UP_FLAGS.contains(name));
+        out.push(match (std::mem::take(&mut next_is_secret), flag) {
+            (true, _) => secret("", word),
+            (false, Some((_, Some(value)))) => secret(&word[..word.len() - value.len()], value),
+            (false, Some((_, None))) => {
                 next_is_secret = true;
-                out.push(Word::Plain(word));
+                Word::Plain(word.clone())
             }
-            None => out.push(Word::Plain(word)),
-        }
+            (false, None) => Word::Plain(word.clone()),
+        });
     }
     out
 }
@@ -896,10 +852,12 @@ fn fold_accept_dns(
                 continue;
             }
         };
-        accept_dns = parse_bool(value).ok_or_else(|| SettingsError::Invalid {
-            var: "TS_EXTRA_ARGS",
-            value: word.clone(),
-            why: "--accept-dns takes a boolean: use --accept-dns=true or --accept-dns=false".into(),
+        accept_dns = parse_bool(value).ok_or_else(|| {
+            SettingsError::invalid(
+                "TS_EXTRA_ARGS",
+                &word,
+                "--accept-dns takes a boolean: use --accept-dns=true or --accept-dns=false",
+            )
         })?;
     }
     Ok((ExtraArgs(kept), accept_dns))

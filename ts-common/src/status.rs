@@ -69,14 +69,9 @@ impl PhaseState {
         PhaseState::Stopped,
     ];
 
+    /// The serde name (in declaration order, as [`PhaseState::ALL`]).
     pub fn name(&self) -> &'static str {
-        match self {
-            PhaseState::Running => "running",
-            PhaseState::Ready => "ready",
-            PhaseState::Done => "done",
-            PhaseState::Failed => "failed",
-            PhaseState::Stopped => "stopped",
-        }
+        ["running", "ready", "done", "failed", "stopped"][*self as usize]
     }
 }
 
@@ -301,28 +296,21 @@ pub fn reconcile_started() {
 
 /// The reconcile in progress succeeded.
 pub fn reconcile_succeeded() {
-    update(|r| {
-        r.in_progress_since_ms = None;
-        r.successes += 1;
-        r.last = Some(Outcome {
-            ok: true,
-            reason: String::new(),
-            at_ms: now_ms(),
-        });
-    });
+    reconcile_ended(true, String::new());
 }
 
 /// The reconcile in progress failed because of `reason` (cut to one line).
 pub fn reconcile_failed(reason: &dyn Display) {
-    let reason = one_line(&reason.to_string());
+    reconcile_ended(false, one_line(&reason.to_string()));
+}
+
+fn reconcile_ended(ok: bool, reason: String) {
     update(|r| {
         r.in_progress_since_ms = None;
-        r.failures += 1;
-        r.last = Some(Outcome {
-            ok: false,
-            reason,
-            at_ms: now_ms(),
-        });
+        r.successes += u64::from(ok);
+        r.failures += u64::from(!ok);
+        let at_ms = now_ms();
+        r.last = Some(Outcome { ok, reason, at_ms });
     });
 }
 

@@ -4,6 +4,7 @@
 pub mod plan;
 pub mod supervisor;
 
+use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -15,20 +16,45 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use supervisor::{Event, Exit, Role, Stopped, Supervisor};
 use ts_common::preflight::PreflightResult;
-use ts_common::process::{self, SpawnSpec, AUTH_KEY_VARS, DAEMON_ENV_REMOVE, UNDER_INIT_VAR};
+use ts_common::process::{
+    self, SpawnError, SpawnSpec, AUTH_KEY_VARS, DAEMON_ENV_REMOVE, UNDER_INIT_VAR,
+};
 use ts_common::settings::{Override, Settings};
 use ts_common::status::{self, PhaseState};
 use ts_common::{exit, process::describe};
 
 /// Why the container ends; the first observed cause decides the exit status.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Cause {
     /// SIGTERM/SIGINT from the runtime.
     Requested(Signal),
     /// tailscaled ended on its own.
     TailscaledExited(WaitStatus, bool),
-    /// A phase or watcher failed; the message says which and why.
-    Failed(String),
+    /// A phase or watcher failed, or ts-init itself could not go on.
+    Failed(Failure),
+}
+
+impl From<Failure> for Cause {
+    fn from(failure: Failure) -> Self {
+        Cause::Failed(failure)
+    }
+}
+
+impl Cause {
+    /// The container's exit status for this cause (the README's exit-status table).
+    pub fn exit_code(&self, tailscaled_killed: bool) -> i32 {
+        match self {
+            Cause::Requested(_) if tailscaled_killed => exit::signal_status(Signal::SIGKILL as i32),
+            Cause::Requested(_) => exit::SUCCESS,
+            Cause::TailscaledExited(status, during_startup) => match process::exit_code(status) {
+                // Exiting 0 before startup completed is still a failed startup.
+                Some(0) if *during_startup => exit::FAILURE,
+                Some(code) => code,
+                None => exit::FAILURE,
+            },
+            Cause::Failed(failure) => failure.exit_code(),
+        }
+    }
 }
 
 impl fmt::Display for Cause {
@@ -45,8 +71,54 @@ impl fmt::Display for Cause {
                     ""
                 }
             ),
-            Cause::Failed(why) => f.write_str(why),
+            Cause::Failed(failure) => failure.fmt(f),
         }
+    }
+}
+
+/// What failed. Each says which part and why, in the words the log line uses.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// containerboot's words, so that log scrapers written for it still match.
+    #[error("failed to bring up tailscale: starting tailscaled failed: exec: \"{0}\": executable file not found in $PATH")]
+    TailscaledNotFound(String),
+    #[error("failed to bring up tailscale: starting tailscaled failed: {0}")]
+    TailscaledSpawn(#[source] SpawnError),
+    #[error("cannot find {0}: install tsboot's binaries next to ts-init or on PATH")]
+    PhaseNotFound(&'static str),
+    #[error(transparent)]
+    PhaseSpawn(#[from] SpawnError),
+    #[error("{}", process::describe_errno("cannot create a pipe", *.0))]
+    Pipe(Errno),
+    #[error("{} failed ({})", .0.name(), describe(.1))]
+    PhaseFailed(Role, WaitStatus),
+    #[error("{} failed during startup ({})", .0.name(), describe(.1))]
+    FailedDuringStartup(Role, WaitStatus),
+    #[error("{} closed its readiness fd without becoming ready; {}", .0.name(), .1)]
+    NeverReady(Role, Box<Failure>),
+    #[error("ts-kubestate preflight returned an unreadable result ({0}); is ts-kubestate from the same tsboot release as ts-init?")]
+    PreflightUnreadable(#[source] serde_json::Error),
+    #[error("startup deadline of {0:?} (TS_BOOT_TIMEOUT) passed while {1}")]
+    Deadline(Duration, String),
+    #[error("Timed out waiting for tailscaled socket")]
+    SocketTimeout,
+    #[error("Waiting for tailscaled socket: {0}")]
+    SocketWait(Errno),
+    #[error("waiting for events failed: {0}")]
+    EventLoop(Errno),
+    /// What ended the guard is in its status: its own log line says whether tailscaled left
+    /// Running; a signal means something else killed it.
+    #[error("ts-auth (guard of the Running state) {}", ended(.0))]
+    GuardEnded(WaitStatus),
+    #[error("watcher {} failed ({})", .0.name(), describe(.1))]
+    WatcherFailed(Role, WaitStatus),
+}
+
+impl Failure {
+    /// Every failure ends the container with 1; configuration errors (2) are caught before
+    /// anything starts and never become a `Failure`.
+    pub fn exit_code(&self) -> i32 {
+        exit::FAILURE
     }
 }
 
@@ -179,12 +251,8 @@ impl Boot {
         self.link_socket();
         tracing::info!("Starting tailscaled");
         let tailscaled = self.plan.tailscaled.clone();
-        let path = process::look_path(&tailscaled.program).ok_or_else(|| {
-            Cause::Failed(format!(
-                "failed to bring up tailscale: starting tailscaled failed: exec: \"{}\": executable file not found in $PATH",
-                tailscaled.program
-            ))
-        })?;
+        let path = process::look_path(&tailscaled.program)
+            .ok_or_else(|| Failure::TailscaledNotFound(tailscaled.program.clone()))?;
         self.sup
             .spawn(
                 Role::Tailscaled,
@@ -198,11 +266,7 @@ impl Boot {
                     result_fd: None,
                 },
             )
-            .map_err(|e| {
-                Cause::Failed(format!(
-                    "failed to bring up tailscale: starting tailscaled failed: {e}"
-                ))
-            })?;
+            .map_err(Failure::TailscaledSpawn)?;
 
         tracing::info!("Waiting for tailscaled socket");
         status::set_activity("waiting for tailscaled's socket");
@@ -217,28 +281,27 @@ impl Boot {
             "waiting for tailscaled to reach Running",
         )?;
 
+        if self.plan.kubestate.is_some() && !can_patch {
+            tracing::info!(
+                "no patch permission on secret {:?}: device info will not be stored, ts-kubestate not started",
+                self.settings.kube_secret
+            );
+        }
+        let planned = [
+            (self.plan.proxy_rules.clone(), Guard::ProxyRules),
+            (
+                self.plan.kubestate.clone().filter(|_| can_patch),
+                Guard::KubeState,
+            ),
+            (self.plan.serve.clone(), Guard::Serve),
+        ];
         let mut watchers = Vec::new();
-        if let Some(p) = self.plan.proxy_rules.clone() {
-            let p = with_guard(p, self.guard == Guard::ProxyRules);
-            let fd = self.start_ready_phase(Role::Watcher("ts-proxy-rules"), &p, Vec::new())?;
-            watchers.push((Role::Watcher("ts-proxy-rules"), fd));
-        }
-        if let Some(p) = self.plan.kubestate.clone() {
-            if can_patch {
-                let p = with_guard(p, self.guard == Guard::KubeState);
-                let fd = self.start_ready_phase(Role::Watcher("ts-kubestate"), &p, Vec::new())?;
-                watchers.push((Role::Watcher("ts-kubestate"), fd));
-            } else {
-                tracing::info!(
-                    "no patch permission on secret {:?}: device info will not be stored, ts-kubestate not started",
-                    self.settings.kube_secret
-                );
+        for (phase, guard) in planned {
+            if let Some(phase) = phase {
+                let role = Role::Watcher(guard.program());
+                let phase = with_guard(phase, self.guard == guard);
+                watchers.push((role, self.start_ready_phase(role, &phase, Vec::new())?));
             }
-        }
-        if let Some(p) = self.plan.serve.clone() {
-            let p = with_guard(p, self.guard == Guard::Serve);
-            let fd = self.start_ready_phase(Role::Watcher("ts-serve"), &p, Vec::new())?;
-            watchers.push((Role::Watcher("ts-serve"), fd));
         }
         if !watchers.is_empty() {
             status::set_activity("waiting for the watchers' first reconcile");
@@ -261,13 +324,8 @@ impl Boot {
         env
     }
 
-    fn resolve(&self, phase: &Phase) -> Result<std::path::PathBuf, Cause> {
-        process::find_sibling(phase.program).ok_or_else(|| {
-            Cause::Failed(format!(
-                "cannot find {}: install tsboot's binaries next to ts-init or on PATH",
-                phase.program
-            ))
-        })
+    fn resolve(&self, phase: &Phase) -> Result<std::path::PathBuf, Failure> {
+        process::find_sibling(phase.program).ok_or(Failure::PhaseNotFound(phase.program))
     }
 
     /// Starts one of tsboot's own phases (found next to ts-init, then on PATH).
@@ -294,7 +352,7 @@ impl Boot {
                     result_fd,
                 },
             )
-            .map_err(|e| Cause::Failed(e.to_string()))
+            .map_err(|e| Failure::PhaseSpawn(e).into())
     }
 
     /// Runs a one-shot phase to completion; non-zero exit fails the boot.
@@ -335,11 +393,8 @@ impl Boot {
         }
         let status = status.unwrap_or(WaitStatus::StillAlive);
         check_success(Role::Preflight, &status)?;
-        PreflightResult::from_bytes(&reader.data).map_err(|e| {
-            Cause::Failed(format!(
-                "ts-kubestate preflight returned an unreadable result ({e}); is ts-kubestate from the same tsboot release as ts-init?"
-            ))
-        })
+        PreflightResult::from_bytes(&reader.data)
+            .map_err(|e| Failure::PreflightUnreadable(e).into())
     }
 
     fn start_ready_phase(
@@ -413,15 +468,8 @@ impl Boot {
                 Ok(Event::Exited(e)) => return self.unexpected_exit(e),
                 Ok(Event::Shutdown(sig)) => return Cause::Requested(sig),
                 Ok(_) => {}
-                Err(cause) => {
-                    return match cause {
-                        Cause::Failed(why) => Cause::Failed(format!(
-                            "{} closed its readiness fd without becoming ready; {why}",
-                            role.name()
-                        )),
-                        other => other,
-                    }
-                }
+                Err(Cause::Failed(why)) => return Failure::NeverReady(role, Box::new(why)).into(),
+                Err(other) => return other,
             }
         }
     }
@@ -489,14 +537,12 @@ impl Boot {
                 }
                 Ok(Event::Timeout) => {
                     if Instant::now() >= self.deadline {
-                        return Err(Cause::Failed(
-                            "Timed out waiting for tailscaled socket".into(),
-                        ));
+                        return Err(Failure::SocketTimeout.into());
                     }
                 }
                 Ok(Event::Exited(e)) => return Err(self.unexpected_exit(e)),
                 Ok(Event::Shutdown(sig)) => return Err(Cause::Requested(sig)),
-                Err(e) => return Err(Cause::Failed(format!("Waiting for tailscaled socket: {e}"))),
+                Err(e) => return Err(Failure::SocketWait(e).into()),
             }
         }
     }
@@ -504,12 +550,11 @@ impl Boot {
     /// Next event before the startup deadline.
     fn next(&mut self, fds: &[std::os::fd::BorrowedFd<'_>], what: &str) -> Result<Event, Cause> {
         match self.sup.next_event(fds, Some(self.deadline)) {
-            Ok(Event::Timeout) => Err(Cause::Failed(format!(
-                "startup deadline of {:?} (TS_BOOT_TIMEOUT) passed while {what}",
-                self.settings.boot_timeout
-            ))),
+            Ok(Event::Timeout) => {
+                Err(Failure::Deadline(self.settings.boot_timeout, what.to_string()).into())
+            }
             Ok(event) => Ok(event),
-            Err(e) => Err(Cause::Failed(format!("waiting for events failed: {e}"))),
+            Err(e) => Err(Failure::EventLoop(e).into()),
         }
     }
 
@@ -518,12 +563,7 @@ impl Boot {
         if e.role == Role::Tailscaled {
             return Cause::TailscaledExited(e.status, true);
         }
-        let cause = Cause::Failed(format!(
-            "{} failed during startup ({})",
-            e.role.name(),
-            describe(&e.status)
-        ));
-        self.settle(cause)
+        self.settle(Failure::FailedDuringStartup(e.role, e.status).into())
     }
 
     /// After startup: wait for a shutdown request or the first thing to go wrong.
@@ -531,7 +571,7 @@ impl Boot {
         loop {
             let event = match self.sup.next_event(&[], None) {
                 Ok(e) => e,
-                Err(e) => return Cause::Failed(format!("waiting for events failed: {e}")),
+                Err(e) => return Failure::EventLoop(e).into(),
             };
             match event {
                 Event::Shutdown(sig) => return Cause::Requested(sig),
@@ -543,25 +583,14 @@ impl Boot {
                     tracing::debug!("ts-auth finished (a watcher guards the Running state)");
                 }
                 Event::Exited(e) if e.role == Role::Auth => {
-                    // What ended it is in its status: its own log line says whether tailscaled
-                    // left Running; a signal means something else killed it.
-                    let cause = Cause::Failed(format!(
-                        "ts-auth (guard of the Running state) {}",
-                        ended(&e.status)
-                    ));
-                    return self.settle(cause);
+                    return self.settle(Failure::GuardEnded(e.status).into());
                 }
                 Event::Exited(e) => {
                     if matches!(e.status, WaitStatus::Exited(_, 0)) {
                         tracing::info!("{} exited with nothing left to do", e.role.name());
                         continue;
                     }
-                    let cause = Cause::Failed(format!(
-                        "watcher {} failed ({})",
-                        e.role.name(),
-                        describe(&e.status)
-                    ));
-                    return self.settle(cause);
+                    return self.settle(Failure::WatcherFailed(e.role, e.status).into());
                 }
                 Event::Readable(_) | Event::Timeout => {}
             }
@@ -651,19 +680,7 @@ impl Boot {
         self.sup.reap_until_empty(Instant::now() + KILL_SETTLE);
         tracing::debug!("orphans reaped: {}", self.sup.orphans_reaped());
 
-        let code = match &cause {
-            Cause::Requested(_) if tailscaled_killed => exit::signal_status(Signal::SIGKILL as i32),
-            Cause::Requested(_) => exit::SUCCESS,
-            Cause::TailscaledExited(status, during_startup) => {
-                match process::exit_code(status) {
-                    // Exiting 0 before startup completed is still a failed startup.
-                    Some(0) if *during_startup => exit::FAILURE,
-                    Some(code) => code,
-                    None => exit::FAILURE,
-                }
-            }
-            Cause::Failed(_) => exit::FAILURE,
-        };
+        let code = cause.exit_code(tailscaled_killed);
         tracing::info!("Exiting with status {code}: {cause}");
         code
     }
@@ -785,11 +802,7 @@ fn ended(status: &WaitStatus) -> String {
 fn check_success(role: Role, status: &WaitStatus) -> Result<(), Cause> {
     match status {
         WaitStatus::Exited(_, 0) => Ok(()),
-        other => Err(Cause::Failed(format!(
-            "{} failed ({})",
-            role.name(),
-            describe(other)
-        ))),
+        other => Err(Failure::PhaseFailed(role, *other).into()),
     }
 }
 
@@ -801,9 +814,8 @@ fn socket_ready(socket: &Path) -> bool {
 /// A close-on-exec pipe whose read end (ours) does not block; the child's end stays blocking.
 fn pipe() -> Result<(OwnedFd, OwnedFd), Cause> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fail = |e| Cause::Failed(process::describe_errno("cannot create a pipe", e));
-    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(fail)?;
-    fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(fail)?;
+    let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(Failure::Pipe)?;
+    fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(Failure::Pipe)?;
     Ok((read_end, write_end))
 }
 
@@ -841,5 +853,55 @@ impl PipeReader {
                 Err(_) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID: Pid = Pid::from_raw(7);
+
+    #[test]
+    fn each_cause_carries_the_exit_status_of_the_readme_table() {
+        let requested = Cause::Requested(Signal::SIGTERM);
+        assert_eq!(requested.exit_code(false), 0);
+        assert_eq!(requested.exit_code(true), 137);
+        let died = |status, during_startup| Cause::TailscaledExited(status, during_startup);
+        assert_eq!(died(WaitStatus::Exited(PID, 0), false).exit_code(false), 0);
+        assert_eq!(died(WaitStatus::Exited(PID, 0), true).exit_code(false), 1);
+        assert_eq!(died(WaitStatus::Exited(PID, 3), true).exit_code(false), 3);
+        let killed = WaitStatus::Signaled(PID, Signal::SIGKILL, false);
+        assert_eq!(died(killed, false).exit_code(false), 137);
+        for failure in [
+            Failure::SocketTimeout,
+            Failure::WatcherFailed(Role::Watcher("ts-serve"), WaitStatus::Exited(PID, 2)),
+            Failure::GuardEnded(killed),
+            Failure::Pipe(Errno::EMFILE),
+        ] {
+            assert_eq!(Cause::from(failure).exit_code(false), 1);
+        }
+    }
+
+    #[test]
+    fn a_failure_reads_as_the_line_the_log_gives() {
+        let never_ready = Failure::NeverReady(
+            Role::Auth,
+            Box::new(Failure::Deadline(Duration::from_secs(60), "waiting".into())),
+        );
+        assert_eq!(
+            never_ready.to_string(),
+            "ts-auth closed its readiness fd without becoming ready; \
+             startup deadline of 60s (TS_BOOT_TIMEOUT) passed while waiting"
+        );
+        assert_eq!(
+            Failure::GuardEnded(WaitStatus::Exited(PID, 1)).to_string(),
+            "ts-auth (guard of the Running state) exited (exit status 1); its log above says why"
+        );
+        assert_eq!(
+            Failure::TailscaledNotFound("tailscaled".into()).to_string(),
+            "failed to bring up tailscale: starting tailscaled failed: exec: \"tailscaled\": \
+             executable file not found in $PATH"
+        );
     }
 }

@@ -137,7 +137,6 @@ impl fmt::Display for Call {
 /// and text from the API server in them is bounded and escaped.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum KubeError {
-    /// `KUBERNETES_SERVICE_HOST` is not set: there is no API server to talk to.
     #[error("not running in Kubernetes (KUBERNETES_SERVICE_HOST is not set), so there is no API server to call")]
     NotInKubernetes,
     /// The service-account environment is invalid (e.g. a bad port): a configuration error.
@@ -153,10 +152,8 @@ pub enum KubeError {
         why: String,
         attempts: u32,
     },
-    /// `ca.crt` holds no usable certificate.
     #[error("CA certificate {}: {why}; mount the cluster's CA certificate (the service account's ca.crt)", path.display())]
     CaCert { path: PathBuf, why: String },
-    /// The HTTP client could not be built.
     #[error("building the Kubernetes client for {server}: {why}")]
     Client { server: String, why: String },
     /// A request could not be built from its parts (kube refused a name or a body).
@@ -424,12 +421,25 @@ fn secrets(namespace: &str) -> kube::api::Request {
     kube::api::Request::new(Secret::url_path(&(), Some(namespace)))
 }
 
-/// Every write names tsboot's field manager, as the reference's do.
-fn patch_params() -> PatchParams {
-    PatchParams {
+/// A patch of a secret exactly as the reference sends it: with tsboot's field manager, without
+/// the empty first query pair of kube 5 (`?&fieldManager=…`, which API servers ignore), and with
+/// the newline that ends the body of the reference's Go `json.Encoder`.
+fn patch<P: serde::Serialize>(
+    namespace: &str,
+    name: &str,
+    patch: &Patch<P>,
+) -> Result<http::Request<Vec<u8>>, RequestError> {
+    let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_string()),
         ..PatchParams::default()
-    }
+    };
+    let mut req = secrets(namespace).patch(name, &params, patch)?;
+    let fixed = req.uri().to_string().replacen("?&", "?", 1);
+    *req.uri_mut() = fixed
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| RequestError::BuildRequest(e.into()))?;
+    req.body_mut().push(b'\n');
+    Ok(req)
 }
 
 impl KubeRequest {
@@ -499,12 +509,11 @@ impl KubeRequest {
         data: &[(&str, &str)],
     ) -> Result<Self, KubeError> {
         let data: std::collections::BTreeMap<&str, &str> = data.iter().copied().collect();
-        let patch = Patch::Strategic(serde_json::json!({ "stringData": data }));
-        let built = secrets(namespace).patch(name, &patch_params(), &patch);
+        let string_data = Patch::Strategic(serde_json::json!({ "stringData": data }));
         Self::new(
             Call::PatchSecret,
             name,
-            built.and_then(as_the_reference_sends),
+            patch(namespace, name, &string_data),
         )
     }
 
@@ -513,12 +522,11 @@ impl KubeRequest {
         let remove = json_patch::PatchOperation::Remove(json_patch::RemoveOperation {
             path: PointerBuf::from_tokens(["data", key]),
         });
-        let patch = Patch::Json::<()>(json_patch::Patch(vec![remove]));
-        let built = secrets(namespace).patch(name, &patch_params(), &patch);
+        let remove = Patch::Json::<()>(json_patch::Patch(vec![remove]));
         let call = Call::RemoveKey {
             key: key.to_string(),
         };
-        Self::new(call, name, built.and_then(as_the_reference_sends))
+        Self::new(call, name, patch(namespace, name, &remove))
     }
 }
 
@@ -543,22 +551,6 @@ pub fn describe(req: &Result<KubeRequest, KubeError>) -> String {
         ));
     }
     out
-}
-
-/// A patch exactly as the reference sends it: kube 5 starts the query with an empty pair
-/// (`?&fieldManager=…`), which API servers ignore but the reference does not send, and the
-/// reference's Go `json.Encoder` ends the body with a newline.
-fn as_the_reference_sends(
-    mut req: http::Request<Vec<u8>>,
-) -> Result<http::Request<Vec<u8>>, kube::core::request::Error> {
-    if let Some(pq) = req.uri().path_and_query() {
-        let fixed = pq.as_str().replacen("?&", "?", 1);
-        *req.uri_mut() = fixed.parse().map_err(|e: http::uri::InvalidUri| {
-            kube::core::request::Error::BuildRequest(e.into())
-        })?;
-    }
-    req.body_mut().push(b'\n');
-    Ok(req)
 }
 
 /// The client every tsboot Kubernetes call goes through.
@@ -769,7 +761,21 @@ impl KubeClient {
                 after: wait,
                 attempts: 1,
             }),
-            Ok(Err(e)) => Err(self.transport_error(req, &e)),
+            Ok(Err(e)) => Err(match find_rustls_error(&e) {
+                Some(tls) => KubeError::Tls {
+                    call: req.call.clone(),
+                    secret: req.secret.clone(),
+                    server: self.config.server.clone(),
+                    detail: outside(&tls.to_string()),
+                },
+                None => KubeError::Transport {
+                    call: req.call.clone(),
+                    secret: req.secret.clone(),
+                    server: self.config.server.clone(),
+                    detail: outside(&error_chain(&e)),
+                    attempts: 1,
+                },
+            }),
             Ok(Ok((status, body, false))) if status.is_success() => Ok(body),
             Ok(Ok((status, _, true))) if status.is_success() => Err(KubeError::Decode {
                 call: req.call.clone(),
@@ -777,29 +783,6 @@ impl KubeClient {
                 detail: format!("the answer is larger than {MAX_ANSWER} bytes"),
             }),
             Ok(Ok((status, body, _))) => Err(status_error(req, status, &body)),
-        }
-    }
-
-    fn transport_error(&self, req: &KubeRequest, err: &kube::Error) -> KubeError {
-        let (call, secret, server) = (
-            req.call.clone(),
-            req.secret.clone(),
-            self.config.server.clone(),
-        );
-        match find_rustls_error(err) {
-            Some(tls) => KubeError::Tls {
-                call,
-                secret,
-                server,
-                detail: outside(&tls.to_string()),
-            },
-            None => KubeError::Transport {
-                call,
-                secret,
-                server,
-                detail: outside(&error_chain(err)),
-                attempts: 1,
-            },
         }
     }
 }
@@ -837,37 +820,30 @@ fn status_error(req: &KubeRequest, status: StatusCode, body: &[u8]) -> KubeError
     }
 }
 
+type DynError = dyn std::error::Error + 'static;
+
 /// `a: b: c` over an error's source chain (io errors wrapping another error included).
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+fn error_chain(err: &DynError) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
+    for e in std::iter::successors(Some(err), |e| e.source()) {
         let text = e.to_string();
         if parts.last().is_none_or(|last| !last.contains(&text)) {
             parts.push(text);
         }
-        cur = e.source();
     }
     parts.join(": ")
 }
 
 /// Finds a rustls error in the chain. hyper-rustls and tokio-rustls wrap it in `io::Error`s,
 /// whose `source()` skips the wrapped error, so an `io::Error` is followed through `get_ref`.
-fn find_rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        cur = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => match io.get_ref() {
-                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-                None => e.source(),
-            },
-            None => e.source(),
-        };
-    }
-    None
+fn find_rustls_error<'a>(err: &'a DynError) -> Option<&'a rustls::Error> {
+    let next = |e: &&'a DynError| -> Option<&'a DynError> {
+        let wrapped = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        wrapped.map_or_else(|| e.source(), |inner| Some(inner))
+    };
+    std::iter::successors(Some(err), next).find_map(|e| e.downcast_ref::<rustls::Error>())
 }
 
 /// `data.<key>` of a secret as UTF-8, if present.

@@ -224,22 +224,16 @@ async fn explain_preflight(settings: &Settings) -> Result<(), i32> {
 async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> Result<(), i32> {
     let ex = explainer(settings, "watch")?;
     let secret = settings.kube_secret.as_str();
-    let can_patch = match can_patch {
-        Some(b) => {
-            plan(format!("  patch permission: {b} (given by --can-patch)"));
-            Some(b)
+    if let Some(b) = can_patch {
+        plan(format!("  patch permission: {b} (given by --can-patch)"));
+    }
+    match watch::resolve_can_patch(&ex, secret, can_patch).await {
+        Ok(true) => {}
+        Ok(false) => {
+            plan("  no patch permission: nothing to do, exits 0 (ts-init does not start the watcher)");
+            return Ok(());
         }
-        None => match watch::resolve_can_patch(&ex, secret, None).await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                plan(format!("  patch permission: unknown ({e})"));
-                None
-            }
-        },
-    };
-    if can_patch == Some(false) {
-        plan("  no patch permission: nothing to do, exits 0 (ts-init does not start the watcher)");
-        return Ok(());
+        Err(e) => plan(format!("  patch permission: unknown ({e})")),
     }
     let ns = ex.namespace();
     plan(format!(

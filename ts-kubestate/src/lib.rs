@@ -1,16 +1,10 @@
-//! ts-kubestate: every Kubernetes call tsboot makes, in two modes.
+//! ts-kubestate: every Kubernetes call tsboot makes, in the binary's modes: the [`preflight`]
+//! before tailscaled starts, the device-info [`watch`]er once it is Running, and the shutdown
+//! wait of [`settle`].
 //!
-//! * [`preflight`]: before tailscaled starts (the README's boot order): RBAC checks through
-//!   SelfSubjectAccessReviews and the `authkey` lookup in the state secret; the result (patch
-//!   permission, the key) goes to ts-init through a pipe, never through argv or a log (D15).
-//! * [`watch`]: the long-lived watcher after tailscaled reached Running (the README's boot order,
-//!   §7): removes `authkey` with `TS_AUTH_ONCE`, and stores `device_id` / `device_fqdn` on
-//!   every identity change.
-//!
-//! Every call follows the status table of the README's deviation table; the calls themselves (and the shared
-//! bounded retry) live in [`ts_kube`]. Both modes make them through [`Kube`], so `--explain`
-//! runs the same code with [`Kube::explain`], which performs the reads and only prints the
-//! writes.
+//! Every call follows the README's status table; the calls themselves (and the shared bounded
+//! retry) live in [`ts_kube`]. All modes make them through [`Kube`], so `--explain` runs the
+//! same code with [`Kube::explain`], which performs the reads and only prints the writes.
 
 pub mod app;
 pub mod preflight;

@@ -51,26 +51,28 @@ impl PreflightOutcome {
                 "nothing to check ({why}): can_patch=false, no authkey from the secret"
             );
         }
+        let key = self
+            .authkey
+            .as_ref()
+            .map_or("none".into(), AuthKey::to_string);
         format!(
-            "can_patch={}, authkey from the secret: {}",
-            self.can_patch,
-            match &self.authkey {
-                Some(k) => k.to_string(),
-                None => "none".into(),
-            }
+            "can_patch={}, authkey from the secret: {key}",
+            self.can_patch
         )
     }
 }
 
-/// Why the preflight failed (exit status 1). Messages keep the reference's wording where operators rely on it.
+/// Why the preflight failed (exit status 1). Messages keep the reference's wording where
+/// operators rely on it.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// SSAR reported `allowed: false` for get and/or update.
     #[error("Some Kubernetes permissions are missing, please check your RBAC configuration: {0}")]
     MissingPermissions(String),
-    /// The permission check could not be made at all (TLS, service account).
+    /// The permission check could not be made at all (TLS, service account): what `?` makes
+    /// of the error of a [`check`].
     #[error("checking Kubernetes permissions: {0}")]
-    Check(#[source] KubeError),
+    Check(#[from] KubeError),
     /// The authkey GET failed (401 after a retry, 403, 422, transient after the retry, ...).
     #[error("Getting authkey from kube secret: {0}")]
     GetAuthKey(#[source] KubeError),
@@ -103,23 +105,15 @@ pub async fn run(kube: &Kube, settings: &Settings) -> Result<PreflightOutcome, P
     let secret = settings.kube_secret.as_str();
     let mut missing = Vec::new();
     for verb in ["get", "update"] {
-        match check(kube, verb, secret)
-            .await
-            .map_err(PreflightError::Check)?
-        {
-            Some(true) => {}
-            Some(false) => missing.push(format!("missing {verb} permission on secret {secret:?}")),
-            // The reference cannot tell, so it lets tailscaled find out.
-            None => {}
+        // An unanswered check (None): the reference cannot tell, so it lets tailscaled find out.
+        if check(kube, verb, secret).await? == Some(false) {
+            missing.push(format!("missing {verb} permission on secret {secret:?}"));
         }
     }
     if !missing.is_empty() {
         return Err(PreflightError::MissingPermissions(join_errors(&missing)));
     }
-    let can_patch = check(kube, "patch", secret)
-        .await
-        .map_err(PreflightError::Check)?
-        .unwrap_or(false);
+    let can_patch = check(kube, "patch", secret).await?.unwrap_or(false);
 
     let want_key = settings.auth_key.is_none() && !settings.oauth_login();
     let found = kube.get_secret(secret).await.map_err(if want_key {
@@ -131,8 +125,7 @@ pub async fn run(kube: &Kube, settings: &Settings) -> Result<PreflightOutcome, P
         // tailscaled's `kube:` store creates a missing secret; without that right it would
         // fail later with a less helpful message. An unanswerable check counts as "no", as in
         // today's image.
-        let create = check(kube, "create", secret).await;
-        if create.map_err(PreflightError::Check)? != Some(true) {
+        if check(kube, "create", secret).await? != Some(true) {
             return Err(PreflightError::MissingSecretCannotCreate(
                 secret.to_string(),
             ));
@@ -169,14 +162,9 @@ pub async fn run(kube: &Kube, settings: &Settings) -> Result<PreflightOutcome, P
 pub fn join_errors(errs: &[String]) -> String {
     match errs {
         [one] => one.clone(),
-        many => {
-            let mut out = String::from("multiple errors:");
-            for e in many {
-                out.push_str("\n\t");
-                out.push_str(e);
-            }
-            out
-        }
+        many => many
+            .iter()
+            .fold("multiple errors:".to_string(), |out, e| out + "\n\t" + e),
     }
 }
 

@@ -13,12 +13,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use ts_kube::Backoff;
 
-/// Keys tailscaled's profile store writes together (its `ipn` state keys).
-const CURRENT_PROFILE: &str = "_current-profile";
-const KNOWN_PROFILES: &str = "_profiles";
-const MACHINE_KEY: &str = "_machinekey";
-const PROFILE_PREFIX: &str = "profile-";
-
 /// The pause between two reads of the secret: 100 ms doubling up to 1 s.
 const PAUSE: Backoff = Backoff {
     first: Duration::from_millis(100),
@@ -36,15 +30,16 @@ pub enum Settled {
     Unreadable(String),
 }
 
-/// Whether the secret's keys form a consistent tailscaled state (see the module docs).
+/// Whether the secret's keys form a consistent tailscaled state (see the module docs): the
+/// `ipn` state keys tailscaled's profile store writes together.
 pub fn has_consistent_state<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool {
     let (mut current, mut known, mut machine, mut profiles) = (false, false, false, 0usize);
     for key in keys {
         match key {
-            CURRENT_PROFILE => current = true,
-            KNOWN_PROFILES => known = true,
-            MACHINE_KEY => machine = true,
-            k if k.starts_with(PROFILE_PREFIX) => profiles += 1,
+            "_current-profile" => current = true,
+            "_profiles" => known = true,
+            "_machinekey" => machine = true,
+            k if k.starts_with("profile-") => profiles += 1,
             _ => {}
         }
     }

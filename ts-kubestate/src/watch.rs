@@ -109,7 +109,16 @@ pub async fn run(
             resolve: None,
         },
     );
-    let mut rec = Reconciler::new(kube, secret, settings.auth_once);
+    let mut rec = Reconciler {
+        kube,
+        secret,
+        auth_once: settings.auth_once,
+        running: false,
+        seen: None,
+        last: None,
+        stored_once: false,
+        reconciled: false,
+    };
     let main = follow(&mut node, &mut rec, settings);
     tokio::select! {
         result = main => result,
@@ -160,19 +169,6 @@ pub struct Reconciler<'a> {
 }
 
 impl<'a> Reconciler<'a> {
-    pub fn new(kube: &'a Kube, secret: &'a str, auth_once: bool) -> Self {
-        Reconciler {
-            kube,
-            secret,
-            auth_once,
-            running: false,
-            seen: None,
-            last: None,
-            stored_once: false,
-            reconciled: false,
-        }
-    }
-
     /// Brings the secret in line with the node as the bus last told it.
     pub async fn on_state(&mut self, st: &NodeState) -> Result<(), WatchError> {
         if let Some(id) = &st.me {
@@ -201,19 +197,19 @@ impl<'a> Reconciler<'a> {
     /// JSON-patch remove of `authkey` (the reference's call 5).
     pub async fn remove_authkey(&self) -> Result<(), WatchError> {
         tracing::info!("Deleting authkey from kube secret");
-        match self.kube.remove_key(self.secret, "authkey").await {
-            Ok(()) => Ok(()),
-            Err(e) => match e.status_code() {
-                // 404: no secret; 422: the key is already absent. Either way it is gone.
-                Some(code @ (404 | 422)) => {
-                    tracing::info!(
-                        "authkey already absent from secret {:?} ({code})",
-                        self.secret
-                    );
-                    Ok(())
-                }
-                _ => Err(WatchError::DeleteAuthKey(e)),
-            },
+        let Err(e) = self.kube.remove_key(self.secret, "authkey").await else {
+            return Ok(());
+        };
+        match e.status_code() {
+            // 404: no secret; 422: the key is already absent. Either way it is gone.
+            Some(code @ (404 | 422)) => {
+                tracing::info!(
+                    "authkey already absent from secret {:?} ({code})",
+                    self.secret
+                );
+                Ok(())
+            }
+            _ => Err(WatchError::DeleteAuthKey(e)),
         }
     }
 
@@ -221,18 +217,8 @@ impl<'a> Reconciler<'a> {
     async fn store(&mut self, id: &str, name: &str) -> Result<(), WatchError> {
         let mut retry: u32 = 0;
         loop {
-            let err = match ts_common::status::track(self.try_store(id, name)).await {
-                Ok(stored) => {
-                    if stored {
-                        self.stored_once = true;
-                        tracing::info!(
-                            "stored device info in secret {:?}: device_id={id} device_fqdn={name}",
-                            self.secret
-                        );
-                    }
-                    return Ok(());
-                }
-                Err(e) => e,
+            let Err(err) = ts_common::status::track(self.try_store(id, name)).await else {
+                return Ok(());
             };
             // Before the first successful write a failure ends the watcher (ts-init ends the
             // container, as the reference's crash did); after it, the write is retried.
@@ -250,8 +236,8 @@ impl<'a> Reconciler<'a> {
         }
     }
 
-    /// One GET + PATCH; `Ok(false)` when the write is skipped per the status table.
-    async fn try_store(&self, id: &str, name: &str) -> Result<bool, KubeError> {
+    /// One GET + PATCH, or only the GET when the write is skipped per the status table.
+    async fn try_store(&mut self, id: &str, name: &str) -> Result<(), KubeError> {
         match self.kube.get_secret(self.secret).await {
             Ok(Some(_)) => {}
             // A 2xx whose body we could not read: the secret is there, go on.
@@ -261,7 +247,7 @@ impl<'a> Reconciler<'a> {
                     "secret {:?} not found: not storing device info (retried when the node's identity changes)",
                     self.secret
                 );
-                return Ok(false);
+                return Ok(());
             }
             Err(e)
                 if e.status_code().is_some_and(|c| (400..500).contains(&c))
@@ -271,19 +257,26 @@ impl<'a> Reconciler<'a> {
                     "cannot read secret {:?} before storing device info, skipping the write: {e}",
                     self.secret
                 );
-                return Ok(false);
+                return Ok(());
             }
             Err(e) => return Err(e),
         }
         let data = [("device_fqdn", name), ("device_id", id)];
         match self.kube.patch_string_data(self.secret, &data).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.stored_once = true;
+                tracing::info!(
+                    "stored device info in secret {:?}: device_id={id} device_fqdn={name}",
+                    self.secret
+                );
+                Ok(())
+            }
             Err(e) if e.status_code() == Some(404) => {
                 tracing::info!(
                     "secret {:?} disappeared before device info was stored: skipping the write",
                     self.secret
                 );
-                Ok(false)
+                Ok(())
             }
             Err(e) => Err(e),
         }

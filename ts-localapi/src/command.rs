@@ -116,7 +116,7 @@ mod tests {
     use super::*;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        crate::block_on(f).expect("a runtime")
+        crate::runtime().expect("a runtime").block_on(f)
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! tailscaled's LocalAPI as tsboot's watchers use it: the client over the unix socket
 //! ([`localapi`]), the IPN-bus messages ([`notify`], peers apart in [`peers`]) parsed as they
 //! stream in ([`stream`]), the node kept current by a reader task ([`node`]), the stop signals
-//! of a long-lived phase ([`signals`]) and the one-thread runtime they all run on ([`block_on`]).
+//! of a long-lived phase ([`signals`]) and the one-thread runtime they all run on ([`run_phase`]).
 //! Wire facts: docs/tailscaled-localapi.md.
 
 use ts_common::cli::{Failure, Phase};
@@ -15,18 +15,8 @@ pub mod peers;
 pub mod signals;
 pub mod stream;
 
-/// Runs `f` on a current-thread runtime, as every long-lived phase does (they wait on I/O; one
-/// thread is enough and keeps memory low). `Err` is the exit code when no runtime can be built.
-pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, i32> {
-    match runtime() {
-        Ok(rt) => Ok(rt.block_on(f)),
-        Err(e) => {
-            tracing::error!("{e}");
-            Err(e.exit_code())
-        }
-    }
-}
-
+/// The current-thread runtime every long-lived phase runs on (they wait on I/O; one thread is
+/// enough and keeps memory low).
 fn runtime() -> Result<tokio::runtime::Runtime, RuntimeError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

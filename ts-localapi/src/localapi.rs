@@ -13,7 +13,7 @@
 use crate::notify::{Notify, PeerMode, Status};
 use crate::stream::{self, Parsed};
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -80,13 +80,11 @@ pub enum LocalApiError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
-    #[error("tailscaled answered GET {path} with {code}: \"{body}\"{hint}")]
+    #[error("tailscaled answered GET {path} with {code}: \"{body}\"{}", status_hint(*code))]
     Status {
         path: String,
         code: u16,
         body: String,
-        /// What to check for well-known codes.
-        hint: &'static str,
     },
     /// The request could not be built (a header value the http crate refuses).
     #[error("building the LocalAPI request for {path}: {source}")]
@@ -158,16 +156,11 @@ impl LocalApi {
     ) -> Result<BusWatch<T>, LocalApiError> {
         let path = format!("{WATCH_PATH}?mask={mask}");
         let response = self.send(&http::Method::GET, &path, None, None).await?;
-        let status = response.status();
+        let code = response.status().as_u16();
         let mut body = response.into_body();
-        if status != http::StatusCode::OK {
-            let text = read_error_body(&mut body).await;
-            return Err(LocalApiError::Status {
-                path,
-                code: status.as_u16(),
-                body: text,
-                hint: status_hint(status.as_u16()),
-            });
+        if code != 200 {
+            let body = read_error_body(&mut body).await;
+            return Err(LocalApiError::Status { path, code, body });
         }
         let (chunks, messages) =
             stream::spawn_parser::<T>().map_err(|source| LocalApiError::Parser {
@@ -245,6 +238,7 @@ fn io_source(e: &hyper_util::client::legacy::Error) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// What to check for well-known codes.
 fn status_hint(code: u16) -> &'static str {
     match code {
         403 => " (tailscaled refused the request: run as root or as tailscaled's operator user)",
@@ -605,29 +599,26 @@ impl LocalApi {
                 .headers()
                 .get(http::header::ETAG)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let mut body = response.into_body();
-            let mut out = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|source| LocalApiError::Read {
-                    socket: self.socket.clone(),
-                    source,
+            let body = Limited::new(response.into_body(), MAX_REPLY)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<hyper::Error>() {
+                    Ok(source) => LocalApiError::Read {
+                        socket: self.socket.clone(),
+                        source: *source,
+                    },
+                    // Limited's own error: the body went past the limit.
+                    Err(_) => LocalApiError::ReplyTooLarge {
+                        socket: self.socket.clone(),
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        limit: MAX_REPLY,
+                    },
                 })?;
-                if let Ok(data) = frame.into_data() {
-                    out.extend_from_slice(&data);
-                    if out.len() > MAX_REPLY {
-                        return Err(LocalApiError::ReplyTooLarge {
-                            socket: self.socket.clone(),
-                            method: method.to_string(),
-                            path: path.to_string(),
-                            limit: MAX_REPLY,
-                        });
-                    }
-                }
-            }
             Ok(Reply {
                 status,
                 etag,
-                body: out,
+                body: body.to_bytes().to_vec(),
             })
         };
         match tokio::time::timeout(CALL_TIMEOUT, exchange).await {

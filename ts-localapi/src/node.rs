@@ -79,7 +79,6 @@ pub struct NodeWatch {
     /// A change was seen but not yet handed out (kept across a cancelled [`NodeWatch::changed`]).
     pending: bool,
     last: Option<Instant>,
-    spacing: Duration,
 }
 
 impl NodeWatch {
@@ -95,7 +94,6 @@ impl NodeWatch {
             reader: Some(reader),
             pending: false,
             last: None,
-            spacing: MIN_SPACING,
         }
     }
 
@@ -118,7 +116,7 @@ impl NodeWatch {
             }
             self.pending = true;
         }
-        if let Some(at) = self.last.map(|t| t + self.spacing) {
+        if let Some(at) = self.last.map(|t| t + MIN_SPACING) {
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
                 end = ended(&mut self.reader) => return Err(end),

@@ -282,13 +282,11 @@ pub struct SelfIdentity {
 
 /// A line that is not an `ipn.Notify`.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
-    #[error("malformed IPN bus message ({len} bytes): {source}; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
-    Json {
-        len: usize,
-        #[source]
-        source: serde_json::Error,
-    },
+#[error("malformed IPN bus message ({len} bytes): {source}; is the socket really tailscaled's LocalAPI (TS_SOCKET)?")]
+pub struct NotifyError {
+    len: usize,
+    #[source]
+    source: serde_json::Error,
 }
 
 /// The one long-lived phase that guards the Running state (ts-auth, or the first watcher
@@ -314,7 +312,7 @@ impl<M: PeerMode> Notify<M> {
     pub fn parse_line(line: &[u8]) -> Result<Notify<M>, NotifyError> {
         serde_json::from_slice::<crate::stream::Object<Notify<M>>>(line)
             .map(|o| o.0)
-            .map_err(|source| NotifyError::Json {
+            .map_err(|source| NotifyError {
                 len: line.len(),
                 source,
             })

@@ -85,7 +85,7 @@ impl Host for RealHost {
             .recursive(true)
             .mode(mode)
             .create(path)?;
-        // The mode passed to mkdir is masked by the umask; set it so the contract's 0755 holds
+        // The mode passed to mkdir is masked by the umask; set it so the reference's 0755 holds
         // whatever umask the container runtime gave us.
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
     }

@@ -44,6 +44,12 @@ pub enum FirewallMode {
 }
 
 impl FirewallMode {
+    const ALL: [FirewallMode; 3] = [
+        FirewallMode::Iptables,
+        FirewallMode::Nftables,
+        FirewallMode::Auto,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             FirewallMode::Iptables => "iptables",
@@ -59,22 +65,21 @@ impl fmt::Display for FirewallMode {
     }
 }
 
-/// Empty = unset (tailscaled's default choice); tailscaled silently treats any other spelling
+/// Unset or empty: tailscaled's default choice. tailscaled silently treats any other spelling
 /// as "iptables", tsboot refuses it so a typo cannot pick the wrong backend.
 pub(super) fn parse_firewall_mode(
     value: Option<&str>,
 ) -> Result<Option<FirewallMode>, SettingsError> {
-    match value {
-        None | Some("") => Ok(None),
-        Some("iptables") => Ok(Some(FirewallMode::Iptables)),
-        Some("nftables") => Ok(Some(FirewallMode::Nftables)),
-        Some("auto") => Ok(Some(FirewallMode::Auto)),
-        Some(other) => Err(SettingsError::Invalid {
-            var: "TS_DEBUG_FIREWALL_MODE",
-            value: other.to_string(),
-            why: "use iptables, nftables or auto (or leave it unset for tailscaled's default)"
-                .into(),
-        }),
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    match FirewallMode::ALL.into_iter().find(|m| m.as_str() == value) {
+        Some(mode) => Ok(Some(mode)),
+        None => Err(SettingsError::invalid(
+            "TS_DEBUG_FIREWALL_MODE",
+            value,
+            "use iptables, nftables or auto (or leave it unset for tailscaled's default)",
+        )),
     }
 }
 
@@ -113,42 +118,40 @@ pub(super) fn parse_tailnet_target(
     fqdn: Option<&str>,
     userspace: bool,
 ) -> Result<Option<TailnetTarget>, SettingsError> {
-    let ip = ip.filter(|v| !v.is_empty());
-    let fqdn = fqdn.filter(|v| !v.is_empty());
     let target = match (ip, fqdn) {
         (None, None) => return Ok(None),
         (Some(ip), Some(fqdn)) => {
-            return Err(SettingsError::Invalid {
-                var: "TS_TAILNET_TARGET_IP",
-                value: ip.to_string(),
-                why: format!(
-                    "TS_TAILNET_TARGET_FQDN={fqdn:?} is set too; set only one of TS_TAILNET_TARGET_IP and TS_TAILNET_TARGET_FQDN"
-                ),
-            })
+            return Err(SettingsError::invalid(
+                "TS_TAILNET_TARGET_IP",
+                ip,
+                format!("TS_TAILNET_TARGET_FQDN={fqdn:?} is set too; set only one of TS_TAILNET_TARGET_IP and TS_TAILNET_TARGET_FQDN"),
+            ))
         }
-        (Some(ip), None) => TailnetTarget::Ip(ip.parse().map_err(|_| SettingsError::Invalid {
-            var: "TS_TAILNET_TARGET_IP",
-            value: ip.to_string(),
-            why: "not an IP address; use the tailnet IPv4 or IPv6 address of the target node".into(),
+        (Some(ip), None) => TailnetTarget::Ip(ip.parse().map_err(|_| {
+            SettingsError::invalid(
+                "TS_TAILNET_TARGET_IP",
+                ip,
+                "not an IP address; use the tailnet IPv4 or IPv6 address of the target node",
+            )
         })?),
         (None, Some(fqdn)) => {
-            check_fqdn(fqdn).map_err(|why| SettingsError::Invalid {
-                var: "TS_TAILNET_TARGET_FQDN",
-                value: fqdn.to_string(),
-                why: format!("not a DNS name ({why}); use the target's MagicDNS name, e.g. db.tail1234.ts.net"),
+            check_fqdn(fqdn).map_err(|why| {
+                SettingsError::invalid(
+                    "TS_TAILNET_TARGET_FQDN",
+                    fqdn,
+                    format!("not a DNS name ({why}); use the target's MagicDNS name, e.g. db.tail1234.ts.net"),
+                )
             })?;
             TailnetTarget::Fqdn(fqdn.to_string())
         }
     };
     if userspace {
-        return Err(SettingsError::Invalid {
-            var: target.var(),
-            value: target.to_string(),
-            why: format!(
-                "{} is not supported with TS_USERSPACE: egress to a tailnet target needs kernel networking, set TS_USERSPACE=false",
-                target.var()
-            ),
-        });
+        let var = target.var();
+        return Err(SettingsError::invalid(
+            var,
+            &target.to_string(),
+            format!("{var} is not supported with TS_USERSPACE: egress to a tailnet target needs kernel networking, set TS_USERSPACE=false"),
+        ));
     }
     Ok(Some(target))
 }

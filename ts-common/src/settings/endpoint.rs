@@ -112,22 +112,20 @@ impl LocalEndpoints {
             None
         } else {
             if health_check {
-                return Err(SettingsError::Invalid {
-                    var: "TS_HEALTHCHECK_ADDR_PORT",
-                    value: deprecated_raw.to_string(),
-                    why: "cannot be combined with TS_ENABLE_HEALTH_CHECK=true; it is deprecated: \
-                          unset it and use TS_ENABLE_HEALTH_CHECK with TS_LOCAL_ADDR_PORT"
-                        .into(),
-                });
+                return Err(SettingsError::invalid(
+                    "TS_HEALTHCHECK_ADDR_PORT",
+                    deprecated_raw,
+                    "cannot be combined with TS_ENABLE_HEALTH_CHECK=true; it is deprecated: \
+                     unset it and use TS_ENABLE_HEALTH_CHECK with TS_LOCAL_ADDR_PORT",
+                ));
             }
             Some(listen_addr("TS_HEALTHCHECK_ADDR_PORT", deprecated_raw)?)
         };
         let addr = if health_check || metrics {
-            let raw = match env.get("TS_LOCAL_ADDR_PORT") {
-                None | Some("") => DEFAULT_LOCAL_ADDR_PORT.to_string(),
-                Some(v) => v.to_string(),
-            };
-            let raw = bracket_pod_ipv6(&raw, pod_ipv6(env)?.as_deref());
+            let raw = env
+                .non_empty("TS_LOCAL_ADDR_PORT")
+                .unwrap_or(DEFAULT_LOCAL_ADDR_PORT);
+            let raw = bracket_pod_ipv6(raw, pod_ipv6(env)?.as_deref());
             Some(listen_addr("TS_LOCAL_ADDR_PORT", &raw)?)
         } else {
             None
@@ -135,14 +133,14 @@ impl LocalEndpoints {
         if let (Some(a), Some(d)) = (&addr, &deprecated_health_addr) {
             // Port 0 asks for any free port: two of those never collide.
             if a == d && a.port != 0 {
-                return Err(SettingsError::Invalid {
-                    var: "TS_HEALTHCHECK_ADDR_PORT",
-                    value: deprecated_raw.to_string(),
-                    why: format!(
+                return Err(SettingsError::invalid(
+                    "TS_HEALTHCHECK_ADDR_PORT",
+                    deprecated_raw,
+                    format!(
                         "the same address as TS_LOCAL_ADDR_PORT ({a}), which serves /metrics; \
                          unset TS_HEALTHCHECK_ADDR_PORT and set TS_ENABLE_HEALTH_CHECK=true"
                     ),
-                });
+                ));
             }
         }
         let status_dir = (addr.is_some() || deprecated_health_addr.is_some()).then(|| {
@@ -163,28 +161,23 @@ impl LocalEndpoints {
 }
 
 fn listen_addr(var: &'static str, value: &str) -> Result<ListenAddr, SettingsError> {
-    ListenAddr::parse(value).map_err(|why| SettingsError::Invalid {
-        var,
-        value: value.to_string(),
-        why: format!(
-            "{why}; use an IP address and a port, IPv6 in brackets, e.g. [::]:9002 or 0.0.0.0:9002"
-        ),
+    ListenAddr::parse(value).map_err(|why| {
+        SettingsError::invalid(
+            var,
+            value,
+            format!("{why}; use an IP address and a port, IPv6 in brackets, e.g. [::]:9002 or 0.0.0.0:9002"),
+        )
     })
 }
 
 /// The pod's IPv6 address from `POD_IPS` (at most two comma-separated addresses, as the
 /// Kubernetes downward API gives them).
 fn pod_ipv6(env: &Env) -> Result<Option<String>, SettingsError> {
-    let raw = match env.get("POD_IPS") {
-        None | Some("") => return Ok(None),
-        Some(raw) => raw,
+    let Some(raw) = env.non_empty("POD_IPS") else {
+        return Ok(None);
     };
     let ips: Vec<&str> = raw.split(',').collect();
-    let invalid = |why: String| SettingsError::Invalid {
-        var: "POD_IPS",
-        value: raw.to_string(),
-        why,
-    };
+    let invalid = |why: String| SettingsError::invalid("POD_IPS", raw, why);
     if ips.len() > 2 {
         return Err(invalid(format!(
             "at most 2 IP addresses (one per family), got {}",

@@ -11,19 +11,13 @@ use std::path::Path;
 /// `sun_path` holds 108 bytes including the terminating NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
-fn invalid(var: &'static str, value: &str, why: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid {
-        var,
-        value: value.to_string(),
-        why: why.into(),
-    }
-}
+use SettingsError as E;
 
 /// `TS_SOCKET`: tailscaled binds it and every phase connects to it.
 pub fn check_socket(socket: &Path) -> Result<(), SettingsError> {
     let text = socket.to_string_lossy();
     if text.is_empty() {
-        return Err(invalid(
+        return Err(E::invalid(
             "TS_SOCKET",
             &text,
             "empty: tailscaled needs a path for its LocalAPI socket (unset it for the default /tmp/tailscaled.sock)",
@@ -31,7 +25,7 @@ pub fn check_socket(socket: &Path) -> Result<(), SettingsError> {
     }
     let len = socket.as_os_str().len();
     if len > MAX_SOCKET_PATH {
-        return Err(invalid(
+        return Err(E::invalid(
             "TS_SOCKET",
             &text,
             format!(
@@ -60,7 +54,7 @@ pub fn check_hostname(hostname: &str) -> Result<(), SettingsError> {
         name.split('.').find_map(label_problem)
     };
     match why {
-        Some(why) => Err(invalid(
+        Some(why) => Err(E::invalid(
             "TS_HOSTNAME",
             hostname,
             format!("not a valid hostname for tailscale up: {why}"),
@@ -111,7 +105,7 @@ pub fn check_listen(var: &'static str, value: &str) -> Result<(), SettingsError>
     if ok {
         Ok(())
     } else {
-        Err(invalid(
+        Err(E::invalid(
             var,
             value,
             "not a listen address: use host:port, e.g. localhost:1080, 0.0.0.0:1080 or [::1]:1080",
@@ -131,7 +125,7 @@ pub fn check_kube(service: &KubeService, secret: &str) -> Result<(), SettingsErr
     let host_ok = bare.parse::<IpAddr>().is_ok()
         || (bare.len() <= 253 && bare.split('.').all(|l| label_problem(l).is_none()));
     if !host_ok {
-        return Err(invalid(
+        return Err(E::invalid(
             "KUBERNETES_SERVICE_HOST",
             host,
             "not an IP address or DNS name (Kubernetes sets it to the API server's service address)",
@@ -142,16 +136,10 @@ pub fn check_kube(service: &KubeService, secret: &str) -> Result<(), SettingsErr
         return Ok(());
     }
     if let Some(port) = service.port.as_deref().filter(|p| !p.is_empty()) {
-        if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(invalid(
-                "KUBERNETES_SERVICE_PORT_HTTPS",
-                port,
-                "not a TCP port number",
-            ));
-        }
+        check_port(port)?;
     }
     if !is_dns_subdomain(secret) {
-        return Err(invalid(
+        return Err(E::invalid(
             "TS_KUBE_SECRET",
             secret,
             "not a valid Secret name: lowercase letters, digits, '-' and '.', starting and ending \
@@ -160,6 +148,18 @@ pub fn check_kube(service: &KubeService, secret: &str) -> Result<(), SettingsErr
         ));
     }
     Ok(())
+}
+
+/// `KUBERNETES_SERVICE_PORT_HTTPS`: it goes into the URL of every call.
+pub fn check_port(port: &str) -> Result<(), SettingsError> {
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(E::invalid(
+            "KUBERNETES_SERVICE_PORT_HTTPS",
+            port,
+            "not a TCP port number",
+        )),
+    }
 }
 
 /// Kubernetes' object-name rule (DNS-1123 subdomain).
