@@ -13,7 +13,7 @@
 //! Exit: 0 Running reached (or guard stopped by SIGTERM/SIGINT); 1 any failure (the log says
 //! which); 2 invalid configuration.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
 use ts_common::cli;
 
@@ -32,56 +32,46 @@ struct Cli {
     #[arg(long)]
     guard: bool,
     /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
     socket: Option<String>,
     /// Run `tailscale up` only when tailscaled needs a login (true/false) [env: TS_AUTH_ONCE]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long = "auth-once", id = "TS_AUTH_ONCE", value_name = "BOOL")]
     auth_once: Option<String>,
     /// Use the tailnet's DNS configuration (true/false) [env: TS_ACCEPT_DNS]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long = "accept-dns", id = "TS_ACCEPT_DNS", value_name = "BOOL")]
     accept_dns: Option<String>,
     /// Subnet routes to advertise, comma-separated CIDRs [env: TS_ROUTES]
-    #[arg(long, value_name = "CIDRS")]
+    #[arg(long = "routes", id = "TS_ROUTES", value_name = "CIDRS")]
     routes: Option<String>,
     /// Node name in the tailnet (`--hostname`) [env: TS_HOSTNAME]
-    #[arg(long, value_name = "NAME")]
+    #[arg(long = "hostname", id = "TS_HOSTNAME", value_name = "NAME")]
     hostname: Option<String>,
     /// OAuth client ID (`--client-id`) [env: TS_CLIENT_ID]
-    #[arg(long, value_name = "ID")]
+    #[arg(long = "client-id", id = "TS_CLIENT_ID", value_name = "ID")]
     client_id: Option<String>,
     /// Audience for workload identity federation (`--audience`) [env: TS_AUDIENCE]
-    #[arg(long, value_name = "AUDIENCE")]
+    #[arg(long = "audience", id = "TS_AUDIENCE", value_name = "AUDIENCE")]
     audience: Option<String>,
     /// Extra arguments for `tailscale up`, split on whitespace [env: TS_EXTRA_ARGS]
-    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    #[arg(
+        long = "extra-args",
+        id = "TS_EXTRA_ARGS",
+        value_name = "ARGS",
+        allow_hyphen_values = true
+    )]
     extra_args: Option<String>,
     /// Deadline for reaching Running, e.g. 60s [env: TS_BOOT_TIMEOUT]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long = "boot-timeout", id = "TS_BOOT_TIMEOUT", value_name = "DURATION")]
     boot_timeout: Option<String>,
     /// File descriptor to write one newline to once Running is reached (with --guard) [env: TS_READY_FD]
-    #[arg(long, value_name = "FD")]
+    #[arg(long = "ready-fd", id = "TS_READY_FD", value_name = "FD")]
     ready_fd: Option<String>,
     #[command(flatten)]
     common: cli::CommonArgs,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let phase = cli.common.phase(
-        "ts-auth",
-        &[
-            ("TS_SOCKET", cli.socket.as_ref()),
-            ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
-            ("TS_ACCEPT_DNS", cli.accept_dns.as_ref()),
-            ("TS_ROUTES", cli.routes.as_ref()),
-            ("TS_HOSTNAME", cli.hostname.as_ref()),
-            ("TS_CLIENT_ID", cli.client_id.as_ref()),
-            ("TS_AUDIENCE", cli.audience.as_ref()),
-            ("TS_EXTRA_ARGS", cli.extra_args.as_ref()),
-            ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
-            ("TS_READY_FD", cli.ready_fd.as_ref()),
-        ],
-    );
+    let (cli, phase) = ts_common::cli::parse_with::<Cli>("ts-auth", Cli::command());
     let mode = ts_auth::Mode { guard: cli.guard };
     ts_localapi::run_phase(phase, |settings, explain| async move {
         if explain {

@@ -11,11 +11,46 @@ named in its help.";
 
 /// Parses a phase's command line with `env_help` and the exit codes as the help's epilogue;
 /// exits (2) on a usage error, as clap does.
-pub fn parse_args<T: clap::Parser>(env_help: &str) -> T {
-    let command = T::command().after_help(format!("{env_help}\n\n{EXIT_CODES_HELP}"));
-    match T::from_arg_matches(&command.get_matches()) {
-        Ok(args) => args,
-        Err(e) => e.exit(),
+pub fn parse_args<T: clap::Parser>(name: &'static str, env_help: &str) -> (T, Phase) {
+    parse_with(
+        name,
+        T::command().after_help(format!("{env_help}\n\n{EXIT_CODES_HELP}")),
+    )
+}
+
+/// Parses the command line with `command` (`T`'s, with its help adjusted) into `T` and the
+/// phase's invocation. A flag that stands for a variable has that variable as its clap id
+/// (`id = "TS_SOCKET"`), so the flag's value becomes that variable's override here, in one
+/// place, for every binary and subcommand.
+pub fn parse_with<T: clap::Parser>(name: &'static str, command: clap::Command) -> (T, Phase) {
+    let matches = command.get_matches();
+    let args = T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (args, phase_of(name, &matches))
+}
+
+/// The invocation `matches` stands for: every given flag whose id is a `TS_*` variable, at any
+/// subcommand level, and `--explain`.
+pub fn phase_of(name: &'static str, matches: &clap::ArgMatches) -> Phase {
+    let mut overrides: Vec<Override> = Vec::new();
+    let mut level = Some(matches);
+    while let Some(m) = level {
+        for id in m
+            .ids()
+            .map(|id| id.as_str())
+            .filter(|id| id.starts_with("TS_"))
+        {
+            if let Ok(Some(value)) = m.try_get_one::<String>(id) {
+                // A global flag is seen again in its subcommand's matches: one entry each.
+                overrides.retain(|(var, _)| var != id);
+                overrides.push((id.to_string(), value.clone()));
+            }
+        }
+        level = m.subcommand().map(|(_, sub)| sub);
+    }
+    Phase {
+        name,
+        overrides,
+        explain: matches.get_flag("explain"),
     }
 }
 
@@ -44,22 +79,13 @@ pub struct CommonArgs {
     pub explain: bool,
 
     /// Log format, text or json [env: TS_LOG_FORMAT]
-    #[arg(long, value_name = "FORMAT", global = true)]
+    #[arg(
+        long = "log-format",
+        id = "TS_LOG_FORMAT",
+        value_name = "FORMAT",
+        global = true
+    )]
     pub log_format: Option<String>,
-}
-
-impl CommonArgs {
-    /// The phase to hand to [`run_phase`]: `name`, and the variables its flags stand for
-    /// (`flags`, the binary's own, plus the common ones).
-    pub fn phase(&self, name: &'static str, flags: &[(&'static str, Option<&String>)]) -> Phase {
-        let mut pairs = flags.to_vec();
-        pairs.push(("TS_LOG_FORMAT", self.log_format.as_ref()));
-        Phase {
-            name,
-            overrides: overrides(&pairs),
-            explain: self.explain,
-        }
-    }
 }
 
 /// A phase binary's invocation: its name (in every log line), the variables its flags stand
@@ -130,14 +156,6 @@ impl Failure for Logged {
     fn log(&self) {}
 }
 
-/// Collects `(variable, value)` overrides from optional flag values.
-pub fn overrides(pairs: &[(&'static str, Option<&String>)]) -> Vec<Override> {
-    pairs
-        .iter()
-        .filter_map(|(var, value)| value.map(|v| (*var, v.clone())))
-        .collect()
-}
-
 /// Logs one warning per recognised-but-unsupported variable (D16), unless ts-init (which has
 /// already warned) started this process.
 pub fn warn_unsupported(settings: &Settings) {
@@ -167,11 +185,11 @@ pub fn plan(line: impl AsRef<str>) {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct WatcherArgs {
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
     pub socket: Option<String>,
 
     /// Write one newline to this fd after the first reconcile, then close it [env: TS_READY_FD]
-    #[arg(long, value_name = "FD")]
+    #[arg(long = "ready-fd", id = "TS_READY_FD", value_name = "FD")]
     pub ready_fd: Option<String>,
 
     /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
@@ -182,15 +200,76 @@ pub struct WatcherArgs {
     pub common: CommonArgs,
 }
 
-impl WatcherArgs {
-    /// The watcher's invocation: [`CommonArgs::phase`] with these flags' variables plus `more`
-    /// (the phase's own flags).
-    pub fn phase(&self, name: &'static str, more: &[(&'static str, Option<&String>)]) -> Phase {
-        let mut pairs = vec![
-            ("TS_SOCKET", self.socket.as_ref()),
-            ("TS_READY_FD", self.ready_fd.as_ref()),
-        ];
-        pairs.extend_from_slice(more);
-        self.common.phase(name, &pairs)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser, Subcommand};
+
+    #[derive(Parser, Debug)]
+    struct Flags {
+        #[arg(long = "routes", id = "TS_ROUTES", global = true)]
+        routes: Option<String>,
+        #[arg(long = "dest-ip", id = "TS_DEST_IP")]
+        dest_ip: Option<String>,
+        #[arg(long = "userspace", id = "TS_USERSPACE")]
+        userspace: Option<String>,
+        #[arg(long)]
+        guard: bool,
+        #[command(subcommand)]
+        mode: Option<Mode>,
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[derive(Subcommand, Debug)]
+    enum Mode {
+        Watch {
+            #[arg(long = "can-patch")]
+            can_patch: Option<String>,
+        },
+    }
+
+    fn phase(argv: &[&str]) -> Phase {
+        let matches = Flags::command()
+            .try_get_matches_from(std::iter::once("t").chain(argv.iter().copied()))
+            .expect("valid command line");
+        phase_of("t", &matches)
+    }
+
+    #[test]
+    fn only_the_given_variable_flags_become_overrides() {
+        let p = phase(&["--routes", "10.0.0.0/8", "--userspace", "", "--guard"]);
+        assert_eq!(
+            p.overrides,
+            vec![
+                ("TS_ROUTES".to_string(), "10.0.0.0/8".to_string()),
+                ("TS_USERSPACE".to_string(), String::new())
+            ]
+        );
+        assert!(!p.explain);
+    }
+
+    #[test]
+    fn global_flags_after_a_subcommand_count_once() {
+        let p = phase(&[
+            "watch",
+            "--routes",
+            "fd00::/64",
+            "--can-patch",
+            "true",
+            "--log-format",
+            "json",
+            "--explain",
+        ]);
+        let mut got = p.overrides.clone();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("TS_LOG_FORMAT".to_string(), "json".to_string()),
+                ("TS_ROUTES".to_string(), "fd00::/64".to_string())
+            ]
+        );
+        assert!(p.explain);
     }
 }

@@ -407,15 +407,6 @@ pub fn notify_ready(fd: Option<i32>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The environment ts-init's children see when ts-init was given flags: the flags become the
-/// variables they stand for, so every phase reads one configuration.
-pub fn override_env(overrides: &[crate::settings::Override]) -> Vec<(String, String)> {
-    overrides
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), v.clone()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

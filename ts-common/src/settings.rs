@@ -239,7 +239,7 @@ impl SettingsError {
 }
 
 /// One value standing in for a variable, e.g. from a command-line flag.
-pub type Override = (&'static str, String);
+pub type Override = (String, String);
 
 /// The validated configuration of every tsboot phase.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -499,7 +499,7 @@ impl Settings {
         overrides: &[Override],
     ) -> Result<Settings, SettingsError> {
         for (name, value) in overrides {
-            vars.insert((*name).to_string(), value.clone());
+            vars.insert(name.clone(), value.clone());
         }
         let env = Env { vars };
 
@@ -662,7 +662,7 @@ impl Settings {
         let value = overrides
             .iter()
             .rev()
-            .find(|(k, _)| *k == "TS_LOG_FORMAT")
+            .find(|(k, _)| k == "TS_LOG_FORMAT")
             .map(|(_, v)| v.clone())
             .or_else(|| std::env::var("TS_LOG_FORMAT").ok());
         parse_log_format(value.as_deref()).unwrap_or(LogFormat::Text)

@@ -36,27 +36,39 @@ json); RUST_LOG (log level).";
 #[command(name = "ts-health", version, about = ABOUT)]
 struct Args {
     /// Serve /healthz on the local address: true or false [env: TS_ENABLE_HEALTH_CHECK]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(
+        long = "enable-health-check",
+        id = "TS_ENABLE_HEALTH_CHECK",
+        value_name = "BOOL"
+    )]
     enable_health_check: Option<String>,
 
     /// Serve /metrics on the local address: true or false [env: TS_ENABLE_METRICS]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long = "enable-metrics", id = "TS_ENABLE_METRICS", value_name = "BOOL")]
     enable_metrics: Option<String>,
 
     /// Address and port to listen on, IPv6 in brackets (default [::]:9002) [env: TS_LOCAL_ADDR_PORT]
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(
+        long = "local-addr-port",
+        id = "TS_LOCAL_ADDR_PORT",
+        value_name = "IP:PORT"
+    )]
     local_addr_port: Option<String>,
 
     /// Deprecated: /healthz alone on this address [env: TS_HEALTHCHECK_ADDR_PORT]
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(
+        long = "healthcheck-addr-port",
+        id = "TS_HEALTHCHECK_ADDR_PORT",
+        value_name = "IP:PORT"
+    )]
     healthcheck_addr_port: Option<String>,
 
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
     socket: Option<String>,
 
     /// Write one newline to this fd once listening, then close it [env: TS_READY_FD]
-    #[arg(long, value_name = "FD")]
+    #[arg(long = "ready-fd", id = "TS_READY_FD", value_name = "FD")]
     ready_fd: Option<String>,
 
     #[command(flatten)]
@@ -64,21 +76,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = cli::parse_args(ENV_HELP);
-    let phase = args.common.phase(
-        "ts-health",
-        &[
-            ("TS_ENABLE_HEALTH_CHECK", args.enable_health_check.as_ref()),
-            ("TS_ENABLE_METRICS", args.enable_metrics.as_ref()),
-            ("TS_LOCAL_ADDR_PORT", args.local_addr_port.as_ref()),
-            (
-                "TS_HEALTHCHECK_ADDR_PORT",
-                args.healthcheck_addr_port.as_ref(),
-            ),
-            ("TS_SOCKET", args.socket.as_ref()),
-            ("TS_READY_FD", args.ready_fd.as_ref()),
-        ],
-    );
+    let (_, phase): (Args, _) = cli::parse_args("ts-health", ENV_HELP);
     ts_localapi::run_phase(phase, |settings, explain| async move {
         let cfg = Config::from_settings(&settings)?;
         if explain {

@@ -261,7 +261,7 @@ impl Boot {
                     path: &path,
                     args: tailscaled.argv(),
                     env_remove: &tailscaled_env_remove(),
-                    env_set: process::override_env(&self.plan.env_overrides),
+                    env_set: self.plan.env_overrides.clone(),
                     ready_fd: None,
                     result_fd: None,
                 },
@@ -313,7 +313,7 @@ impl Boot {
     /// Environment for a tsboot phase: ts-init's flags as variables, and the marker that keeps
     /// phases from repeating ts-init's one-time warnings.
     fn child_env(&self, with_ready_fd: bool) -> Vec<(String, String)> {
-        let mut env = process::override_env(&self.plan.env_overrides);
+        let mut env = self.plan.env_overrides.clone();
         env.push((UNDER_INIT_VAR.to_string(), "1".to_string()));
         if with_ready_fd {
             env.push((

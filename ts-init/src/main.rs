@@ -11,7 +11,7 @@
 //! (128+N for signal N) when it dies; 1 failed startup, failed watcher, or leaving Running;
 //! 2 invalid configuration (nothing started).
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,30 +29,26 @@ failed watcher, or tailscaled leaving Running; 2 invalid configuration (nothing 
 )]
 struct Cli {
     /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
     socket: Option<String>,
     /// Startup deadline, e.g. 60s or 2m [env: TS_BOOT_TIMEOUT]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long = "boot-timeout", id = "TS_BOOT_TIMEOUT", value_name = "DURATION")]
     boot_timeout: Option<String>,
     /// Time tailscaled gets after SIGTERM before SIGKILL, e.g. 20s [env: TS_SHUTDOWN_GRACE]
-    #[arg(long, value_name = "DURATION")]
+    #[arg(
+        long = "shutdown-grace",
+        id = "TS_SHUTDOWN_GRACE",
+        value_name = "DURATION"
+    )]
     shutdown_grace: Option<String>,
     #[command(flatten)]
     common: ts_common::cli::CommonArgs,
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let (_, phase) = ts_common::cli::parse_with::<Cli>("ts-init", Cli::command());
     // ts-init does not go through `cli::run_phase`: as PID 1 it must block signals before its
     // log writer thread exists, and judge TS_READY_FD before its signalfd exists.
-    let phase = cli.common.phase(
-        "ts-init",
-        &[
-            ("TS_SOCKET", cli.socket.as_ref()),
-            ("TS_BOOT_TIMEOUT", cli.boot_timeout.as_ref()),
-            ("TS_SHUTDOWN_GRACE", cli.shutdown_grace.as_ref()),
-        ],
-    );
     let code = ts_init::run(phase.overrides, phase.explain);
     std::process::ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

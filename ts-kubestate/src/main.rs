@@ -28,7 +28,7 @@
 //! Exit status: 0 success (or nothing to do, or SIGTERM/SIGINT), 1 failure (the log says what
 //! to fix: RBAC, token, CA, tailscaled gone), 2 invalid configuration.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 use ts_common::cli;
 use ts_common::exit;
@@ -47,23 +47,43 @@ struct Cli {
     mode: Option<Mode>,
 
     /// Name of the state secret; "" disables every secret call [env: TS_KUBE_SECRET]
-    #[arg(long, value_name = "NAME", global = true)]
+    #[arg(
+        long = "secret",
+        id = "TS_KUBE_SECRET",
+        value_name = "NAME",
+        global = true
+    )]
     secret: Option<String>,
 
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long, value_name = "PATH", global = true)]
+    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH", global = true)]
     socket: Option<String>,
 
     /// Remove the secret's authkey once Running is reached [env: TS_AUTH_ONCE]
-    #[arg(long, value_name = "BOOL", global = true)]
+    #[arg(
+        long = "auth-once",
+        id = "TS_AUTH_ONCE",
+        value_name = "BOOL",
+        global = true
+    )]
     auth_once: Option<String>,
 
     /// Write one newline to this fd after the first reconcile, then close it [env: TS_READY_FD]
-    #[arg(long, value_name = "FD", global = true)]
+    #[arg(
+        long = "ready-fd",
+        id = "TS_READY_FD",
+        value_name = "FD",
+        global = true
+    )]
     ready_fd: Option<String>,
 
     /// Prefix of host paths such as the service account files (tests) [env: TS_TEST_ONLY_ROOT]
-    #[arg(long, value_name = "DIR", global = true)]
+    #[arg(
+        long = "root",
+        id = "TS_TEST_ONLY_ROOT",
+        value_name = "DIR",
+        global = true
+    )]
     root: Option<String>,
 
     #[command(flatten)]
@@ -96,17 +116,7 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let phase = cli.common.phase(
-        "ts-kubestate",
-        &[
-            ("TS_KUBE_SECRET", cli.secret.as_ref()),
-            ("TS_SOCKET", cli.socket.as_ref()),
-            ("TS_AUTH_ONCE", cli.auth_once.as_ref()),
-            ("TS_READY_FD", cli.ready_fd.as_ref()),
-            ("TS_TEST_ONLY_ROOT", cli.root.as_ref()),
-        ],
-    );
+    let (cli, phase) = ts_common::cli::parse_with::<Cli>("ts-kubestate", Cli::command());
     let mode = cli.mode.unwrap_or(Mode::Watch {
         can_patch: None,
         guard: false,

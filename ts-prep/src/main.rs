@@ -48,19 +48,19 @@ TS_LOG_FORMAT (text or json); RUST_LOG (log level).";
 #[command(name = "ts-prep", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
     /// Userspace networking (true: nothing to prepare) [env: TS_USERSPACE]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long = "userspace", id = "TS_USERSPACE", value_name = "BOOL")]
     userspace: Option<String>,
 
     /// Comma-separated CIDRs to be advertised; their families get forwarding [env: TS_ROUTES]
-    #[arg(long, value_name = "CIDRS")]
+    #[arg(long = "routes", id = "TS_ROUTES", value_name = "CIDRS")]
     routes: Option<String>,
 
     /// Proxy destination; its family gets forwarding [env: TS_DEST_IP]
-    #[arg(long, value_name = "IP")]
+    #[arg(long = "dest-ip", id = "TS_DEST_IP", value_name = "IP")]
     dest_ip: Option<String>,
 
     /// Prefix of dev/ and proc/ paths [env: TS_TEST_ONLY_ROOT]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long = "root", id = "TS_TEST_ONLY_ROOT", value_name = "DIR")]
     root: Option<String>,
 
     #[command(flatten)]
@@ -68,16 +68,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = cli::parse_args(ENV_HELP);
-    let phase = args.common.phase(
-        "ts-prep",
-        &[
-            ("TS_USERSPACE", args.userspace.as_ref()),
-            ("TS_ROUTES", args.routes.as_ref()),
-            ("TS_DEST_IP", args.dest_ip.as_ref()),
-            ("TS_TEST_ONLY_ROOT", args.root.as_ref()),
-        ],
-    );
+    let (_, phase): (Args, _) = cli::parse_args("ts-prep", ENV_HELP);
     cli::run_phase(phase, |settings, explain| {
         if explain {
             // Planning only needs the read-only probe: --explain cannot change anything.

@@ -40,21 +40,33 @@ json); RUST_LOG (log level). iptables, ip6tables and nft are found on PATH.";
 #[command(name = "ts-proxy-rules", version, about = ABOUT)]
 struct Args {
     /// Proxy destination: incoming tailnet traffic is DNATed to it [env: TS_DEST_IP]
-    #[arg(long, value_name = "IP")]
+    #[arg(long = "dest-ip", id = "TS_DEST_IP", value_name = "IP")]
     dest_ip: Option<String>,
 
     /// Egress: traffic arriving on a non-tailscale0 interface goes to this tailnet IP
     /// [env: TS_TAILNET_TARGET_IP]
-    #[arg(long, value_name = "IP")]
+    #[arg(
+        long = "tailnet-target-ip",
+        id = "TS_TAILNET_TARGET_IP",
+        value_name = "IP"
+    )]
     tailnet_target_ip: Option<String>,
 
     /// Egress to the peer with this MagicDNS name, resolved from the netmap
     /// [env: TS_TAILNET_TARGET_FQDN]
-    #[arg(long, value_name = "NAME")]
+    #[arg(
+        long = "tailnet-target-fqdn",
+        id = "TS_TAILNET_TARGET_FQDN",
+        value_name = "NAME"
+    )]
     tailnet_target_fqdn: Option<String>,
 
     /// iptables, nftables or auto; unset: tailscaled's own choice [env: TS_DEBUG_FIREWALL_MODE]
-    #[arg(long, value_name = "MODE")]
+    #[arg(
+        long = "firewall-mode",
+        id = "TS_DEBUG_FIREWALL_MODE",
+        value_name = "MODE"
+    )]
     firewall_mode: Option<String>,
 
     #[command(flatten)]
@@ -62,16 +74,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = cli::parse_args(ENV_HELP);
-    let phase = args.watcher.phase(
-        "ts-proxy-rules",
-        &[
-            ("TS_DEST_IP", args.dest_ip.as_ref()),
-            ("TS_TAILNET_TARGET_IP", args.tailnet_target_ip.as_ref()),
-            ("TS_TAILNET_TARGET_FQDN", args.tailnet_target_fqdn.as_ref()),
-            ("TS_DEBUG_FIREWALL_MODE", args.firewall_mode.as_ref()),
-        ],
-    );
+    let (args, phase): (Args, _) = cli::parse_args("ts-proxy-rules", ENV_HELP);
     let guard = args.watcher.guard;
     ts_localapi::run_phase(phase, |settings, explain| async move {
         ts_common::status::init(&settings, "ts-proxy-rules");

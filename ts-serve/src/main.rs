@@ -37,7 +37,7 @@ half of it, 20s at most); TS_LOG_FORMAT (text or json); RUST_LOG (log level).";
 #[command(name = "ts-serve", version, about = ABOUT)]
 struct Args {
     /// Path of the ipn.ServeConfig JSON file to apply [env: TS_SERVE_CONFIG]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long = "config", id = "TS_SERVE_CONFIG", value_name = "PATH")]
     config: Option<String>,
 
     #[command(flatten)]
@@ -45,10 +45,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = cli::parse_args(ENV_HELP);
-    let phase = args
-        .watcher
-        .phase("ts-serve", &[("TS_SERVE_CONFIG", args.config.as_ref())]);
+    let (args, phase): (Args, _) = cli::parse_args("ts-serve", ENV_HELP);
     let guard = args.watcher.guard;
     ts_localapi::run_phase(phase, |settings, explain| async move {
         ts_common::status::init(&settings, "ts-serve");

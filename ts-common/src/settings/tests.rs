@@ -1098,13 +1098,17 @@ fn extra_args_variables_use_fields() {
 
 fn with_overrides(
     vars: &[(&str, &str)],
-    overrides: &[Override],
+    overrides: &[(&str, String)],
 ) -> Result<Settings, SettingsError> {
     let map = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    Settings::from_vars_with(map, overrides)
+    let overrides: Vec<Override> = overrides
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Settings::from_vars_with(map, &overrides)
 }
 
 #[test]
@@ -1169,24 +1173,6 @@ fn from_vars_equals_the_override_path_without_overrides() {
         ("TS_AUTHKEY", "k"),
     ];
     assert_eq!(with_overrides(&vars, &[]), Settings::from_vars(vars));
-}
-
-#[test]
-fn cli_overrides_keeps_only_given_flags() {
-    let routes = "10.0.0.0/8".to_string();
-    let empty = String::new();
-    let got = crate::cli::overrides(&[
-        ("TS_ROUTES", Some(&routes)),
-        ("TS_DEST_IP", None),
-        ("TS_USERSPACE", Some(&empty)),
-    ]);
-    assert_eq!(
-        got,
-        vec![
-            ("TS_ROUTES", routes.clone()),
-            ("TS_USERSPACE", String::new())
-        ]
-    );
 }
 
 #[test]
