@@ -32,39 +32,39 @@ struct Cli {
     #[arg(long)]
     guard: bool,
     /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
+    #[arg(long, id = "TS_SOCKET", value_name = "PATH")]
     socket: Option<String>,
     /// Run `tailscale up` only when tailscaled needs a login (true/false) [env: TS_AUTH_ONCE]
-    #[arg(long = "auth-once", id = "TS_AUTH_ONCE", value_name = "BOOL")]
+    #[arg(long, id = "TS_AUTH_ONCE", value_name = "BOOL")]
     auth_once: Option<String>,
     /// Use the tailnet's DNS configuration (true/false) [env: TS_ACCEPT_DNS]
-    #[arg(long = "accept-dns", id = "TS_ACCEPT_DNS", value_name = "BOOL")]
+    #[arg(long, id = "TS_ACCEPT_DNS", value_name = "BOOL")]
     accept_dns: Option<String>,
     /// Subnet routes to advertise, comma-separated CIDRs [env: TS_ROUTES]
-    #[arg(long = "routes", id = "TS_ROUTES", value_name = "CIDRS")]
+    #[arg(long, id = "TS_ROUTES", value_name = "CIDRS")]
     routes: Option<String>,
     /// Node name in the tailnet (`--hostname`) [env: TS_HOSTNAME]
-    #[arg(long = "hostname", id = "TS_HOSTNAME", value_name = "NAME")]
+    #[arg(long, id = "TS_HOSTNAME", value_name = "NAME")]
     hostname: Option<String>,
     /// OAuth client ID (`--client-id`) [env: TS_CLIENT_ID]
-    #[arg(long = "client-id", id = "TS_CLIENT_ID", value_name = "ID")]
+    #[arg(long, id = "TS_CLIENT_ID", value_name = "ID")]
     client_id: Option<String>,
     /// Audience for workload identity federation (`--audience`) [env: TS_AUDIENCE]
-    #[arg(long = "audience", id = "TS_AUDIENCE", value_name = "AUDIENCE")]
+    #[arg(long, id = "TS_AUDIENCE", value_name = "AUDIENCE")]
     audience: Option<String>,
     /// Extra arguments for `tailscale up`, split on whitespace [env: TS_EXTRA_ARGS]
     #[arg(
-        long = "extra-args",
+        long,
         id = "TS_EXTRA_ARGS",
         value_name = "ARGS",
         allow_hyphen_values = true
     )]
     extra_args: Option<String>,
     /// Deadline for reaching Running, e.g. 60s [env: TS_BOOT_TIMEOUT]
-    #[arg(long = "boot-timeout", id = "TS_BOOT_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, id = "TS_BOOT_TIMEOUT", value_name = "DURATION")]
     boot_timeout: Option<String>,
     /// File descriptor to write one newline to once Running is reached (with --guard) [env: TS_READY_FD]
-    #[arg(long = "ready-fd", id = "TS_READY_FD", value_name = "FD")]
+    #[arg(long, id = "TS_READY_FD", value_name = "FD")]
     ready_fd: Option<String>,
     #[command(flatten)]
     common: cli::CommonArgs,

@@ -79,12 +79,7 @@ pub struct CommonArgs {
     pub explain: bool,
 
     /// Log format, text or json [env: TS_LOG_FORMAT]
-    #[arg(
-        long = "log-format",
-        id = "TS_LOG_FORMAT",
-        value_name = "FORMAT",
-        global = true
-    )]
+    #[arg(long, id = "TS_LOG_FORMAT", value_name = "FORMAT", global = true)]
     pub log_format: Option<String>,
 }
 
@@ -185,11 +180,11 @@ pub fn plan(line: impl AsRef<str>) {
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct WatcherArgs {
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
+    #[arg(long, id = "TS_SOCKET", value_name = "PATH")]
     pub socket: Option<String>,
 
     /// Write one newline to this fd after the first reconcile, then close it [env: TS_READY_FD]
-    #[arg(long = "ready-fd", id = "TS_READY_FD", value_name = "FD")]
+    #[arg(long, id = "TS_READY_FD", value_name = "FD")]
     pub ready_fd: Option<String>,
 
     /// Also exit 1 when tailscaled leaves Running (ts-init asks one long-lived phase to guard it)
@@ -207,11 +202,11 @@ mod tests {
 
     #[derive(Parser, Debug)]
     struct Flags {
-        #[arg(long = "routes", id = "TS_ROUTES", global = true)]
+        #[arg(long, id = "TS_ROUTES", global = true)]
         routes: Option<String>,
-        #[arg(long = "dest-ip", id = "TS_DEST_IP")]
+        #[arg(long, id = "TS_DEST_IP")]
         dest_ip: Option<String>,
-        #[arg(long = "userspace", id = "TS_USERSPACE")]
+        #[arg(long, id = "TS_USERSPACE")]
         userspace: Option<String>,
         #[arg(long)]
         guard: bool,
@@ -224,7 +219,7 @@ mod tests {
     #[derive(Subcommand, Debug)]
     enum Mode {
         Watch {
-            #[arg(long = "can-patch")]
+            #[arg(long)]
             can_patch: Option<String>,
         },
     }

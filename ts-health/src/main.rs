@@ -36,39 +36,27 @@ json); RUST_LOG (log level).";
 #[command(name = "ts-health", version, about = ABOUT)]
 struct Args {
     /// Serve /healthz on the local address: true or false [env: TS_ENABLE_HEALTH_CHECK]
-    #[arg(
-        long = "enable-health-check",
-        id = "TS_ENABLE_HEALTH_CHECK",
-        value_name = "BOOL"
-    )]
+    #[arg(long, id = "TS_ENABLE_HEALTH_CHECK", value_name = "BOOL")]
     enable_health_check: Option<String>,
 
     /// Serve /metrics on the local address: true or false [env: TS_ENABLE_METRICS]
-    #[arg(long = "enable-metrics", id = "TS_ENABLE_METRICS", value_name = "BOOL")]
+    #[arg(long, id = "TS_ENABLE_METRICS", value_name = "BOOL")]
     enable_metrics: Option<String>,
 
     /// Address and port to listen on, IPv6 in brackets (default [::]:9002) [env: TS_LOCAL_ADDR_PORT]
-    #[arg(
-        long = "local-addr-port",
-        id = "TS_LOCAL_ADDR_PORT",
-        value_name = "IP:PORT"
-    )]
+    #[arg(long, id = "TS_LOCAL_ADDR_PORT", value_name = "IP:PORT")]
     local_addr_port: Option<String>,
 
     /// Deprecated: /healthz alone on this address [env: TS_HEALTHCHECK_ADDR_PORT]
-    #[arg(
-        long = "healthcheck-addr-port",
-        id = "TS_HEALTHCHECK_ADDR_PORT",
-        value_name = "IP:PORT"
-    )]
+    #[arg(long, id = "TS_HEALTHCHECK_ADDR_PORT", value_name = "IP:PORT")]
     healthcheck_addr_port: Option<String>,
 
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
+    #[arg(long, id = "TS_SOCKET", value_name = "PATH")]
     socket: Option<String>,
 
     /// Write one newline to this fd once listening, then close it [env: TS_READY_FD]
-    #[arg(long = "ready-fd", id = "TS_READY_FD", value_name = "FD")]
+    #[arg(long, id = "TS_READY_FD", value_name = "FD")]
     ready_fd: Option<String>,
 
     #[command(flatten)]

@@ -29,17 +29,13 @@ failed watcher, or tailscaled leaving Running; 2 invalid configuration (nothing 
 )]
 struct Cli {
     /// Path of tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH")]
+    #[arg(long, id = "TS_SOCKET", value_name = "PATH")]
     socket: Option<String>,
     /// Startup deadline, e.g. 60s or 2m [env: TS_BOOT_TIMEOUT]
-    #[arg(long = "boot-timeout", id = "TS_BOOT_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, id = "TS_BOOT_TIMEOUT", value_name = "DURATION")]
     boot_timeout: Option<String>,
     /// Time tailscaled gets after SIGTERM before SIGKILL, e.g. 20s [env: TS_SHUTDOWN_GRACE]
-    #[arg(
-        long = "shutdown-grace",
-        id = "TS_SHUTDOWN_GRACE",
-        value_name = "DURATION"
-    )]
+    #[arg(long, id = "TS_SHUTDOWN_GRACE", value_name = "DURATION")]
     shutdown_grace: Option<String>,
     #[command(flatten)]
     common: ts_common::cli::CommonArgs,

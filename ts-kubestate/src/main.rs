@@ -47,43 +47,23 @@ struct Cli {
     mode: Option<Mode>,
 
     /// Name of the state secret; "" disables every secret call [env: TS_KUBE_SECRET]
-    #[arg(
-        long = "secret",
-        id = "TS_KUBE_SECRET",
-        value_name = "NAME",
-        global = true
-    )]
+    #[arg(long, id = "TS_KUBE_SECRET", value_name = "NAME", global = true)]
     secret: Option<String>,
 
     /// tailscaled's LocalAPI socket [env: TS_SOCKET]
-    #[arg(long = "socket", id = "TS_SOCKET", value_name = "PATH", global = true)]
+    #[arg(long, id = "TS_SOCKET", value_name = "PATH", global = true)]
     socket: Option<String>,
 
     /// Remove the secret's authkey once Running is reached [env: TS_AUTH_ONCE]
-    #[arg(
-        long = "auth-once",
-        id = "TS_AUTH_ONCE",
-        value_name = "BOOL",
-        global = true
-    )]
+    #[arg(long, id = "TS_AUTH_ONCE", value_name = "BOOL", global = true)]
     auth_once: Option<String>,
 
     /// Write one newline to this fd after the first reconcile, then close it [env: TS_READY_FD]
-    #[arg(
-        long = "ready-fd",
-        id = "TS_READY_FD",
-        value_name = "FD",
-        global = true
-    )]
+    #[arg(long, id = "TS_READY_FD", value_name = "FD", global = true)]
     ready_fd: Option<String>,
 
     /// Prefix of host paths such as the service account files (tests) [env: TS_TEST_ONLY_ROOT]
-    #[arg(
-        long = "root",
-        id = "TS_TEST_ONLY_ROOT",
-        value_name = "DIR",
-        global = true
-    )]
+    #[arg(long, id = "TS_TEST_ONLY_ROOT", value_name = "DIR", global = true)]
     root: Option<String>,
 
     #[command(flatten)]

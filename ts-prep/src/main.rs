@@ -48,19 +48,19 @@ TS_LOG_FORMAT (text or json); RUST_LOG (log level).";
 #[command(name = "ts-prep", version, about = ABOUT, long_about = LONG_ABOUT)]
 struct Args {
     /// Userspace networking (true: nothing to prepare) [env: TS_USERSPACE]
-    #[arg(long = "userspace", id = "TS_USERSPACE", value_name = "BOOL")]
+    #[arg(long, id = "TS_USERSPACE", value_name = "BOOL")]
     userspace: Option<String>,
 
     /// Comma-separated CIDRs to be advertised; their families get forwarding [env: TS_ROUTES]
-    #[arg(long = "routes", id = "TS_ROUTES", value_name = "CIDRS")]
+    #[arg(long, id = "TS_ROUTES", value_name = "CIDRS")]
     routes: Option<String>,
 
     /// Proxy destination; its family gets forwarding [env: TS_DEST_IP]
-    #[arg(long = "dest-ip", id = "TS_DEST_IP", value_name = "IP")]
+    #[arg(long, id = "TS_DEST_IP", value_name = "IP")]
     dest_ip: Option<String>,
 
     /// Prefix of dev/ and proc/ paths [env: TS_TEST_ONLY_ROOT]
-    #[arg(long = "root", id = "TS_TEST_ONLY_ROOT", value_name = "DIR")]
+    #[arg(long, id = "TS_TEST_ONLY_ROOT", value_name = "DIR")]
     root: Option<String>,
 
     #[command(flatten)]

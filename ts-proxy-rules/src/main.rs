@@ -40,33 +40,21 @@ json); RUST_LOG (log level). iptables, ip6tables and nft are found on PATH.";
 #[command(name = "ts-proxy-rules", version, about = ABOUT)]
 struct Args {
     /// Proxy destination: incoming tailnet traffic is DNATed to it [env: TS_DEST_IP]
-    #[arg(long = "dest-ip", id = "TS_DEST_IP", value_name = "IP")]
+    #[arg(long, id = "TS_DEST_IP", value_name = "IP")]
     dest_ip: Option<String>,
 
     /// Egress: traffic arriving on a non-tailscale0 interface goes to this tailnet IP
     /// [env: TS_TAILNET_TARGET_IP]
-    #[arg(
-        long = "tailnet-target-ip",
-        id = "TS_TAILNET_TARGET_IP",
-        value_name = "IP"
-    )]
+    #[arg(long, id = "TS_TAILNET_TARGET_IP", value_name = "IP")]
     tailnet_target_ip: Option<String>,
 
     /// Egress to the peer with this MagicDNS name, resolved from the netmap
     /// [env: TS_TAILNET_TARGET_FQDN]
-    #[arg(
-        long = "tailnet-target-fqdn",
-        id = "TS_TAILNET_TARGET_FQDN",
-        value_name = "NAME"
-    )]
+    #[arg(long, id = "TS_TAILNET_TARGET_FQDN", value_name = "NAME")]
     tailnet_target_fqdn: Option<String>,
 
     /// iptables, nftables or auto; unset: tailscaled's own choice [env: TS_DEBUG_FIREWALL_MODE]
-    #[arg(
-        long = "firewall-mode",
-        id = "TS_DEBUG_FIREWALL_MODE",
-        value_name = "MODE"
-    )]
+    #[arg(long, id = "TS_DEBUG_FIREWALL_MODE", value_name = "MODE")]
     firewall_mode: Option<String>,
 
     #[command(flatten)]

@@ -37,7 +37,7 @@ half of it, 20s at most); TS_LOG_FORMAT (text or json); RUST_LOG (log level).";
 #[command(name = "ts-serve", version, about = ABOUT)]
 struct Args {
     /// Path of the ipn.ServeConfig JSON file to apply [env: TS_SERVE_CONFIG]
-    #[arg(long = "config", id = "TS_SERVE_CONFIG", value_name = "PATH")]
+    #[arg(long, id = "TS_SERVE_CONFIG", value_name = "PATH")]
     config: Option<String>,
 
     #[command(flatten)]
