@@ -106,9 +106,7 @@ pub fn find_sibling(name: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// How ts-init starts a child.
@@ -200,12 +198,13 @@ impl SpawnError {
         if source.kind() == std::io::ErrorKind::NotFound {
             return SpawnError::NotFound { program, source };
         }
-        let out_of_fds = matches!(
-            source.raw_os_error(),
-            Some(nix::libc::EMFILE | nix::libc::ENFILE)
-        ) || (source.raw_os_error() == Some(nix::libc::EINVAL)
-            && open_file_limit().is_some_and(|limit| limit <= u64::from(FIRST_SPARE_FD as u32)));
-        match open_file_limit() {
+        let limit = open_file_limit();
+        let out_of_fds = match source.raw_os_error() {
+            Some(nix::libc::EMFILE | nix::libc::ENFILE) => true,
+            Some(nix::libc::EINVAL) => limit.is_some_and(|l| l <= u64::from(FIRST_SPARE_FD as u32)),
+            _ => false,
+        };
+        match limit {
             Some(limit) if out_of_fds => SpawnError::FdLimit {
                 program,
                 limit,
@@ -287,7 +286,6 @@ pub fn reset_signals() {
     reset_dispositions();
 }
 
-/// Sets every signal's disposition back to the default.
 pub fn reset_dispositions() {
     // SAFETY: signal(2) with SIG_DFL is async-signal-safe; failures (for the numbers glibc
     // reserves, SIGKILL and SIGSTOP) are harmless and ignored.

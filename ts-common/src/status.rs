@@ -28,11 +28,9 @@ use std::sync::{Mutex, OnceLock};
 /// A reconcile running longer than this is reported as stuck: `/healthz` turns 503 within
 /// this plus one scrape, well inside the 2 s the README promises.
 pub const STUCK_AFTER_MS: u64 = 1000;
-/// [`STUCK_AFTER_MS`] as a duration.
 pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_millis(STUCK_AFTER_MS);
 /// Reasons are cut to this many characters (they may quote an apiserver's or iptables' text).
 pub const MAX_REASON: usize = 240;
-/// The name ts-init reports under.
 pub const INIT_NAME: &str = "ts-init";
 
 /// How a finished reconcile ended.
@@ -289,7 +287,6 @@ fn write_atomic(path: &Path, report: &Report) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// A reconcile starts now.
 pub fn reconcile_started() {
     update(|r| r.in_progress_since_ms = Some(now_ms()));
 }

@@ -45,7 +45,6 @@ pub const STATUS_SELF_PATH: &str = "/localapi/v0/status?peers=false";
 
 /// The only Host tailscaled accepts besides an empty one.
 pub const HOST: &str = "local-tailscaled.sock";
-/// Path of the bus endpoint.
 pub const WATCH_PATH: &str = "/localapi/v0/watch-ipn-bus";
 /// Path of tailscaled's user-facing metrics (Prometheus text exposition).
 pub const USERMETRICS_PATH: &str = "/localapi/v0/usermetrics";
@@ -312,7 +311,6 @@ fn skip_malformed(socket: &Path, len: u64, error: &serde_json::Error) {
     }
 }
 
-/// Malformed lines skipped by this process so far.
 static MALFORMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many malformed bus lines this process has skipped.
@@ -445,10 +443,6 @@ impl<T: BusMessage> Follower<T> {
     /// Watches opened again after a stream ended, so far.
     pub fn rewatches(&self) -> u64 {
         self.rewatches
-    }
-
-    pub fn api(&self) -> &LocalApi {
-        &self.api
     }
 
     /// The next message. The first call opens the watch; a failure to connect then is a

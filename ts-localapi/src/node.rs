@@ -97,11 +97,6 @@ impl NodeWatch {
         }
     }
 
-    /// The state now, without waiting.
-    pub fn now(&self) -> NodeState {
-        self.rx.borrow().clone()
-    }
-
     /// The next state that differs from the one last returned: waits for a change, at least
     /// [`MIN_SPACING`] after the previous return, and returns the latest state then (all
     /// changes in between coalesced). Cancel-safe. An error when the watch ended.

@@ -105,19 +105,10 @@ impl PeerMode for Keep {
 
 /// A peer field: its value in [`Keep`] mode (`None` when absent or null), always `None` in
 /// [`Skip`] mode, where the parser steps over it without building anything.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerField<M, T> {
     pub value: Option<T>,
     mode: PhantomData<M>,
-}
-
-impl<M, T> Default for PeerField<M, T> {
-    fn default() -> Self {
-        PeerField {
-            value: None,
-            mode: PhantomData,
-        }
-    }
 }
 
 impl<'de, M: PeerMode, T: Deserialize<'de>> Deserialize<'de> for PeerField<M, T> {

@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::marker::PhantomData;
 use tokio::sync::mpsc;
 
@@ -138,16 +138,7 @@ fn parse_line<T: DeserializeOwned>(src: &mut Chunks) -> Parsed<T> {
         Object::<T>::deserialize(&mut de).and_then(|Object(v)| de.end().map(|()| v))
     };
     // Whatever the parser left of the line (after an error) is skipped without keeping it.
-    loop {
-        let n = match line.fill_buf() {
-            Ok(rest) => rest.len(),
-            Err(_) => 0,
-        };
-        if n == 0 {
-            break;
-        }
-        line.consume(n);
-    }
+    let _ = std::io::copy(&mut line, &mut std::io::sink());
     let len = line.get_ref().len;
     match result {
         Ok(v) => Parsed::Message(v),

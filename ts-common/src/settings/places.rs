@@ -45,22 +45,14 @@ pub fn check_hostname(hostname: &str) -> Result<(), SettingsError> {
     }
     let name = hostname.strip_prefix('.').unwrap_or(hostname);
     let name = name.strip_suffix('.').unwrap_or(name);
-    let why = if name.len() > 253 {
-        Some(format!(
-            "{} bytes long; a DNS name has at most 253",
-            name.len()
-        ))
-    } else {
-        name.split('.').find_map(label_problem)
+    let why = match name.len() {
+        len @ 254.. => Some(format!("{len} bytes long; a DNS name has at most 253")),
+        _ => name.split('.').find_map(label_problem),
     };
-    match why {
-        Some(why) => Err(E::invalid(
-            "TS_HOSTNAME",
-            hostname,
-            format!("not a valid hostname for tailscale up: {why}"),
-        )),
-        None => Ok(()),
-    }
+    why.map_or(Ok(()), |why| {
+        let why = format!("not a valid hostname for tailscale up: {why}");
+        Err(E::invalid("TS_HOSTNAME", hostname, why))
+    })
 }
 
 fn label_problem(label: &str) -> Option<String> {
