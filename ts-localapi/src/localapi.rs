@@ -172,9 +172,7 @@ impl LocalApi {
             pump: Some(tokio::spawn(pump(body, chunks))),
         })
     }
-}
 
-impl LocalApi {
     /// Sends one request on a connection of its own, with an optional `If-Match` and JSON body.
     async fn send(
         &self,
@@ -223,18 +221,66 @@ impl LocalApi {
             }
         })
     }
+
+    /// One plain request: `method path` with an optional `If-Match` and JSON body, on its own
+    /// connection, answered within [`CALL_TIMEOUT`]. Any HTTP status is an `Ok` [`Reply`]; only
+    /// transport failures are errors (a connect failure is [`LocalApiError::Connect`]).
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, LocalApiError> {
+        let exchange = async {
+            let response = self.send(&method, path, if_match, body).await?;
+            let status = response.status().as_u16();
+            let etag = response
+                .headers()
+                .get(http::header::ETAG)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let body = Limited::new(response.into_body(), MAX_REPLY)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<hyper::Error>() {
+                    Ok(source) => LocalApiError::Read {
+                        socket: self.socket.clone(),
+                        source: *source,
+                    },
+                    // Limited's own error: the body went past the limit.
+                    Err(_) => LocalApiError::ReplyTooLarge {
+                        socket: self.socket.clone(),
+                        method: method.to_string(),
+                        path: path.to_string(),
+                        limit: MAX_REPLY,
+                    },
+                })?;
+            Ok(Reply {
+                status,
+                etag,
+                body: body.to_bytes().to_vec(),
+            })
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(LocalApiError::Timeout {
+                socket: self.socket.clone(),
+                method: method.to_string(),
+                path: path.to_string(),
+                timeout: CALL_TIMEOUT,
+            }),
+        }
+    }
 }
 
 /// The I/O error under a connect failure (what `connect(2)` said), for a precise message.
 fn io_source(e: &hyper_util::client::legacy::Error) -> std::io::Error {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return std::io::Error::new(io.kind(), io.to_string());
-        }
-        source = err.source();
-    }
-    std::io::Error::other(e.to_string())
+    std::iter::successors(std::error::Error::source(e), |err| err.source())
+        .find_map(|err| err.downcast_ref::<std::io::Error>())
+        .map_or_else(
+            || std::io::Error::other(e.to_string()),
+            |io| std::io::Error::new(io.kind(), io.to_string()),
+        )
 }
 
 /// What to check for well-known codes.
@@ -572,58 +618,6 @@ impl Reply {
     /// characters escaped, so a daemon's answer can go into one log line safely.
     pub fn body_excerpt(&self, max: usize) -> String {
         outside_max(&String::from_utf8_lossy(&self.body), max)
-    }
-}
-
-impl LocalApi {
-    /// One plain request: `method path` with an optional `If-Match` and JSON body, on its own
-    /// connection, answered within [`CALL_TIMEOUT`]. Any HTTP status is an `Ok` [`Reply`]; only
-    /// transport failures are errors (a connect failure is [`LocalApiError::Connect`]).
-    pub async fn call(
-        &self,
-        method: http::Method,
-        path: &str,
-        if_match: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> Result<Reply, LocalApiError> {
-        let exchange = async {
-            let response = self.send(&method, path, if_match, body).await?;
-            let status = response.status().as_u16();
-            let etag = response
-                .headers()
-                .get(http::header::ETAG)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let body = Limited::new(response.into_body(), MAX_REPLY)
-                .collect()
-                .await
-                .map_err(|e| match e.downcast::<hyper::Error>() {
-                    Ok(source) => LocalApiError::Read {
-                        socket: self.socket.clone(),
-                        source: *source,
-                    },
-                    // Limited's own error: the body went past the limit.
-                    Err(_) => LocalApiError::ReplyTooLarge {
-                        socket: self.socket.clone(),
-                        method: method.to_string(),
-                        path: path.to_string(),
-                        limit: MAX_REPLY,
-                    },
-                })?;
-            Ok(Reply {
-                status,
-                etag,
-                body: body.to_bytes().to_vec(),
-            })
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(LocalApiError::Timeout {
-                socket: self.socket.clone(),
-                method: method.to_string(),
-                path: path.to_string(),
-                timeout: CALL_TIMEOUT,
-            }),
-        }
     }
 }
 
