@@ -1,40 +1,12 @@
-//! The two modes as the binary runs them: load nothing, decide nothing about the command line;
-//! take validated [`Settings`], run the mode (or print its plan) and return the exit status.
+//! The modes as the binary runs them: load nothing, decide nothing about the command line; take
+//! validated [`Settings`], run the mode (or print its plan). `Err` is the exit status of a
+//! failure (already logged).
 
 use crate::{preflight, settle, skip_reason, watch, Kube};
 use ts_common::cli::plan;
 use ts_common::exit;
 use ts_common::settings::{Settings, REDACTED};
 use ts_kube::{describe, KubeClient, KubeRequest};
-
-/// What the binary was asked to do.
-#[derive(Clone, Copy, Debug)]
-pub enum Action {
-    /// Before tailscaled: RBAC and the authkey; the result goes to `result_fd` if given.
-    Preflight { result_fd: Option<i32> },
-    /// After Running: authkey removal and device info; `can_patch` skips the SSAR when known;
-    /// `guard` also ends the watcher when tailscaled leaves Running.
-    Watch {
-        can_patch: Option<bool>,
-        guard: bool,
-    },
-    /// At shutdown, before tailscaled is signalled: wait at most `timeout` for the state in the
-    /// secret to be consistent.
-    Settle { timeout: std::time::Duration },
-}
-
-/// Runs `action` (or, with `explain`, prints its plan); `Err` is the exit status of a failure
-/// (already logged).
-pub async fn run(settings: &Settings, action: Action, explain: bool) -> Result<(), i32> {
-    match (action, explain) {
-        (Action::Preflight { .. }, true) => explain_preflight(settings).await,
-        (Action::Preflight { result_fd }, false) => run_preflight(settings, result_fd).await,
-        (Action::Watch { can_patch, .. }, true) => explain_watch(settings, can_patch).await,
-        (Action::Watch { can_patch, guard }, false) => run_watch(settings, can_patch, guard).await,
-        (Action::Settle { timeout }, true) => explain_settle(settings, timeout).await,
-        (Action::Settle { timeout }, false) => run_settle(settings, timeout).await,
-    }
-}
 
 /// The client of a run; a configuration that cannot make one is logged and becomes the exit
 /// code.
@@ -53,7 +25,9 @@ fn failed(e: impl std::fmt::Display) -> i32 {
     exit::FAILURE
 }
 
-async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
+/// At shutdown, before tailscaled is signalled: wait at most `timeout` for the state in the
+/// secret to be consistent.
+pub async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
     if let Some(why) = skip_reason(settings) {
         tracing::info!("no state secret to wait for ({why})");
         return Ok(());
@@ -75,7 +49,7 @@ async fn run_settle(settings: &Settings, timeout: std::time::Duration) -> Result
     }
 }
 
-async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
+pub async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> Result<(), i32> {
     let ex = explainer(settings, "settle")?;
     plan(format!(
         "  repeat {} (100 ms, doubling to 1 s apart) until the state keys are all present or all absent, at most {timeout:?}",
@@ -97,7 +71,8 @@ async fn explain_settle(settings: &Settings, timeout: std::time::Duration) -> Re
     Ok(())
 }
 
-async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> Result<(), i32> {
+/// Before tailscaled: RBAC and the authkey; the result goes to `result_fd` if given.
+pub async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> Result<(), i32> {
     // A one-shot phase: reported only for its Kubernetes request counts, already finished.
     ts_common::status::init(settings, "ts-kubestate preflight");
     ts_common::status::stopped();
@@ -119,7 +94,13 @@ async fn run_preflight(settings: &Settings, result_fd: Option<i32>) -> Result<()
         .map_err(failed)
 }
 
-async fn run_watch(settings: &Settings, can_patch: Option<bool>, guard: bool) -> Result<(), i32> {
+/// After Running: authkey removal and device info; `can_patch` skips the SSAR when known;
+/// `guard` also ends the watcher when tailscaled leaves Running.
+pub async fn run_watch(
+    settings: &Settings,
+    can_patch: Option<bool>,
+    guard: bool,
+) -> Result<(), i32> {
     ts_common::status::init(settings, "ts-kubestate");
     if let Some(why) = skip_reason(settings) {
         ts_common::status::stopped();
@@ -156,11 +137,9 @@ fn explainer(settings: &Settings, mode: &str) -> Result<Kube, i32> {
         "ts-kubestate {mode} plan (reads are made, writes are not sent)"
     ));
     let client = KubeClient::from_settings(settings);
-    if let Err(e) = &client {
-        if e.is_usage() {
-            tracing::error!("invalid configuration: {e}");
-            return Err(exit::USAGE);
-        }
+    if let Some(e) = client.as_ref().err().filter(|e| e.is_usage()) {
+        tracing::error!("invalid configuration: {e}");
+        return Err(exit::USAGE);
     }
     let namespace = match &client {
         Ok(c) => {
@@ -183,7 +162,7 @@ fn explainer(settings: &Settings, mode: &str) -> Result<Kube, i32> {
     Ok(Kube::explain(client, namespace))
 }
 
-async fn explain_preflight(settings: &Settings) -> Result<(), i32> {
+pub async fn explain_preflight(settings: &Settings) -> Result<(), i32> {
     if let Some(why) = skip_reason(settings) {
         plan(format!(
             "ts-kubestate preflight plan: no Kubernetes calls ({why})"
@@ -221,7 +200,7 @@ async fn explain_preflight(settings: &Settings) -> Result<(), i32> {
     Ok(())
 }
 
-async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> Result<(), i32> {
+pub async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> Result<(), i32> {
     let ex = explainer(settings, "watch")?;
     let secret = settings.kube_secret.as_str();
     if let Some(b) = can_patch {

@@ -1,6 +1,6 @@
 //! ts-kubestate: tsboot's Kubernetes phase — every call tsboot makes to the API server.
 //!
-//! Duty, in two modes:
+//! Duty, in three modes:
 //! * `ts-kubestate preflight [--result-fd N]` — run by ts-init before tailscaled starts:
 //!   SelfSubjectAccessReviews for get/update (required) and patch (optional) on the state
 //!   secret, then, without `TS_AUTHKEY`, the secret's `authkey`. With `--result-fd N` it writes
@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use ts_common::cli;
 use ts_common::exit;
 use ts_common::settings::{parse_bool, parse_duration, Settings};
-use ts_kubestate::app::{self, Action};
+use ts_kubestate::app;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,42 +97,49 @@ enum Mode {
 
 fn main() -> ExitCode {
     let (cli, phase) = ts_common::cli::parse_with::<Cli>("ts-kubestate", Cli::command());
-    let mode = cli.mode;
+    let mode = cli.mode.unwrap_or(Mode::Watch {
+        can_patch: None,
+        guard: false,
+    });
     ts_localapi::run_phase(phase, |settings, explain| async move {
-        let action = action(mode, &settings)?;
-        app::run(&settings, action, explain)
-            .await
-            .map_err(cli::Logged)
+        run(mode, &settings, explain).await
     })
 }
 
-/// What the subcommand asks for; a flag value it cannot use is refused (exit 2).
-fn action(mode: Option<Mode>, settings: &Settings) -> Result<Action, cli::Logged> {
+/// Runs the subcommand (or prints its plan); a flag value it cannot use is refused (exit 2).
+async fn run(mode: Mode, settings: &Settings, explain: bool) -> Result<(), cli::Logged> {
     let usage = |flag: &str, value: &str, want: &str| {
         tracing::error!("invalid configuration: --{flag}={value:?} is not {want}");
         cli::Logged(exit::USAGE)
     };
-    let mode = mode.unwrap_or(Mode::Watch {
-        can_patch: None,
-        guard: false,
-    });
-    Ok(match mode {
-        Mode::Preflight { result_fd } => Action::Preflight { result_fd },
-        Mode::Settle { timeout } => Action::Settle {
-            timeout: match timeout {
-                None => settings.shutdown_grace / 2,
-                Some(value) => parse_duration(&value)
-                    .ok_or_else(|| usage("timeout", &value, "a duration: use e.g. 10s or 500ms"))?,
-            },
-        },
-        Mode::Watch { can_patch, guard } => Action::Watch {
-            can_patch: can_patch
+    match mode {
+        Mode::Preflight { .. } if explain => app::explain_preflight(settings).await,
+        Mode::Preflight { result_fd } => app::run_preflight(settings, result_fd).await,
+        Mode::Watch { can_patch, guard } => {
+            let can_patch = can_patch
                 .map(|value| {
                     parse_bool(&value)
                         .ok_or_else(|| usage("can-patch", &value, "a boolean: use true or false"))
                 })
-                .transpose()?,
-            guard,
-        },
-    })
+                .transpose()?;
+            if explain {
+                app::explain_watch(settings, can_patch).await
+            } else {
+                app::run_watch(settings, can_patch, guard).await
+            }
+        }
+        Mode::Settle { timeout } => {
+            let timeout = match timeout {
+                None => settings.shutdown_grace / 2,
+                Some(value) => parse_duration(&value)
+                    .ok_or_else(|| usage("timeout", &value, "a duration: use e.g. 10s or 500ms"))?,
+            };
+            if explain {
+                app::explain_settle(settings, timeout).await
+            } else {
+                app::run_settle(settings, timeout).await
+            }
+        }
+    }
+    .map_err(cli::Logged)
 }

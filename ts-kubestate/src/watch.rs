@@ -180,10 +180,7 @@ impl<'a> Reconciler<'a> {
                 ts_common::status::track(self.remove_authkey()).await?;
             }
         }
-        if !self.running {
-            return Ok(());
-        }
-        let Some(pair) = self.seen.clone() else {
+        let (true, Some(pair)) = (self.running, self.seen.clone()) else {
             return Ok(());
         };
         if self.last.as_ref() != Some(&pair) {
