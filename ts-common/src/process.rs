@@ -73,11 +73,8 @@ pub fn describe(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),
         WaitStatus::Signaled(_, sig, core) => {
-            format!(
-                "killed by signal {}{}",
-                sig.as_str(),
-                if *core { " (core dumped)" } else { "" }
-            )
+            let core = if *core { " (core dumped)" } else { "" };
+            format!("killed by signal {}{core}", sig.as_str())
         }
         other => format!("{other:?}"),
     }

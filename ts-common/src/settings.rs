@@ -717,11 +717,7 @@ impl Settings {
     /// Path of the compatibility symlink of newer images (D17), unless it is the socket itself.
     pub fn socket_symlink(&self) -> Option<PathBuf> {
         let link = self.host_path("var/run/tailscale/tailscaled.sock");
-        if same_path(&link, &self.socket) {
-            None
-        } else {
-            Some(link)
-        }
+        (!same_path(&link, &self.socket)).then_some(link)
     }
 }
 

@@ -174,16 +174,8 @@ pub fn one_line(text: &str) -> String {
 
 /// The file name for reporter `name` ("ts-kubestate preflight" → `ts-kubestate-preflight.json`).
 pub fn file_name(name: &str) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    // Anything but letters, digits, '-' and '_' becomes '-'.
+    let safe = name.replace(|c: char| !(c.is_ascii_alphanumeric() || c == '_'), "-");
     format!("{safe}.json")
 }
 
