@@ -177,12 +177,10 @@ impl KubeService {
                     why: "KUBERNETES_SERVICE_HOST is set, so the API server port is needed",
                 })?;
         places::check_port(port)?;
-        let host = if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        Ok(format!("https://{host}:{port}"))
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            return Ok(format!("https://[{}]:{port}", self.host));
+        }
+        Ok(format!("https://{}:{port}", self.host))
     }
 }
 

@@ -323,25 +323,21 @@ impl<M: PeerMode> Notify<M> {
     /// Failing both, `InitialStatus.Self` (when it names a node) with its bare IPs as
     /// single-IP prefixes. `None` when the message says nothing about this device.
     pub fn self_identity(&self) -> Option<SelfIdentity> {
-        let top_level = self
-            .net_map
-            .as_ref()
-            .map(|nm| nm.addresses.as_slice())
-            .unwrap_or(&[]);
-        let node = self
+        let net_map = self.net_map.as_ref();
+        if let Some(node) = self
             .self_change
             .as_ref()
-            .or_else(|| self.net_map.as_ref().and_then(|nm| nm.self_node.as_ref()));
-        if let Some(node) = node {
-            let addresses = if node.addresses.is_empty() {
-                top_level.to_vec()
-            } else {
-                node.addresses.clone()
+            .or_else(|| net_map?.self_node.as_ref())
+        {
+            let top_level = net_map.map(|nm| &nm.addresses[..]).unwrap_or_default();
+            let addresses = match &node.addresses[..] {
+                [] => top_level,
+                own => own,
             };
             return Some(SelfIdentity {
                 stable_id: node.stable_id.clone(),
                 name: node.name.clone(),
-                addresses,
+                addresses: addresses.to_vec(),
             });
         }
         let status = self.initial_status.as_ref()?;
