@@ -19,7 +19,7 @@ use crate::sys::{schedstat, Mem};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tsboot_tests::fake_tailscaled::synthetic_peer;
 use tsboot_tests::harness::{self, ApiServer};
 
@@ -163,13 +163,16 @@ fn run_one(
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("fake tailscaled: {e}"))?;
-    let start = Instant::now();
-    while !root.socket.exists() {
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = fake.kill();
-            return Err("the fake tailscaled did not listen".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let listening = || root.socket.exists().then_some(());
+    if harness::poll(
+        Duration::from_secs(120),
+        Duration::from_millis(20),
+        listening,
+    )
+    .is_none()
+    {
+        let _ = fake.kill();
+        return Err("the fake tailscaled did not listen".into());
     }
     let api = ApiServer::start(&root, r#"{"secrets":[{"name":"tailscale","data":{}}]}"#);
     let mut kube_env = env.clone();
@@ -202,28 +205,22 @@ fn run_one(
         ("ts-proxy-rules", spawn("ts-proxy-rules", &[], proxy_env)),
         ("ts-health", spawn("ts-health", &[], health_env)),
     ];
+    // Bytes received so far and ns spent on a CPU.
+    let sample = |p: &harness::Proc| {
+        let cpu = schedstat(p.pid()).map_or(0, |s| s.0);
+        (received(&root, p.pid()), cpu)
+    };
     let mut boot = Vec::new();
     for (name, p) in procs.iter_mut() {
         if !p.wait_ready() {
             let _ = fake.kill();
             return Err(format!("{name} never became ready:\n{}", p.log()));
         }
-        boot.push((
-            received(&root, p.pid()),
-            schedstat(p.pid()).map_or(0, |s| s.0),
-        ));
+        boot.push(sample(p));
     }
     // What arrived after readiness settles before the changes are counted.
     std::thread::sleep(Duration::from_millis(700));
-    let before: Vec<(u64, u64)> = procs
-        .iter()
-        .map(|(_, p)| {
-            (
-                received(&root, p.pid()),
-                schedstat(p.pid()).map_or(0, |s| s.0),
-            )
-        })
-        .collect();
+    let before: Vec<(u64, u64)> = procs.iter().map(|(_, p)| sample(p)).collect();
     for i in 0..changes {
         let me = if i % 2 == 0 { SELF_B } else { SELF_A };
         let file = write_change(&root.dir, daemon, peers, me);
@@ -244,10 +241,7 @@ fn run_one(
     }
     let mut rows = Vec::new();
     for (i, (name, p)) in procs.iter().enumerate() {
-        let (r, c) = (
-            received(&root, p.pid()),
-            schedstat(p.pid()).map_or(0, |s| s.0),
-        );
+        let (r, c) = sample(p);
         rows.push(Row {
             daemon,
             peers,
@@ -320,12 +314,9 @@ pub fn goals(rows: &[Row], goals: &mut crate::goals::Goals) {
         rows.iter()
             .filter(move |r| r.peers == peers && r.daemon == d)
     };
-    let worst = |it: &mut dyn Iterator<Item = (&'static str, f64)>| {
-        it.fold(None, |m: Option<(&str, f64)>, x| match m {
-            Some(m) if m.1 >= x.1 => Some(m),
-            _ => Some(x),
-        })
-    };
+    // The first of the largest.
+    let worst =
+        |it: &mut dyn Iterator<Item = (&'static str, f64)>| it.min_by(|a, b| b.1.total_cmp(&a.1));
     if let Some((p, kib)) = worst(&mut at(Daemon::New).map(|r| {
         (
             r.process,

@@ -5,8 +5,8 @@
 //! state (the secret's device fields, the single DNAT rule) is exactly the last change's.
 
 use crate::goals::Goals;
-use crate::scenarios::{count_lines, variants_json};
-use crate::setup::{Boot, Config, Variant, DEST_IP};
+use crate::scenarios::variants_json;
+use crate::setup::{count_lines, Boot, Config, Variant, DEST_IP};
 use crate::sys;
 use std::path::Path;
 use std::process::Command;

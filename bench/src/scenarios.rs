@@ -2,7 +2,7 @@
 //! process after startup, reaction latency to a netmap change, and reaping as PID 1.
 
 use crate::goals::Goals;
-use crate::setup::{self, Boot, Config, Root, Variant, Wrapped, ADDR0, DEST_IP};
+use crate::setup::{self, count_lines, Boot, Config, Root, Variant, Wrapped, ADDR0, DEST_IP};
 use crate::stats::{fmt, median, summary, Table};
 use crate::sys::{self, FileCounter, Mem};
 use std::collections::BTreeMap;
@@ -702,12 +702,6 @@ fn count_patches(p: &Path) -> usize {
         .count()
 }
 
-pub fn count_lines(p: &Path) -> usize {
-    std::fs::read(p)
-        .map(|b| b.iter().filter(|c| **c == b'\n').count())
-        .unwrap_or(0)
-}
-
 /// The HEAD-era `SelfChange` notifies the reaction toggles between: each changes the node's
 /// StableID and name (→ a secret PATCH) and its IPv4 address (→ the DNAT rule is replaced).
 pub fn variants_json() -> Result<[(String, &'static str, &'static str); 2], String> {
@@ -732,6 +726,7 @@ pub fn variants_json() -> Result<[(String, &'static str, &'static str); 2], Stri
     ])
 }
 
+#[derive(Default)]
 pub struct ReactionData {
     ack: Vec<f64>,
     patch: Vec<f64>,
@@ -758,17 +753,7 @@ pub fn run_reaction(variant: &Variant, runs: usize) -> Result<ReactionData, Stri
         )?;
         let records = FileCounter::start(&boot.root.dir, "args", sys::IN_MODIFY, count_lines)?;
         std::thread::sleep(Duration::from_millis(200));
-        let mut d = ReactionData {
-            ack: vec![],
-            patch: vec![],
-            stored_log: vec![],
-            rule_log: vec![],
-            rule_rec: vec![],
-            exec3: vec![],
-            overhead: vec![],
-            after_mem: vec![],
-            failures: vec![],
-        };
+        let mut d = ReactionData::default();
         let mut prev_addr = ADDR0;
         for i in 0..runs {
             let (json, id, addr) = &toggles[i % 2];
@@ -947,6 +932,7 @@ pub fn reaction_report(d: &ReactionData, variant: &Variant) -> String {
 // ---------------------------------------------------------------------------------------------
 // Reaping as PID 1
 
+#[derive(Default)]
 pub struct ReapData {
     /// init name → ms from the orphans' re-parenting (first seen) until none is left.
     pub reap: BTreeMap<String, Vec<f64>>,
@@ -996,7 +982,6 @@ impl Pid1 {
     }
 }
 
-/// One flood: returns (reparented → none left, command → none left) in ms.
 /// What one flood cost PID 1.
 struct Flood {
     /// Re-parented (first seen) → none left, ms.
@@ -1058,16 +1043,7 @@ fn flood(p: &Pid1, orphans: usize) -> Result<Flood, String> {
 }
 
 pub fn run_reap(variant: &Variant, wrappers: &[Wrapper], runs: usize, orphans: usize) -> ReapData {
-    let mut d = ReapData {
-        reap: BTreeMap::new(),
-        total: BTreeMap::new(),
-        cpu: BTreeMap::new(),
-        waited: BTreeMap::new(),
-        mem: BTreeMap::new(),
-        ratios: vec![],
-        cpu_ratios: vec![],
-        failures: vec![],
-    };
+    let mut d = ReapData::default();
     for i in 0..runs {
         eprintln!("bench: reaping round {}/{runs}", i + 1);
         let mut this_round: BTreeMap<String, (f64, f64)> = BTreeMap::new();

@@ -127,7 +127,7 @@ pub struct Boot {
     pub requests: Option<FileCounter>,
 }
 
-fn count_lines(p: &Path) -> usize {
+pub fn count_lines(p: &Path) -> usize {
     std::fs::read(p)
         .map(|b| b.iter().filter(|c| **c == b'\n').count())
         .unwrap_or(0)
@@ -152,14 +152,18 @@ impl Boot {
             Config::Full => {
                 let api = apiserver(&root);
                 env.extend(api.env.iter().cloned());
-                env.push(("TS_USERSPACE".into(), "false".into()));
-                env.push(("TS_DEST_IP".into(), DEST_IP.into()));
-                env.push(("TS_ENABLE_HEALTH_CHECK".into(), "true".into()));
-                env.push(("TS_ENABLE_METRICS".into(), "true".into()));
-                env.push(("TS_LOCAL_ADDR_PORT".into(), "127.0.0.1:0".into()));
                 let serve = root.dir.join("serve.json");
                 std::fs::write(&serve, SERVE_CONFIG).map_err(|e| format!("serve config: {e}"))?;
-                env.push(("TS_SERVE_CONFIG".into(), serve.display().to_string()));
+                let serve = serve.display().to_string();
+                let vars = [
+                    ("TS_USERSPACE", "false"),
+                    ("TS_DEST_IP", DEST_IP),
+                    ("TS_ENABLE_HEALTH_CHECK", "true"),
+                    ("TS_ENABLE_METRICS", "true"),
+                    ("TS_LOCAL_ADDR_PORT", "127.0.0.1:0"),
+                    ("TS_SERVE_CONFIG", &serve),
+                ];
+                env.extend(vars.map(|(k, v)| (k.to_string(), v.to_string())));
                 Some(api)
             }
         };

@@ -45,13 +45,11 @@ use std::time::Duration;
 
 /// Appends `"$0 $@"` and a newline to `file` in one write.
 pub fn record_line(file: &Path, argv: &[OsString]) -> std::io::Result<()> {
-    let mut line = Vec::new();
-    for (i, a) in argv.iter().enumerate() {
-        if i > 0 {
-            line.push(b' ');
-        }
-        line.extend_from_slice(a.as_bytes());
-    }
+    let mut line = argv
+        .iter()
+        .map(|a| a.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b' ');
     line.push(b'\n');
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -413,6 +411,8 @@ pub fn apply(
 ) -> (i32, String, String) {
     let bad_rule = format!("{prog}: Bad rule (does a matching rule exist in that chain?).\n");
     let no_chain = format!("{prog}: No chain/target/match by that name.\n");
+    let ok = || (0, String::new(), String::new());
+    let fail = |stderr: String| (1, String::new(), stderr);
     let chains = tables.entry(table.to_string()).or_default();
     let known = |chains: &BTreeMap<String, Vec<String>>, c: &str| {
         builtin_chains(table).contains(&c) || chains.contains_key(c)
@@ -420,54 +420,45 @@ pub fn apply(
     match cmd {
         IptCommand::Insert { chain, pos, rule } => {
             if !known(chains, chain) {
-                return (1, String::new(), no_chain);
+                return fail(no_chain);
             }
             let rules = chains.entry(chain.clone()).or_default();
             if *pos > rules.len() + 1 {
-                return (
-                    1,
-                    String::new(),
-                    format!("{prog}: Index of insertion too big.\n"),
-                );
+                return fail(format!("{prog}: Index of insertion too big.\n"));
             }
             rules.insert(pos - 1, rule.clone());
-            (0, String::new(), String::new())
+            ok()
         }
         IptCommand::Append { chain, rule } => {
             if !known(chains, chain) {
-                return (1, String::new(), no_chain);
+                return fail(no_chain);
             }
             chains.entry(chain.clone()).or_default().push(rule.clone());
-            (0, String::new(), String::new())
+            ok()
         }
         IptCommand::Delete { chain, rule } => {
             let rules = chains.entry(chain.clone()).or_default();
             match rules.iter().position(|r| r == rule) {
                 Some(i) => {
                     rules.remove(i);
-                    (0, String::new(), String::new())
+                    ok()
                 }
-                None => (1, String::new(), bad_rule),
+                None => fail(bad_rule),
             }
         }
         IptCommand::DeleteNum { chain, num } => {
             let rules = chains.entry(chain.clone()).or_default();
             if *num == 0 || *num > rules.len() {
-                return (
-                    1,
-                    String::new(),
-                    format!("{prog}: Index of deletion too big.\n"),
-                );
+                return fail(format!("{prog}: Index of deletion too big.\n"));
             }
             rules.remove(num - 1);
-            (0, String::new(), String::new())
+            ok()
         }
         IptCommand::Check { chain, rule } => {
-            let found = chains.get(chain).is_some_and(|r| r.contains(rule));
-            if found {
-                (0, String::new(), String::new())
+            if chains.get(chain).is_some_and(|r| r.contains(rule)) {
+                ok()
             } else {
-                (1, String::new(), bad_rule)
+                fail(bad_rule)
             }
         }
         IptCommand::List { chain } => {
@@ -483,7 +474,7 @@ pub fn apply(
             }
             if let Some(c) = chain {
                 if !known(chains, c) {
-                    return (1, String::new(), no_chain);
+                    return fail(no_chain);
                 }
                 names = vec![c.clone()];
             }

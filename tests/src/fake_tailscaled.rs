@@ -96,8 +96,9 @@ pub use ts_localapi::notify::FELL_BEHIND;
 const VERSION_SEED: &str = "1.36.0-fake";
 const VERSION_HEAD: &str = "1.102.3-fake";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Era {
+    #[default]
     Seed,
     Head,
 }
@@ -129,6 +130,7 @@ enum Msg {
 }
 
 /// The daemon state a new watcher's first message is built from.
+#[derive(Default)]
 pub struct BusState {
     pub era: Era,
     version: String,
@@ -155,14 +157,7 @@ impl BusState {
                 Era::Seed => VERSION_SEED.into(),
                 Era::Head => VERSION_HEAD.into(),
             },
-            state: None,
-            prefs: None,
-            netmap: None,
-            self_node: None,
-            initial_status: None,
-            browse_url: None,
-            health: None,
-            watchers: Vec::new(),
+            ..BusState::default()
         };
         s.fold(initial);
         s
@@ -529,19 +524,12 @@ struct Shared {
 
 impl Shared {
     fn sent_counter(&self, pid: i32) -> Arc<std::sync::atomic::AtomicU64> {
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(pid)
-            .or_default()
-            .clone()
+        locked(&self.sent).entry(pid).or_default().clone()
     }
 
     /// `pid=bytes` for every client so far.
     fn sent_report(&self) -> String {
-        self.sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        locked(&self.sent)
             .iter()
             .map(|(pid, n)| format!("{pid}={}", n.load(std::sync::atomic::Ordering::Relaxed)))
             .collect::<Vec<_>>()
@@ -549,12 +537,11 @@ impl Shared {
     }
 
     fn bus(&self) -> MutexGuard<'_, BusState> {
-        // A panic while holding the lock is already a test failure; keep serving.
-        self.bus.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.bus)
     }
 
     fn serve(&self) -> MutexGuard<'_, serve::ServeState> {
-        self.serve.lock().unwrap_or_else(|p| p.into_inner())
+        locked(&self.serve)
     }
 
     fn cleanup(&self) {
@@ -569,6 +556,11 @@ impl Shared {
             append_line(f, name);
         }
     }
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock is already a test failure; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn append_line(file: &Path, line: &str) {
@@ -919,10 +911,7 @@ fn run_command(shared: &Shared, cmd: &str, arg: &str) -> String {
         "cert-domains" => serve::control_cert_domains(shared, arg).map(|()| String::new()),
         "ignore-sigterm" => match arg.parse::<f64>() {
             Ok(secs) if secs >= 0.0 => {
-                *shared
-                    .ignore_sigterm_until
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) =
+                *locked(&shared.ignore_sigterm_until) =
                     Some(Instant::now() + Duration::from_secs_f64(secs));
                 Ok(String::new())
             }
@@ -1123,7 +1112,6 @@ async fn run(shared: Arc<Shared>) -> i32 {
         eprintln!("fake tailscaled: cannot install signal handlers");
         return 1;
     };
-    let mut extra = Vec::new();
     // Like the Go runtime of the real tailscaled, SIGUSR1/SIGUSR2 are survivable (Go ignores
     // signals nobody asked for unless they are fatal ones like SIGHUP); SIGHUP and SIGQUIT are
     // only caught when a test wants them recorded.
@@ -1131,15 +1119,14 @@ async fn run(shared: Arc<Shared>) -> i32 {
     if shared.signal_log.is_some() {
         kinds.extend([SignalKind::hangup(), SignalKind::quit()]);
     }
-    {
-        for kind in kinds {
-            match signal(kind) {
-                Ok(s) => extra.push((kind, s)),
-                Err(e) => eprintln!("fake tailscaled: signal handler: {e}"),
+    for kind in kinds {
+        let mut s = match signal(kind) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("fake tailscaled: signal handler: {e}");
+                continue;
             }
-        }
-    }
-    for (kind, mut s) in extra {
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
             let name = match kind.as_raw_value() {
@@ -1205,7 +1192,7 @@ async fn run(shared: Arc<Shared>) -> i32 {
             }
             _ = term.recv() => {
                 shared.log_signal("SIGTERM");
-                let until = *shared.ignore_sigterm_until.lock().unwrap_or_else(|p| p.into_inner());
+                let until = *locked(&shared.ignore_sigterm_until);
                 if until.is_some_and(|u| Instant::now() < u) {
                     eprintln!("fake tailscaled: ignoring SIGTERM (FAKE_TAILSCALED_IGNORE_SIGTERM)");
                     continue;
@@ -1236,19 +1223,9 @@ mod tests {
     fn keys(line: &str) -> Vec<String> {
         // serde_json's map is sorted, so read the key order from the text itself.
         let v: Value = serde_json::from_str(line).expect("initial message is JSON");
-        let mut ks: Vec<(usize, String)> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(|k| {
-                (
-                    line.find(&format!("\"{k}\":")).expect("key in text"),
-                    k.clone(),
-                )
-            })
-            .collect();
-        ks.sort();
-        ks.into_iter().map(|(_, k)| k).collect()
+        let mut ks: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        ks.sort_by_key(|k| line.find(&format!("\"{k}\":")).expect("key in text"));
+        ks
     }
 
     #[test]

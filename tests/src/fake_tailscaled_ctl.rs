@@ -5,9 +5,9 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{temp_dir, PATIENCE};
+use crate::harness::{poll, temp_dir, wait_until, PATIENCE};
 
 /// [`crate::bin_path`], failing with what to do when the binary was not built.
 pub fn require_bin(name: &str) -> PathBuf {
@@ -151,27 +151,16 @@ impl FakeTailscaled {
 
     /// Waits (bounded by [`PATIENCE`]) until `n` watch streams are open.
     pub fn wait_watchers(&self, n: usize) {
-        let start = Instant::now();
-        while self.watchers() != n {
-            assert!(
-                start.elapsed() < PATIENCE,
-                "never saw {n} open watch streams"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until(&format!("{n} open watch streams"), || self.watchers() == n);
     }
 
     /// Waits for the fake to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let start = Instant::now();
         let child = self.child.as_mut().expect("fake running");
-        loop {
-            if let Some(st) = child.try_wait().expect("try_wait") {
-                return st;
-            }
-            assert!(start.elapsed() < PATIENCE, "fake-tailscaled did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll(PATIENCE, Duration::from_millis(10), || {
+            child.try_wait().expect("try_wait")
+        })
+        .expect("fake-tailscaled did not exit")
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

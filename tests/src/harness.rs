@@ -37,13 +37,29 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Calls `check` every `every` until it gives `Some`; `None` once `within` has passed. The one
+/// polling loop of the helpers.
+pub fn poll<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
 /// Polls `cond` until it holds, failing with `what` after [`PATIENCE`].
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let held = poll(PATIENCE, Duration::from_millis(10), || cond().then_some(()));
+    assert!(held.is_some(), "timed out waiting for {what}");
 }
 
 pub use crate::fake_tailscaled_ctl::fixture;
@@ -164,23 +180,17 @@ impl Root {
             dir.join("usr/bin").display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into())
         );
-        let env = vec![
-            ("PATH".to_string(), path),
-            (
-                "TS_TEST_RECORD_ARGS".to_string(),
-                record.display().to_string(),
-            ),
-            (
-                "TS_TEST_SOCKET".to_string(),
-                dir.join("test.sock").display().to_string(),
-            ),
-            ("TS_SOCKET".to_string(), socket.display().to_string()),
-            ("TS_TEST_ONLY_ROOT".to_string(), dir.display().to_string()),
-            (
-                "FAKE_TAILSCALED_CONTROL".to_string(),
-                control.display().to_string(),
-            ),
-        ];
+        let shown = |p: &Path| p.display().to_string();
+        let env = [
+            ("PATH", path),
+            ("TS_TEST_RECORD_ARGS", shown(&record)),
+            ("TS_TEST_SOCKET", shown(&dir.join("test.sock"))),
+            ("TS_SOCKET", shown(&socket)),
+            ("TS_TEST_ONLY_ROOT", shown(&dir)),
+            ("FAKE_TAILSCALED_CONTROL", shown(&control)),
+        ]
+        .map(|(k, v)| (k.to_string(), v))
+        .to_vec();
         Root {
             stderr: dir.join("stderr.log"),
             dir,
@@ -194,14 +204,12 @@ impl Root {
     /// The harness environment plus the era's fixtures (initial state, what `up` replays).
     pub fn era_env(&self, era: &Era) -> Vec<(String, String)> {
         let mut env = self.env.clone();
-        env.push((
-            "FAKE_TAILSCALED_INITIAL".into(),
-            fixture(era.initial).display().to_string(),
-        ));
-        env.push((
-            "FAKE_TAILSCALE_UP_REPLAY".into(),
-            fixture(era.login).display().to_string(),
-        ));
+        for (k, name) in [
+            ("FAKE_TAILSCALED_INITIAL", era.initial),
+            ("FAKE_TAILSCALE_UP_REPLAY", era.login),
+        ] {
+            env.push((k.into(), fixture(name).display().to_string()));
+        }
         env
     }
 
@@ -236,41 +244,32 @@ impl Root {
 
     /// Waits until the records equal `want` exactly (fails on a mismatch that persists).
     pub fn expect_records(&self, want: &[String]) {
-        let start = Instant::now();
-        loop {
-            let got = self.records();
-            if got == want {
-                return;
-            }
-            if start.elapsed() > PATIENCE || got.len() > want.len() {
-                panic!(
-                    "recorded commands differ\n got: {got:#?}\nwant: {want:#?}\nstderr:\n{}",
-                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut got = Vec::new();
+        poll(PATIENCE, Duration::from_millis(20), || {
+            got = self.records();
+            (got == want || got.len() > want.len()).then_some(())
+        });
+        assert!(
+            got == want,
+            "recorded commands differ\n got: {got:#?}\nwant: {want:#?}\nstderr:\n{}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        );
     }
 
     /// Sends one control command to the fake tailscaled and returns its answer line (waiting
     /// for the fake to listen first: it is started by ts-init, not by the test).
     pub fn control(&self, command: &str) -> String {
-        let start = Instant::now();
-        loop {
-            match crate::fake_cli::control_command(&self.control, command) {
-                Ok(answer) => {
-                    assert!(
-                        answer.starts_with("ok"),
-                        "control {command:?} answered {answer:?}"
-                    );
-                    return answer;
-                }
-                Err(e) if start.elapsed() > PATIENCE => {
-                    panic!("fake tailscaled control socket: {e}")
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
+        let mut last = None;
+        let answer = poll(PATIENCE, Duration::from_millis(10), || {
+            let answer = crate::fake_cli::control_command(&self.control, command);
+            answer.map_err(|e| last = Some(e)).ok()
+        })
+        .unwrap_or_else(|| panic!("fake tailscaled control socket: {last:?}"));
+        assert!(
+            answer.starts_with("ok"),
+            "control {command:?} answered {answer:?}"
+        );
+        answer
     }
 
     /// Sends a control command that ends the fake (`exit`, `signal`), so no answer comes.
@@ -291,9 +290,7 @@ impl Root {
     pub fn read(&self, rel: &str) -> String {
         std::fs::read_to_string(self.dir.join(rel)).unwrap_or_default()
     }
-}
 
-impl Root {
     /// Keeps the root on disk after the harness is done (the demo leaves it to look at).
     pub fn keep(self) -> PathBuf {
         let dir = self.dir.clone();
@@ -557,25 +554,15 @@ impl Proc {
 
     /// Waits for the exit and returns the exit code (128+N for a signal death).
     pub fn wait_code(&mut self, within: Duration) -> i32 {
-        let start = Instant::now();
-        loop {
-            if let Some(code) = self.try_code() {
-                return code;
-            }
-            if start.elapsed() > within {
-                panic!("still running after {within:?}\nstderr:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll(within, Duration::from_millis(10), || self.try_code())
+            .unwrap_or_else(|| panic!("still running after {within:?}\nstderr:\n{}", self.log()))
     }
 
     /// [`Proc::wait_code`] within [`PATIENCE`].
     pub fn wait_exit(&mut self) -> i32 {
         self.wait_code(PATIENCE)
     }
-}
 
-impl Proc {
     /// SIGTERM (ts-init stops its children), then SIGKILL (which would orphan them) only if
     /// it does not exit within [`PATIENCE`].
     pub fn stop(&mut self) {
@@ -587,10 +574,9 @@ impl Proc {
         }
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < PATIENCE && child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll(PATIENCE, Duration::from_millis(10), || {
+            child.try_wait().ok().flatten()
+        });
         let _ = child.kill();
         self.status = child.wait().ok();
     }
@@ -701,20 +687,16 @@ impl ApiServer {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let start = Instant::now();
-        loop {
-            let got = self.secret(name).unwrap_or_default();
-            if got == want {
-                return;
-            }
-            if start.elapsed() > PATIENCE {
-                panic!(
-                    "secret {name}: got {got:?}, want {want:?}\nrequests:\n{}",
-                    self.requests().join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut got = Default::default();
+        poll(PATIENCE, Duration::from_millis(20), || {
+            got = self.secret(name).unwrap_or_default();
+            (got == want).then_some(())
+        });
+        assert!(
+            got == want,
+            "secret {name}: got {got:?}, want {want:?}\nrequests:\n{}",
+            self.requests().join("\n")
+        );
     }
 
     /// One JSON line per request the server saw.

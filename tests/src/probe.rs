@@ -96,9 +96,10 @@ pub fn endpoint_from_log(log: &str, path: &str) -> Option<SocketAddr> {
 }
 
 /// One metric family as the Prometheus parser returns it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
 pub struct Family {
     pub name: String,
+    #[serde(rename = "type")]
     pub kind: String,
     pub help: String,
     pub samples: Vec<Sample>,
@@ -166,46 +167,7 @@ pub fn parse_exposition(python: &str, text: &str) -> Result<Vec<Family>, String>
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("parser output: {e}"))?;
-    let families = json
-        .as_array()
-        .ok_or("parser output is not a list")?
-        .iter()
-        .map(|f| Family {
-            name: f["name"].as_str().unwrap_or_default().to_string(),
-            kind: f["type"].as_str().unwrap_or_default().to_string(),
-            help: f["help"].as_str().unwrap_or_default().to_string(),
-            samples: f["samples"]
-                .as_array()
-                .map(|s| {
-                    s.iter()
-                        .map(|s| {
-                            let labels = s[1]
-                                .as_array()
-                                .map(|l| {
-                                    l.iter()
-                                        .map(|kv| {
-                                            (
-                                                kv[0].as_str().unwrap_or_default().to_string(),
-                                                kv[1].as_str().unwrap_or_default().to_string(),
-                                            )
-                                        })
-                                        .collect()
-                                })
-                                .unwrap_or_default();
-                            (
-                                s[0].as_str().unwrap_or_default().to_string(),
-                                labels,
-                                s[2].as_f64().unwrap_or(f64::NAN),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        })
-        .collect();
-    Ok(families)
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("parser output: {e}"))
 }
 
 #[cfg(test)]

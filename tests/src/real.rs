@@ -163,10 +163,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(name: String) -> Netns {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
+        netns_del(&name);
         ip(&["netns", "add", &name]);
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
@@ -257,11 +254,16 @@ impl Drop for Netns {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
+        netns_del(&self.name);
     }
+}
+
+/// `ip netns del`, quietly (the namespace may not exist).
+fn netns_del(name: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Starts `cmd` with stdout and stderr in `log` (`append`: kept from an earlier run).
@@ -295,22 +297,15 @@ fn spawn_logged(mut cmd: Command, log: PathBuf, append: bool) -> Proc {
 pub fn wait_for<T>(
     within: Duration,
     what: &str,
-    mut check: impl FnMut() -> Option<T>,
+    check: impl FnMut() -> Option<T>,
     context: impl Fn() -> String,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if start.elapsed() > within {
-            panic!(
-                "timed out after {within:?} waiting for {what}\n{}",
-                context()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::harness::poll(within, Duration::from_millis(100), check).unwrap_or_else(|| {
+        panic!(
+            "timed out after {within:?} waiting for {what}\n{}",
+            context()
+        )
+    })
 }
 
 /// Hub (headscale + derper), node namespaces, and optional backends behind nodes.
@@ -869,23 +864,21 @@ impl Lab {
     pub fn boot_env(&self, node: &str) -> Vec<(String, String)> {
         let state = self.state_dir(node);
         let mut env = self.daemon_env();
-        env.extend([
+        let vars = [
             (
-                "TS_SOCKET".to_string(),
+                "TS_SOCKET",
                 state.join("tailscaled.sock").display().to_string(),
             ),
-            ("TS_STATE_DIR".into(), state.display().to_string()),
+            ("TS_STATE_DIR", state.display().to_string()),
             (
-                "TS_EXTRA_ARGS".into(),
+                "TS_EXTRA_ARGS",
                 format!("--login-server={} --hostname={node}", self.login_server()),
             ),
-            (
-                "TS_TAILSCALED_EXTRA_ARGS".into(),
-                "--no-logs-no-support".into(),
-            ),
+            ("TS_TAILSCALED_EXTRA_ARGS", "--no-logs-no-support".into()),
             // Kubernetes is detected from this; the real tests say so explicitly when wanted.
-            ("KUBERNETES_SERVICE_HOST".into(), String::new()),
-        ]);
+            ("KUBERNETES_SERVICE_HOST", String::new()),
+        ];
+        env.extend(vars.map(|(k, v)| (k.to_string(), v)));
         env
     }
 
@@ -1031,17 +1024,12 @@ impl BusCapture {
         let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
         std::thread::spawn(move || {
-            let start = Instant::now();
-            let stream = loop {
-                match std::os::unix::net::UnixStream::connect(&socket) {
-                    Ok(s) => break s,
-                    Err(_) if start.elapsed() < REAL_PATIENCE => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
-                    Err(_) => return,
-                }
+            let connect = || std::os::unix::net::UnixStream::connect(&socket).ok();
+            let Some(mut stream) =
+                crate::harness::poll(REAL_PATIENCE, Duration::from_millis(5), connect)
+            else {
+                return;
             };
-            let mut stream = stream;
             if write!(
                 stream,
                 "GET /localapi/v0/watch-ipn-bus?mask={mask} HTTP/1.0\r\nHost: local-tailscaled.sock\r\n\r\n"

@@ -18,6 +18,7 @@
 //! children that exit at once and exits itself, so the kernel re-parents N zombies to the
 //! wrapper. The table gets how many of them are still zombies 2 s later.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tsboot_tests::real::{BootSpec, BusCapture, Lab};
@@ -144,21 +145,7 @@ fn main() {
 /// Boots `wrapper` as PID 1 of its own PID namespace, floods it with `n` orphans, and returns
 /// how many of them are still zombies (children of the wrapper in state Z) 2 s later.
 fn orphan_flood(lab: &Lab, wrapper: Wrapper, n: usize) -> usize {
-    let state = lab.state_dir("a");
-    let _ = std::fs::remove_dir_all(&state);
-    let state = lab.state_dir("a");
-    let env = vec![
-        ("TS_AUTHKEY".to_string(), lab.preauth_key(false)),
-        (
-            "TS_EXTRA_ARGS".into(),
-            format!(
-                "--login-server={} --hostname={}-orphans",
-                lab.login_server(),
-                wrapper.name()
-            ),
-        ),
-        ("TS_USERSPACE".into(), "true".into()),
-    ];
+    let (state, env) = fresh_node(lab, &format!("{}-orphans", wrapper.name()), true);
     let mut boot = lab.boot_in(
         BootSpec {
             node: "a",
@@ -241,15 +228,12 @@ fn summary(mut v: Vec<f64>) -> String {
     format!("{median:.1} ({:.1}–{:.1})", v[0], v[v.len() - 1])
 }
 
-fn one_boot(lab: &Lab, wrapper: Wrapper, userspace: bool, run: usize) -> Sample {
-    let state = lab.state_dir("a");
-    // A fresh node every time: nothing of the previous boot's state is reused.
-    let _ = std::fs::remove_dir_all(&state);
-    let state = lab.state_dir("a");
-    let key = lab.preauth_key(false);
-    let hostname = format!("{}-{run}", wrapper.name());
-    let mut env = vec![
-        ("TS_AUTHKEY".to_string(), key),
+/// A fresh node `a` (nothing of a previous boot's state is reused): its state directory and
+/// the boot's variables, with a new key.
+fn fresh_node(lab: &Lab, hostname: &str, userspace: bool) -> (PathBuf, Vec<(String, String)>) {
+    let _ = std::fs::remove_dir_all(lab.state_dir("a"));
+    let env = vec![
+        ("TS_AUTHKEY".to_string(), lab.preauth_key(false)),
         (
             "TS_EXTRA_ARGS".into(),
             format!(
@@ -257,11 +241,13 @@ fn one_boot(lab: &Lab, wrapper: Wrapper, userspace: bool, run: usize) -> Sample 
                 lab.login_server()
             ),
         ),
-        (
-            "TS_USERSPACE".into(),
-            if userspace { "true" } else { "false" }.into(),
-        ),
+        ("TS_USERSPACE".into(), userspace.to_string()),
     ];
+    (lab.state_dir("a"), env)
+}
+
+fn one_boot(lab: &Lab, wrapper: Wrapper, userspace: bool, run: usize) -> Sample {
+    let (state, mut env) = fresh_node(lab, &format!("{}-{run}", wrapper.name()), userspace);
     if !userspace {
         env.push(("TS_DEST_IP".into(), "198.19.1.2".into()));
     }

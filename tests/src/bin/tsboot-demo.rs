@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tsboot_tests::harness::{ApiServer, Proc, Root, HEAD};
+use tsboot_tests::harness::{wait_until, ApiServer, Proc, Root, HEAD};
 
 struct LogTail {
     printed: usize,
@@ -60,16 +60,6 @@ fn show_state(root: &Root, api: &ApiServer) {
     }
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > Duration::from_secs(10) {
-            panic!("demo: timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn main() {
     let root = Root::new("demo");
     let api = ApiServer::start(
@@ -111,27 +101,26 @@ fn main() {
     show_state(&root, &api);
 
     let iptables = root.dir.join("usr/bin/iptables");
-    let rules = |root: &Root| root.run_with_env(&iptables, &["-t", "nat", "-S", "PREROUTING"]);
+    let dnat_follows = |addr: &str| {
+        wait_until("the DNAT rule to follow", || {
+            let now = root.run_with_env(&iptables, &["-t", "nat", "-S", "PREROUTING"]);
+            now.contains(addr) && now.lines().filter(|l| l.contains("DNAT")).count() == 1
+        })
+    };
 
     heading("tailscaled reports new tailnet addresses (SelfChange)");
     root.notify_file("head-era-15-selfchange-address-change.json");
-    wait_for("the DNAT rule to follow", || {
-        let now = rules(&root);
-        now.contains("100.88.77.66") && now.lines().filter(|l| l.contains("DNAT")).count() == 1
-    });
+    dnat_follows("100.88.77.66");
     tail.show(&init);
     show_state(&root, &api);
 
     heading("tailscaled reports a new node identity (re-registered: new StableID and name)");
     root.notify_file("head-era-14-selfchange-new-stableid-and-name.json");
-    wait_for("the secret to follow", || {
+    wait_until("the secret to follow", || {
         api.secret("tailscale")
             .is_some_and(|s| s.get("device_id").map(String::as_str) == Some("nQ9xR2tCNTRL"))
     });
-    wait_for("the DNAT rule to follow", || {
-        let now = rules(&root);
-        now.contains("100.101.102.103") && now.lines().filter(|l| l.contains("DNAT")).count() == 1
-    });
+    dnat_follows("100.101.102.103");
     tail.show(&init);
     show_state(&root, &api);
 

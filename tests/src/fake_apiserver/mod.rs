@@ -250,7 +250,7 @@ struct StoredSecret {
     created: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct State {
     tokens: Vec<String>,
     deny: BTreeSet<Rule>,
@@ -357,12 +357,9 @@ impl FakeApiServer {
         let mut state = State {
             tokens: config.tokens.clone(),
             deny: config.deny.iter().cloned().collect(),
-            secrets: BTreeMap::new(),
             faults: config.faults.clone(),
-            requests: Vec::new(),
             next_rv: 1000,
-            next_uid: 0,
-            removed: Vec::new(),
+            ..State::default()
         };
         for s in &config.secrets {
             let ns = s

@@ -80,51 +80,36 @@ pub fn merge_patch(
         ));
     };
     let mut out = data.clone();
-    match patch.get("data") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                match v {
-                    Value::Null => {
+    for (field, base64) in [("data", true), ("stringData", false)] {
+        let map = match patch.get(field) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Object(map)) => map,
+            Some(_) => return Err(bad_request(format!("{field} must be an object"))),
+        };
+        for (k, v) in map {
+            let bytes = match v {
+                // The stored object has no stringData, so a null there deletes nothing.
+                Value::Null => {
+                    if base64 {
                         out.remove(k);
                     }
-                    Value::String(s) => {
-                        let bytes = unb64(s).ok_or_else(|| {
-                            bad_request(format!(
-                                "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data for data[{k}]"
-                            ))
-                        })?;
-                        out.insert(k.clone(), bytes);
-                    }
-                    _ => {
-                        return Err(bad_request(format!(
-                            "Secret in version \"v1\" cannot be handled as a Secret: data[{k}] must be a base64 string"
-                        )))
-                    }
+                    continue;
                 }
-            }
-        }
-        Some(_) => return Err(bad_request("data must be an object")),
-    }
-    match patch.get("stringData") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                match v {
-                    // The stored object has no stringData, so a null there deletes nothing.
-                    Value::Null => {}
-                    Value::String(s) => {
-                        out.insert(k.clone(), s.as_bytes().to_vec());
-                    }
-                    _ => {
-                        return Err(bad_request(format!(
-                            "Secret in version \"v1\" cannot be handled as a Secret: stringData[{k}] must be a string"
-                        )))
-                    }
+                Value::String(s) if base64 => unb64(s).ok_or_else(|| {
+                    bad_request(format!(
+                        "Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data for data[{k}]"
+                    ))
+                })?,
+                Value::String(s) => s.as_bytes().to_vec(),
+                _ => {
+                    let want = if base64 { "a base64 string" } else { "a string" };
+                    return Err(bad_request(format!(
+                        "Secret in version \"v1\" cannot be handled as a Secret: {field}[{k}] must be {want}"
+                    )));
                 }
-            }
+            };
+            out.insert(k.clone(), bytes);
         }
-        Some(_) => return Err(bad_request("stringData must be an object")),
     }
     check_keys(name, &out)?;
     Ok(out)

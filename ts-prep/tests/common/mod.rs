@@ -170,13 +170,9 @@ pub fn ts_prep(args: &[&str], env: &[(&str, &str)]) -> Run {
     run_program(BIN, args, env)
 }
 
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// `true` if the test may go on; otherwise says loudly why it is skipped.
 pub fn require_root(test: &str) -> bool {
-    if is_root() {
+    if nix::unistd::geteuid().is_root() {
         true
     } else {
         eprintln!("SKIPPED: {test}: needs root (run the tests as root to exercise it)");

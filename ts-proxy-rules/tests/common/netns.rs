@@ -1,8 +1,7 @@
 //! Private network namespaces for the tests that use the real iptables, ip6tables and nft.
 //!
 //! A holder process (`unshare -n sleep`) owns each namespace; commands run inside it through
-//! `nsenter -n`, and a test thread can join it with `setns` (network namespaces are per
-//! thread), so the namespace outlives one watcher and restarts can be tested.
+//! `nsenter -n`, so the namespace outlives one watcher and restarts can be tested.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -118,12 +117,6 @@ impl Netns {
             .filter(|l| l.starts_with("-A "))
             .map(str::to_string)
             .collect()
-    }
-
-    /// Joins the namespace on the calling thread (only that thread moves).
-    pub fn enter_this_thread(&self) {
-        let f = std::fs::File::open(format!("/proc/{}/ns/net", self.pid())).expect("ns file");
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
     }
 
     /// A [`Runner`] whose commands run inside this namespace.
