@@ -238,22 +238,17 @@ fn json_line(bin: &str, level: Level, fields: &Fields) -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let (y, mo, d, h, mi, s) = civil_time(now.as_secs());
-    let mut obj = serde_json::Map::new();
-    obj.insert(
-        "time".into(),
-        format!(
-            "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:03}Z",
-            now.subsec_millis()
-        )
-        .into(),
-    );
-    obj.insert("level".into(), level.as_str().to_ascii_lowercase().into());
-    obj.insert("bin".into(), bin.into());
-    obj.insert("msg".into(), fields.message.clone().into());
+    let ms = now.subsec_millis();
+    let mut obj = serde_json::json!({
+        "time": format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z"),
+        "level": level.as_str().to_ascii_lowercase(),
+        "bin": bin,
+        "msg": fields.message,
+    });
     for (k, v) in &fields.extra {
-        obj.insert((*k).to_string(), v.clone().into());
+        obj[*k] = v.as_str().into();
     }
-    let mut line = serde_json::Value::Object(obj).to_string();
+    let mut line = obj.to_string();
     line.push('\n');
     line
 }

@@ -85,9 +85,9 @@ impl NodeWatch {
     /// Starts the reader task on the current runtime.
     pub fn spawn(api: LocalApi, opts: Options) -> NodeWatch {
         let (tx, rx) = watch::channel(NodeState::default());
-        let reader = match opts.resolve.clone() {
-            Some(name) => tokio::spawn(read::<Keep>(api, opts, tx, Some(name))),
-            None => tokio::spawn(read::<Skip>(api, opts, tx, None)),
+        let reader = match opts.resolve {
+            Some(_) => tokio::spawn(read::<Keep>(api, opts, tx)),
+            None => tokio::spawn(read::<Skip>(api, opts, tx)),
         };
         NodeWatch {
             rx,
@@ -192,12 +192,7 @@ fn resolution<M: PeerMode>(
 }
 
 /// The reader task: folds every message, ends on a fatal bus error or when the guard trips.
-async fn read<M: PeerMode>(
-    api: LocalApi,
-    opts: Options,
-    tx: watch::Sender<NodeState>,
-    resolve: Option<String>,
-) -> WatchEnd {
+async fn read<M: PeerMode>(api: LocalApi, opts: Options, tx: watch::Sender<NodeState>) -> WatchEnd {
     let mut follower = Follower::<Notify<M>>::of(api, opts.mask).with_self_status();
     let mut peers = Peers::default();
     loop {
@@ -210,7 +205,7 @@ async fn read<M: PeerMode>(
                 return WatchEnd::LeftRunning(left);
             }
         }
-        let target = resolution::<M>(&mut peers, &msg, resolve.as_deref());
+        let target = resolution::<M>(&mut peers, &msg, opts.resolve.as_deref());
         tx.send_if_modified(|st| fold(st, &msg, target));
     }
 }
