@@ -42,6 +42,7 @@ use setup::Variant;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+use tsboot_tests::real::which;
 
 struct Args {
     variants: Vec<Variant>,
@@ -200,18 +201,20 @@ fn machine() -> String {
         sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         sh("nproc", &[]),
         sh("uname", &["-r"]),
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        loadavg(),
         sh("rustc", &["--version"]),
         sh("dpkg-query", &["-W", "-f", "${Version}", "tini"]),
         sh("dpkg-query", &["-W", "-f", "${Version}", "dumb-init"]),
     )
 }
 
-fn which(p: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .map(|d| PathBuf::from(d).join(p))
-        .find(|c| c.exists())
+/// The three load averages.
+fn loadavg() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() {
@@ -330,15 +333,7 @@ fn main() {
             report.push_str("### Reaping\n\nSKIPPED: needs root and util-linux `unshare` for a PID namespace.\n\n");
         }
     }
-    report.push_str(&format!(
-        "Load average at the end: {}\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
+    report.push_str(&format!("Load average at the end: {}\n", loadavg()));
     if !failures.is_empty() {
         report.push_str(&format!(
             "\nFailed runs (left out of the figures): {failures:#?}\n"

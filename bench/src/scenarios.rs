@@ -7,7 +7,7 @@ use crate::stats::{fmt, median, summary, Table};
 use crate::sys::{self, FileCounter, Mem};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use ts_common::argv::{dnat_rule, list_prerouting, RuleOp};
 
@@ -329,15 +329,15 @@ fn one_boot(
     let at = |needle: &str| -> Option<Instant> {
         match needle {
             "@t0" => Some(boot.t0),
-            "@rec1" | "@rec2" => {
-                let n = if needle == "@rec1" { 1 } else { 2 };
-                boot.records.as_ref()?.at_least(n, boot.t0)
-            }
             "@sock" => boot.socket_created.as_ref()?.at_least(1, boot.t0),
-            "@req1" | "@req2" => {
-                let n = if needle == "@req1" { 1 } else { 2 };
-                boot.requests.as_ref()?.at_least(n, boot.t0)
-            }
+            n if n.starts_with("@rec") => boot
+                .records
+                .as_ref()?
+                .at_least(n[4..].parse().ok()?, boot.t0),
+            n if n.starts_with("@req") => boot
+                .requests
+                .as_ref()?
+                .at_least(n[4..].parse().ok()?, boot.t0),
             "@after-prep" => boot
                 .lines
                 .find(0, PREFLIGHT_START)
@@ -820,12 +820,8 @@ pub fn run_reaction(variant: &Variant, runs: usize) -> Result<ReactionData, Stri
         let ipt = scratch.dir.join("usr/bin/iptables");
         let mut cur = ADDR0.to_string();
         let run = |cmd: ts_common::argv::Command| {
-            let _ = Command::new(&ipt)
-                .args(cmd.argv())
-                .env_clear()
-                .envs(scratch.env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .output();
+            let argv = cmd.argv();
+            scratch.run_with_env(&ipt, &argv.iter().map(String::as_str).collect::<Vec<_>>());
         };
         run(dnat_rule(RuleOp::Insert, "iptables", &cur, DEST_IP));
         for i in 0..runs {

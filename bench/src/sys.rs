@@ -87,10 +87,7 @@ impl FileCounter {
 
     /// Like [`FileCounter::wait_at_least`], without waiting.
     pub fn at_least(&self, want: usize, after: Instant) -> Option<Instant> {
-        let v = self.shared.0.lock().unwrap();
-        v.iter()
-            .find(|(t, c)| *c >= want && *t >= after)
-            .map(|(t, _)| *t)
+        first_at_least(&self.shared.0.lock().unwrap(), want, after)
     }
 
     /// The first moment at or after `after` the count was at least `want`.
@@ -99,8 +96,8 @@ impl FileCounter {
         let deadline = Instant::now() + timeout;
         let mut v = lock.lock().unwrap();
         loop {
-            if let Some((t, _)) = v.iter().find(|(t, c)| *c >= want && *t >= after) {
-                return Some(*t);
+            if let Some(t) = first_at_least(&v, want, after) {
+                return Some(t);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -109,6 +106,11 @@ impl FileCounter {
             v = cv.wait_timeout(v, left).unwrap().0;
         }
     }
+}
+
+fn first_at_least(counts: &[(Instant, usize)], want: usize, after: Instant) -> Option<Instant> {
+    let mut hits = counts.iter().filter(|(t, c)| *c >= want && *t >= after);
+    hits.next().map(|(t, _)| *t)
 }
 
 impl Drop for FileCounter {
@@ -162,12 +164,7 @@ impl Lines {
 
     /// The first line from index `from` on containing `needle`: (index, stamp).
     pub fn find(&self, from: usize, needle: &str) -> Option<(usize, Instant)> {
-        let v = self.shared.0.lock().unwrap();
-        v.0.iter()
-            .enumerate()
-            .skip(from)
-            .find(|(_, (_, l))| l.contains(needle))
-            .map(|(i, (t, _))| (i, *t))
+        find_line(&self.shared.0.lock().unwrap().0, from, needle)
     }
 
     /// Waits for [`Lines::find`]; gives up at EOF or after `timeout`.
@@ -181,13 +178,7 @@ impl Lines {
         let deadline = Instant::now() + timeout;
         let mut v = lock.lock().unwrap();
         loop {
-            if let Some(found) =
-                v.0.iter()
-                    .enumerate()
-                    .skip(from)
-                    .find(|(_, (_, l))| l.contains(needle))
-                    .map(|(i, (t, _))| (i, *t))
-            {
+            if let Some(found) = find_line(&v.0, from, needle) {
                 return Ok(found);
             }
             if v.1 {
@@ -205,6 +196,12 @@ impl Lines {
         let v = self.shared.0.lock().unwrap();
         v.0.iter().map(|(_, l)| format!("{l}\n")).collect()
     }
+}
+
+fn find_line(lines: &[(Instant, String)], from: usize, needle: &str) -> Option<(usize, Instant)> {
+    let mut hits = lines.iter().enumerate().skip(from);
+    let (i, (t, _)) = hits.find(|(_, (_, l))| l.contains(needle))?;
+    Some((i, *t))
 }
 
 /// `VmRSS`, `VmHWM` and `/proc/<pid>/smaps_rollup`, in kB.

@@ -134,11 +134,7 @@ impl FakeTailscaled {
 
     /// Lines of the request log.
     pub fn requests(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.request_log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        crate::harness::read_lines(&self.request_log)
     }
 
     pub fn watchers(&self) -> usize {

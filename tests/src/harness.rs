@@ -594,7 +594,8 @@ impl Drop for Proc {
     }
 }
 
-fn read_lines(path: &Path) -> Vec<String> {
+/// The lines of a file (none while it does not exist).
+pub fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

@@ -79,9 +79,7 @@ impl KubeWatch {
 
     pub fn wait_device(&self, id: &str, fqdn: &str) {
         wait_until(&format!("device_id={id} in the secret"), || {
-            let d = self.data();
-            d.get("device_id").map(String::as_str) == Some(id)
-                && d.get("device_fqdn").map(String::as_str) == Some(fqdn)
+            self.device_is(id) && self.data().get("device_fqdn").map(String::as_str) == Some(fqdn)
         });
     }
 }

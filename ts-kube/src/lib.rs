@@ -675,7 +675,6 @@ impl KubeClient {
     /// Sends `req` with the shared bounded retry; returns the body of a 2xx answer.
     pub async fn execute(&self, req: &KubeRequest) -> Result<Vec<u8>, KubeError> {
         let start = Instant::now();
-        let backoff = self.policy.backoff();
         let mut attempt: u32 = 0;
         let mut retried_401 = false;
         loop {
@@ -687,17 +686,16 @@ impl KubeClient {
                 .min(remaining)
                 .max(Duration::from_millis(50));
             // Re-read for every request (D13): projected tokens rotate under us.
-            let result = match read_token(&self.config.token_path) {
-                Ok(token) => self.send_once(req, token, wait).await,
-                Err(why) => Err(KubeError::Token {
+            let mut err = match read_token(&self.config.token_path) {
+                Ok(token) => match self.send_once(req, token, wait).await {
+                    Ok(body) => return Ok(body),
+                    Err(e) => e,
+                },
+                Err(why) => KubeError::Token {
                     path: self.config.token_path.clone(),
                     why,
                     attempts: 1,
-                }),
-            };
-            let mut err = match result {
-                Ok(body) => return Ok(body),
-                Err(e) => e,
+                },
             };
             if err.status_code() == Some(401) && !retried_401 {
                 retried_401 = true;
@@ -709,7 +707,7 @@ impl KubeClient {
                 attempt -= 1;
                 continue;
             }
-            let delay = backoff.delay(attempt);
+            let delay = self.policy.backoff().delay(attempt);
             if err.is_transient()
                 && attempt < self.policy.attempts
                 && start.elapsed() + delay < self.policy.budget

@@ -113,10 +113,7 @@ pub async fn run_watch(
     let mut stop = ts_localapi::signals::StopSignals::install();
     async {
         let can_patch = watch::resolve_can_patch(&kube, &settings.kube_secret, can_patch).await?;
-        let shutdown = async {
-            stop.recv().await;
-        };
-        watch::run(&kube, settings, can_patch, guard, shutdown).await
+        watch::run(&kube, settings, can_patch, guard, stop.recv()).await
     }
     .await
     .map_err(failed)?;
@@ -223,27 +220,18 @@ pub async fn explain_watch(settings: &Settings, can_patch: Option<bool>) -> Resu
     ));
     if settings.auth_once {
         plan("  on the first Running state (TS_AUTH_ONCE): log \"Deleting authkey from kube secret\" and");
-        plan(format!(
-            "     {}  (404/422: already gone)",
-            describe(&KubeRequest::remove_key(ns, secret, "authkey"))
-        ));
+        let remove = describe(&KubeRequest::remove_key(ns, secret, "authkey"));
+        plan(format!("     {remove}  (404/422: already gone)"));
     }
     plan("  on every change of the node's (StableID, Name), values from the bus (not known now):");
-    plan(format!(
-        "     {}  (4xx: skip the write)",
-        describe(&KubeRequest::get_secret(ns, secret))
-    ));
-    plan(format!(
-        "     {}",
-        describe(&KubeRequest::patch_string_data(
-            ns,
-            secret,
-            &[
-                ("device_fqdn", "<SelfNode.Name>"),
-                ("device_id", "<SelfNode.StableID>")
-            ]
-        ))
-    ));
+    let get = describe(&KubeRequest::get_secret(ns, secret));
+    plan(format!("     {get}  (4xx: skip the write)"));
+    let data = [
+        ("device_fqdn", "<SelfNode.Name>"),
+        ("device_id", "<SelfNode.StableID>"),
+    ];
+    let patch = describe(&KubeRequest::patch_string_data(ns, secret, &data));
+    plan(format!("     {patch}"));
     plan(match settings.ready_fd {
         Some(fd) => format!("  after the first reconcile: one newline on fd {fd} (readiness)"),
         None => "  readiness: not reported (no TS_READY_FD)".to_string(),

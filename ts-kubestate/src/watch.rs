@@ -86,7 +86,7 @@ pub async fn run(
     settings: &Settings,
     can_patch: bool,
     guard: bool,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future,
 ) -> Result<(), WatchError> {
     let secret = settings.kube_secret.as_str();
     if !can_patch {

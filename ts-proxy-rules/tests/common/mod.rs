@@ -101,11 +101,8 @@ impl Scene {
     }
 
     fn lines(&self, p: &Path) -> Vec<String> {
-        std::fs::read_to_string(p)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.replace(&self.root(), ""))
-            .collect()
+        let lines = tsboot_tests::harness::read_lines(p).into_iter();
+        lines.map(|l| l.replace(&self.root(), "")).collect()
     }
 
     /// Mutating iptables commands the watcher ran, as the fake recorded them.
