@@ -213,9 +213,7 @@ async fn read<M: PeerMode>(api: LocalApi, opts: Options, tx: watch::Sender<NodeS
 /// Applies one message; `true` when the state changed.
 fn fold<M: PeerMode>(st: &mut NodeState, msg: &Notify<M>, target: Option<Resolution>) -> bool {
     let before = st.clone();
-    if let Some(state) = msg.backend_state() {
-        st.state = Some(state);
-    }
+    st.state = msg.backend_state().or(st.state);
     if let Some(me) = msg.self_identity() {
         st.me = Some(me);
         st.self_changes += 1;
@@ -223,9 +221,7 @@ fn fold<M: PeerMode>(st: &mut NodeState, msg: &Notify<M>, target: Option<Resolut
     if let Some(domains) = msg.cert_domains() {
         st.cert_domains = Some(domains.to_vec());
     }
-    if target.is_some() {
-        st.target = target;
-    }
+    st.target = target.or(st.target.take());
     *st != before
 }
 
