@@ -69,15 +69,6 @@ pub enum HealthError {
     },
 }
 
-impl HealthError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            HealthError::NothingEnabled => ts_common::exit::USAGE,
-            _ => ts_common::exit::FAILURE,
-        }
-    }
-}
-
 impl Config {
     pub fn from_settings(s: &Settings) -> Result<Config, HealthError> {
         let local = &s.local;
@@ -337,18 +328,13 @@ async fn serve(tcp: TcpListener, listener: Listener, shared: Arc<Shared>) {
     }
 }
 
-fn text(code: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = code;
-    let h = r.headers_mut();
-    if let Ok(v) = header::HeaderValue::from_str(content_type) {
-        h.insert(header::CONTENT_TYPE, v);
-    }
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        header::HeaderValue::from_static("nosniff"),
-    );
-    r
+fn text(code: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(code)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static, valid headers")
 }
 
 const PLAIN: &str = "text/plain; charset=utf-8";
@@ -390,27 +376,16 @@ async fn handle(
             .await;
             let mut body = match usermetrics {
                 Ok(Ok(reply)) if reply.is_success() => {
-                    String::from_utf8_lossy(&reply.body).into_owned()
+                    Ok(String::from_utf8_lossy(&reply.body).into_owned())
                 }
-                Ok(Ok(reply)) => {
-                    tracing::debug!(
-                        "tailscaled's user metrics: {} {}",
-                        reply.status,
-                        reply.body_excerpt(200)
-                    );
-                    String::new()
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!("tailscaled's user metrics: {e}");
-                    String::new()
-                }
-                Err(_) => {
-                    tracing::debug!(
-                        "tailscaled's user metrics: no answer within {USERMETRICS_TIMEOUT:?}"
-                    );
-                    String::new()
-                }
-            };
+                Ok(Ok(reply)) => Err(format!("{} {}", reply.status, reply.body_excerpt(200))),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {USERMETRICS_TIMEOUT:?}")),
+            }
+            .unwrap_or_else(|why| {
+                tracing::debug!("tailscaled's user metrics: {why}");
+                String::new()
+            });
             let up = !body.is_empty();
             if up && !body.ends_with('\n') {
                 body.push('\n');
@@ -432,13 +407,10 @@ async fn handle(
 pub async fn explain(cfg: &Config) -> Vec<String> {
     let mut out = vec!["ts-health plan (--explain starts no listener):".to_string()];
     for l in &cfg.listeners {
-        let mut paths = Vec::new();
-        if l.healthz {
-            paths.push("/healthz");
-        }
-        if l.metrics {
-            paths.push("/metrics");
-        }
+        let paths: Vec<&str> = [(l.healthz, "/healthz"), (l.metrics, "/metrics")]
+            .into_iter()
+            .filter_map(|(on, path)| on.then_some(path))
+            .collect();
         out.push(format!(
             "  listen on {} ({}): {}; anything else 404",
             l.addr,
@@ -503,6 +475,9 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
 
 impl ts_common::cli::Failure for HealthError {
     fn exit_code(&self) -> i32 {
-        HealthError::exit_code(self)
+        match self {
+            HealthError::NothingEnabled => ts_common::exit::USAGE,
+            _ => ts_common::exit::FAILURE,
+        }
     }
 }

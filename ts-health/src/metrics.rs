@@ -28,22 +28,24 @@ struct Family<'a> {
 
 impl Family<'_> {
     fn sample(&mut self, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let _ = write!(self.out, "{}", self.name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = match labels.is_empty() {
+            true => writeln!(self.out, "{} {value}", self.name),
+            false => writeln!(self.out, "{}{{{}}} {value}", self.name, labels.join(",")),
+        };
     }
 }
 
-fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
+/// Starts a family; its type follows from the name, as counters (only they) end in `_total`.
+fn family<'a>(out: &'a mut String, name: &'static str, help: &str) -> Family<'a> {
+    let kind = if name.ends_with("_total") {
+        "counter"
+    } else {
+        "gauge"
+    };
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
     Family { out, name }
@@ -51,20 +53,9 @@ fn family<'a>(out: &'a mut String, name: &'static str, kind: &str, help: &str) -
 
 /// A label value as the format wants it: backslash, double quote and newline escaped.
 pub fn escape(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-fn flag(b: bool) -> u8 {
-    u8::from(b)
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// tsboot's series for `snap`.
@@ -80,58 +71,51 @@ pub fn render(snap: &Snapshot<'_>) -> String {
     family(
         &mut out,
         "tsboot_healthy",
-        "gauge",
         "1 when /healthz answers 200: the node is Running with a tailnet IP, startup is complete and every running watcher's last reconcile succeeded.",
     )
-    .sample(&[], flag(snap.healthy));
+    .sample(&[], u8::from(snap.healthy));
     family(
         &mut out,
         "tsboot_node_running",
-        "gauge",
         "1 while tailscaled reports the Running state on its IPN bus.",
     )
-    .sample(&[], flag(snap.node.running()));
+    .sample(&[], u8::from(snap.node.running()));
     family(
         &mut out,
         "tsboot_node_tailnet_addresses",
-        "gauge",
         "Tailnet addresses of this node, as tailscaled last reported them.",
     )
     .sample(&[], snap.node.addresses.len());
     family(
         &mut out,
         "tsboot_tailscaled_usermetrics_up",
-        "gauge",
         "1 when tailscaled answered /localapi/v0/usermetrics for this scrape (its series precede these).",
     )
-    .sample(&[], flag(snap.usermetrics_up));
+    .sample(&[], u8::from(snap.usermetrics_up));
 
     if let Some(init) = init {
         family(
             &mut out,
             "tsboot_startup_complete",
-            "gauge",
             "1 once ts-init logged Startup complete.",
         )
-        .sample(&[], flag(init.startup_complete));
+        .sample(&[], u8::from(init.startup_complete));
         let mut f = family(
             &mut out,
             "tsboot_phase_state",
-            "gauge",
             "State of each phase ts-init started: 1 for the current state, 0 for the others.",
         );
         for (phase, current) in &init.phases {
             for state in PhaseState::ALL {
                 f.sample(
                     &[("phase", phase), ("state", state.name())],
-                    flag(state == *current),
+                    u8::from(state == *current),
                 );
             }
         }
         let mut f = family(
             &mut out,
             "tsboot_phase_exits_total",
-            "counter",
             "Exits of the phases ts-init started, by exit code (128+N for signal N).",
         );
         for (phase, codes) in &init.exits {
@@ -144,7 +128,6 @@ pub fn render(snap: &Snapshot<'_>) -> String {
     let mut f = family(
         &mut out,
         "tsboot_reconciles_total",
-        "counter",
         "Finished reconciles of each watcher, by outcome.",
     );
     for w in &watchers {
@@ -154,19 +137,17 @@ pub fn render(snap: &Snapshot<'_>) -> String {
     let mut f = family(
         &mut out,
         "tsboot_watcher_healthy",
-        "gauge",
         "1 when the watcher's last reconcile succeeded and none has been running for more than a second.",
     );
     for w in watchers.iter().filter(|w| !w.stopped) {
         f.sample(
             &[("watcher", &w.name)],
-            flag(w.verdict(snap.now_ms).is_ok()),
+            u8::from(w.verdict(snap.now_ms).is_ok()),
         );
     }
     let mut f = family(
         &mut out,
         "tsboot_reconcile_in_progress_seconds",
-        "gauge",
         "How long the watcher's current reconcile has been running (0 when none is).",
     );
     for w in watchers.iter().filter(|w| !w.stopped) {
@@ -178,7 +159,6 @@ pub fn render(snap: &Snapshot<'_>) -> String {
     let mut f = family(
         &mut out,
         "tsboot_kube_requests_total",
-        "counter",
         "Kubernetes API requests by phase and HTTP status code (timeout: no answer in time; error: no HTTP answer).",
     );
     for w in &watchers {
@@ -195,7 +175,6 @@ pub fn render(snap: &Snapshot<'_>) -> String {
     let mut f = family(
         &mut out,
         "tsboot_ipn_bus_rewatches_total",
-        "counter",
         "IPN-bus watches opened again after tailscaled ended or cut a stream, by phase.",
     );
     for (phase, n) in rewatches {

@@ -2,9 +2,10 @@
 //! prints it and the boot executes it, so the two cannot drift apart.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 use ts_common::argv::{self, Command};
 use ts_common::process::DAEMON_ENV_REMOVE;
-use ts_common::settings::{AuthKeySource, Override, Settings};
+use ts_common::settings::{AuthKeySource, Override, ServeSettings, Settings};
 
 /// A tsboot phase binary ts-init runs, with its arguments.
 #[derive(Clone, Debug)]
@@ -139,16 +140,11 @@ impl BootPlan {
 
     /// How long the watchers get to stop at shutdown before tailscaled is signalled: ts-serve
     /// withdraws advertised services and then waits for control to move their clients.
-    pub fn phases_stop(
-        &self,
-        settings: &Settings,
-        default: std::time::Duration,
-    ) -> std::time::Duration {
+    pub fn phases_stop(&self, settings: &Settings, default: Duration) -> Duration {
         match &self.serve {
-            Some(_) => default.max(
-                ts_common::settings::ServeSettings::drain(settings.shutdown_grace)
-                    + std::time::Duration::from_secs(1),
-            ),
+            Some(_) => {
+                default.max(ServeSettings::drain(settings.shutdown_grace) + Duration::from_secs(1))
+            }
             None => default,
         }
     }
@@ -156,80 +152,66 @@ impl BootPlan {
     /// The plan as `--explain` prints it.
     pub fn explain(&self, settings: &Settings) -> String {
         let mut out = String::new();
-        let w = &mut out;
-        let _ = writeln!(w, "ts-init boot plan (nothing below has been run)");
-        let _ = writeln!(
-            w,
+        // Writing to a String cannot fail.
+        macro_rules! say {
+            ($($arg:tt)*) => {{
+                let _ = writeln!(out, $($arg)*);
+            }};
+        }
+        say!("ts-init boot plan (nothing below has been run)");
+        say!(
             "startup deadline: {:?} (TS_BOOT_TIMEOUT); shutdown grace: {:?} (TS_SHUTDOWN_GRACE)",
-            settings.boot_timeout, settings.shutdown_grace
+            settings.boot_timeout,
+            settings.shutdown_grace
         );
         if let Some(h) = &self.health {
-            let _ = writeln!(
-                w,
+            say!(
                 "0. start {} and wait until it listens (see `ts-health --explain`): {}; 503 until startup is complete",
                 h.display(),
                 health_endpoints(settings)
             );
         }
-        let _ = writeln!(
-            w,
-            "1. run {} (see `ts-prep --explain`)",
-            self.prep.display()
-        );
+        say!("1. run {} (see `ts-prep --explain`)", self.prep.display());
         match &self.preflight {
-            Some(p) => {
-                let _ = writeln!(
-                    w,
-                    "2. run {} (see `ts-kubestate preflight --explain`): SelfSubjectAccessReviews for get/update/patch on secret {:?}{}",
-                    p.display(),
-                    settings.kube_secret,
-                    if settings.auth_key.is_none() && !settings.oauth_login() {
-                        "; reads the secret (its existence, or create permission, and its authkey)"
-                    } else {
-                        "; reads the secret (its existence, or create permission)"
-                    }
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    w,
-                    "2. no Kubernetes preflight (not in Kubernetes, or TS_KUBE_SECRET is empty)"
-                );
-            }
+            Some(p) => say!(
+                "2. run {} (see `ts-kubestate preflight --explain`): SelfSubjectAccessReviews for get/update/patch on secret {:?}{}",
+                p.display(),
+                settings.kube_secret,
+                if settings.auth_key.is_none() && !settings.oauth_login() {
+                    "; reads the secret (its existence, or create permission, and its authkey)"
+                } else {
+                    "; reads the secret (its existence, or create permission)"
+                }
+            ),
+            None => say!("2. no Kubernetes preflight (not in Kubernetes, or TS_KUBE_SECRET is empty)"),
         }
-        if let Some(link) = &self.socket_symlink {
-            let _ = writeln!(
-                w,
+        match &self.socket_symlink {
+            Some(link) => say!(
                 "3. symlink {} -> {}",
                 link.display(),
                 settings.socket.display()
-            );
-        } else {
-            let _ = writeln!(
-                w,
-                "3. no socket symlink (TS_SOCKET is already the standard path)"
-            );
+            ),
+            None => say!("3. no socket symlink (TS_SOCKET is already the standard path)"),
         }
-        let _ = writeln!(
-            w,
+        say!(
             "4. start {} (own process group; without {})",
             self.tailscaled,
             DAEMON_ENV_REMOVE.join(", ")
         );
-        let _ = writeln!(
-            w,
+        say!(
             "5. wait for the LocalAPI socket {}",
             settings.socket.display()
         );
-        let key_note = match (settings.auth_key_source, &settings.auth_key) {
-            (_, Some(_)) => "",
-            (AuthKeySource::Unset, None) if self.preflight.is_some() && !settings.oauth_login() => {
-                " (plus --authkey=<redacted> if the preflight finds one in the secret)"
-            }
-            _ => "",
+        let key_note = if settings.auth_key.is_none()
+            && settings.auth_key_source == AuthKeySource::Unset
+            && self.preflight.is_some()
+            && !settings.oauth_login()
+        {
+            " (plus --authkey=<redacted> if the preflight finds one in the secret)"
+        } else {
+            ""
         };
-        let _ = writeln!(
-            w,
+        say!(
             "6. run {} : {} {}{}, then wait for Running{}",
             self.auth.display(),
             if settings.auth_once {
@@ -264,18 +246,14 @@ impl BootPlan {
             (&self.serve, "serve config from TS_SERVE_CONFIG"),
         ] {
             if let Some(p) = phase {
-                let _ = writeln!(
-                    w,
+                say!(
                     "{n}. start watcher {} ({what}) and wait for its readiness",
                     p.display()
                 );
                 n += 1;
             }
         }
-        let _ = writeln!(
-            w,
-            "{n}. log \"Startup complete, waiting for shutdown signal\""
-        );
+        say!("{n}. log \"Startup complete, waiting for shutdown signal\"");
         // The same decision the boot makes once the preflight answered, for both answers.
         let (with_patch, without) = (self.guard(true), self.guard(false));
         let guard = if with_patch == without {
@@ -290,23 +268,16 @@ impl BootPlan {
                 without.flag()
             )
         };
-        let _ = writeln!(
-            w,
-            "guard of the Running state (exit 1 when tailscaled leaves it): {guard}"
-        );
+        say!("guard of the Running state (exit 1 when tailscaled leaves it): {guard}");
         if let Some(p) = &self.settle {
-            let _ = writeln!(
-                w,
+            say!(
                 "on shutdown, before SIGTERM to tailscaled: run {} --timeout <at most {:?}, half of TS_SHUTDOWN_GRACE> (wait for a consistent state secret)",
                 p.display(),
                 settings.shutdown_grace / 2
             );
         }
         for var in &settings.unsupported_vars {
-            let _ = writeln!(
-                w,
-                "warning: {var} is set but not supported by tsboot yet; it is ignored"
-            );
+            say!("warning: {var} is set but not supported by tsboot yet; it is ignored");
         }
         out
     }
@@ -321,9 +292,8 @@ fn health_endpoints(settings: &Settings) -> String {
             (local.health_check, "/healthz"),
             (local.metrics, "/metrics"),
         ]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, p)| *p)
+        .into_iter()
+        .filter_map(|(on, path)| on.then_some(path))
         .collect();
         parts.push(format!("{} on {addr}", paths.join(" and ")));
     }

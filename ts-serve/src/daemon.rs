@@ -65,16 +65,17 @@ fn refused(method: &'static str, path: &'static str, reply: &Reply) -> DaemonErr
     }
 }
 
-/// A successful reply's JSON body as `T`; a failed one as [`DaemonError::Refused`].
-fn decode<T: serde::de::DeserializeOwned>(
+/// A successful reply's body as `parse` reads it; a failed one as [`DaemonError::Refused`].
+fn decode<'a, T, E: std::fmt::Display>(
     method: &'static str,
     path: &'static str,
-    reply: &Reply,
+    reply: &'a Reply,
+    parse: impl FnOnce(&'a [u8]) -> Result<T, E>,
 ) -> Result<T, DaemonError> {
     if !reply.is_success() {
         return Err(refused(method, path, reply));
     }
-    serde_json::from_slice(&reply.body).map_err(|e| DaemonError::Unreadable {
+    parse(&reply.body).map_err(|e| DaemonError::Unreadable {
         method,
         path,
         why: e.to_string(),
@@ -106,14 +107,7 @@ impl Daemon {
             .api
             .call(Method::GET, SERVE_CONFIG_PATH, None, None)
             .await?;
-        if !reply.is_success() {
-            return Err(refused("GET", SERVE_CONFIG_PATH, &reply));
-        }
-        let config = ServeConfig::parse(&reply.body).map_err(|e| DaemonError::Unreadable {
-            method: "GET",
-            path: SERVE_CONFIG_PATH,
-            why: e.to_string(),
-        })?;
+        let config = decode("GET", SERVE_CONFIG_PATH, &reply, ServeConfig::parse)?;
         Ok((config, reply.etag))
     }
 
@@ -169,20 +163,15 @@ impl Daemon {
             advertise_services: Option<Vec<String>>,
         }
         let reply = self.api.call(Method::GET, PREFS_PATH, None, None).await?;
-        let prefs: Prefs = decode("GET", PREFS_PATH, &reply)?;
+        let prefs: Prefs = decode("GET", PREFS_PATH, &reply, serde_json::from_slice)?;
         Ok(prefs.advertise_services.unwrap_or_default())
     }
 
     /// Sets `Prefs.AdvertiseServices` to exactly `services` (none: `null`, as the reference).
     pub async fn set_advertised_services(&self, services: &[String]) -> Result<(), DaemonError> {
-        let list = if services.is_empty() {
-            serde_json::Value::Null
-        } else {
-            serde_json::json!(services)
-        };
         let body = serde_json::json!({
             "AdvertiseServicesSet": true,
-            "AdvertiseServices": list,
+            "AdvertiseServices": (!services.is_empty()).then_some(services),
         });
         let reply = self
             .api
@@ -209,7 +198,7 @@ impl Daemon {
         if matches!(reply.status, 404 | 503) {
             return Ok(None);
         }
-        let dns: DnsConfig = decode("GET", DNS_CONFIG_PATH, &reply)?;
+        let dns: DnsConfig = decode("GET", DNS_CONFIG_PATH, &reply, serde_json::from_slice)?;
         Ok(Some(dns.cert_domains))
     }
 }

@@ -92,16 +92,6 @@ impl From<WatchEnd> for ServeError {
     }
 }
 
-impl ServeError {
-    /// 2 for configuration problems (nothing was changed), 1 for everything else.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            ServeError::NoConfig => ts_common::exit::USAGE,
-            _ => ts_common::exit::FAILURE,
-        }
-    }
-}
-
 /// Why the serve config is not (fully) what the file asks for; the health verdict's reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
@@ -239,12 +229,9 @@ impl Watcher<'_> {
                 self.apply(desired.config).await
             }
         };
-        match &outcome {
-            Ok(()) => ts_common::status::reconcile_succeeded(),
-            Err(p) => ts_common::status::reconcile_failed(&p.describe(self.cfg)),
-        }
         match outcome {
             Ok(()) => {
+                ts_common::status::reconcile_succeeded();
                 if self.problem.take().is_some() {
                     tracing::info!(
                         "serve proxy: serve config {:?} applied again, problem solved",
@@ -253,6 +240,7 @@ impl Watcher<'_> {
                 }
             }
             Err(p) => {
+                ts_common::status::reconcile_failed(&p.describe(self.cfg));
                 if matches!(p, Problem::Daemon(_)) {
                     self.retry = Some(tokio::time::Instant::now() + RETRY);
                 }
@@ -266,14 +254,12 @@ impl Watcher<'_> {
     }
 
     fn warn_dropped(&mut self, dropped: &[String]) {
-        if dropped.is_empty() || dropped == self.dropped_warned.as_slice() {
-            self.dropped_warned = dropped.to_vec();
-            return;
+        if !dropped.is_empty() && dropped != self.dropped_warned.as_slice() {
+            tracing::warn!(
+                "serve proxy: this node has no certificate domain (HTTPS is not enabled for the tailnet, see https://tailscale.com/kb/1153/enabling-https), so these HTTPS listeners of the serve config are left out: {}",
+                dropped.join(", ")
+            );
         }
-        tracing::warn!(
-            "serve proxy: this node has no certificate domain (HTTPS is not enabled for the tailnet, see https://tailscale.com/kb/1153/enabling-https), so these HTTPS listeners of the serve config are left out: {}",
-            dropped.join(", ")
-        );
         self.dropped_warned = dropped.to_vec();
     }
 
@@ -507,7 +493,11 @@ pub async fn explain(cfg: &Config) -> Vec<String> {
 mod tests;
 
 impl ts_common::cli::Failure for ServeError {
+    /// 2 for configuration problems (nothing was changed), 1 for everything else.
     fn exit_code(&self) -> i32 {
-        ServeError::exit_code(self)
+        match self {
+            ServeError::NoConfig => ts_common::exit::USAGE,
+            _ => ts_common::exit::FAILURE,
+        }
     }
 }
