@@ -36,14 +36,6 @@ pub enum AuthError {
     Interrupted(&'static str),
 }
 
-impl AuthError {
-    /// The exit status of ts-auth ending on this error: every one is a runtime failure (bad
-    /// configuration is refused before anything runs).
-    pub fn exit_code(&self) -> i32 {
-        ts_common::exit::FAILURE
-    }
-}
-
 /// Why a `tailscale` command failed, worded as today's image words it
 /// (`tailscale up failed: exit status 1`).
 #[derive(Debug, thiserror::Error)]
@@ -121,45 +113,44 @@ impl Plan {
         }
     }
 
-    /// The plan as `--explain` prints it.
-    pub fn explain(&self) -> String {
-        let mut out = String::new();
+    /// The plan as `--explain` prints it, one line each.
+    pub fn explain(&self) -> Vec<String> {
         let watch = format!(
-            "GET /localapi/v0/watch-ipn-bus?mask={} on {}",
+            "watch the IPN bus (GET /localapi/v0/watch-ipn-bus?mask={} on {})",
             self.mask,
             self.socket.display()
         );
         let up = &self.up;
-        out.push_str("ts-auth plan (nothing below has been run)\n");
-        match self.up_when {
-            UpWhen::OnNeedsLogin => {
-                out.push_str(&format!("1. watch the IPN bus ({watch})\n"));
-                out.push_str(&format!(
-                    "2. only if tailscaled reports NeedsLogin: run {up}, then watch again\n"
-                ));
-            }
-            UpWhen::AtOnce => {
-                out.push_str(&format!("1. run {up} at once\n"));
-                out.push_str(&format!("2. watch the IPN bus ({watch})\n"));
-            }
-        }
-        out.push_str(&format!(
-            "3. until Running, at most {:?} (TS_BOOT_TIMEOUT)\n",
-            self.timeout
-        ));
-        if let Some(set) = &self.set {
-            out.push_str(&format!(
-                "3b. once Running (whether or not up ran): run {set}\n"
-            ));
-        }
-        if self.guard {
-            out.push_str("4. report readiness on TS_READY_FD, then stay on the same watch and exit 1 if tailscaled leaves Running\n");
+        let (first, second) = match self.up_when {
+            UpWhen::OnNeedsLogin => (
+                watch,
+                format!("only if tailscaled reports NeedsLogin: run {up}, then watch again"),
+            ),
+            UpWhen::AtOnce => (format!("run {up} at once"), watch),
+        };
+        let mut out = vec![
+            "ts-auth plan (nothing below has been run)".to_string(),
+            format!("1. {first}"),
+            format!("2. {second}"),
+            format!(
+                "3. until Running, at most {:?} (TS_BOOT_TIMEOUT)",
+                self.timeout
+            ),
+        ];
+        out.extend(
+            self.set
+                .iter()
+                .map(|set| format!("3b. once Running (whether or not up ran): run {set}")),
+        );
+        out.push(if self.guard {
+            "4. report readiness on TS_READY_FD, then stay on the same watch and exit 1 if tailscaled leaves Running"
         } else {
-            out.push_str("4. report readiness on TS_READY_FD if set, then exit 0\n");
-        }
+            "4. report readiness on TS_READY_FD if set, then exit 0"
+        }.to_string());
         if self.interactive {
-            out.push_str(
-                "note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed\n",
+            out.push(
+                "note: no auth key (TS_AUTHKEY / TS_AUTH_KEY): login will be interactive if needed"
+                    .to_string(),
             );
         }
         out
@@ -229,11 +220,7 @@ impl Login<'_> {
     async fn until_running(mut self) -> Result<BusWatch, AuthError> {
         let mut watch = match self.plan.up_when {
             UpWhen::OnNeedsLogin => self.watch(AuthError::Watch).await?,
-            UpWhen::AtOnce => {
-                self.did_login = true;
-                self.tailscale_up().await?;
-                self.watch(AuthError::Rewatch).await?
-            }
+            UpWhen::AtOnce => self.login().await?,
         };
         loop {
             let notify = match tokio::time::timeout_at(self.deadline, watch.next()).await {
@@ -248,7 +235,9 @@ impl Login<'_> {
             match notify.backend_state() {
                 // After our own login the re-watch may still say NeedsLogin: nothing to do.
                 Some(BackendState::NeedsLogin) if !self.did_login => {
-                    watch = self.auth_step(watch).await?;
+                    // Closed first, so `up` is not blocked by our unread stream.
+                    drop(watch);
+                    watch = self.login().await?;
                 }
                 Some(BackendState::NeedsLogin) => {}
                 Some(BackendState::NeedsMachineAuth) => {
@@ -269,23 +258,14 @@ impl Login<'_> {
         }
     }
 
-    /// Closes the watch (so `up` is not blocked by our unread stream), runs `tailscale up`,
-    /// and re-watches.
-    async fn auth_step(&mut self, watch: BusWatch) -> Result<BusWatch, AuthError> {
-        if self.did_login {
-            return Ok(watch);
-        }
+    /// Runs `tailscale up` and re-watches.
+    async fn login(&mut self) -> Result<BusWatch, AuthError> {
         self.did_login = true;
-        drop(watch);
-        self.tailscale_up().await?;
-        self.watch(AuthError::Rewatch).await
-    }
-
-    async fn tailscale_up(&self) -> Result<(), AuthError> {
         tracing::info!("Running 'tailscale up'");
         run_cli(&self.plan.up, "up", self.deadline)
             .await
-            .map_err(AuthError::Up)
+            .map_err(AuthError::Up)?;
+        self.watch(AuthError::Rewatch).await
     }
 }
 
@@ -304,23 +284,21 @@ async fn run_cli(
     // argv[0] is the resolved path, as the reference's exec.Command gives it.
     let mut resolved = cmd.clone();
     resolved.program = path.display().to_string();
-    let status = match command::run_until(&resolved, deadline, Output::Inherit).await {
-        Ok(done) => done.status,
-        // As the reference's context does: killed at the deadline.
-        Err(RunError::Timeout { .. }) => {
-            return Err(CliError::Failed {
+    let status = command::run_until(&resolved, deadline, Output::Inherit)
+        .await
+        .map_err(|e| match e {
+            // As the reference's context does: killed at the deadline.
+            RunError::Timeout { .. } => CliError::Failed {
                 sub,
                 how: "signal: killed".into(),
-            })
-        }
-        Err(RunError::Spawn(e)) => {
-            return Err(CliError::Start {
+            },
+            RunError::Spawn(e) => CliError::Start {
                 sub,
                 source: e.into_io(),
-            })
-        }
-        Err(RunError::Wait { source, .. }) => return Err(CliError::Wait { sub, source }),
-    };
+            },
+            RunError::Wait { source, .. } => CliError::Wait { sub, source },
+        })?
+        .status;
     if status.success() {
         return Ok(());
     }
@@ -348,13 +326,5 @@ async fn guard(api: LocalApi, mask: u64, watch: BusWatch) -> Result<(), AuthErro
     }
 }
 
-/// The `--explain` plan: the [`Plan`] [`run`] follows.
-pub fn explain(settings: &Settings, mode: Mode) -> String {
-    Plan::new(settings, mode).explain()
-}
-
-impl ts_common::cli::Failure for AuthError {
-    fn exit_code(&self) -> i32 {
-        AuthError::exit_code(self)
-    }
-}
+/// Every error is a runtime failure, exit 1: bad configuration is refused before anything runs.
+impl ts_common::cli::Failure for AuthError {}

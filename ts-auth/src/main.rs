@@ -75,7 +75,9 @@ fn main() -> ExitCode {
     let mode = ts_auth::Mode { guard: cli.guard };
     ts_localapi::run_phase(phase, |settings, explain| async move {
         if explain {
-            print!("{}", ts_auth::explain(&settings, mode));
+            for line in ts_auth::Plan::new(&settings, mode).explain() {
+                println!("{line}");
+            }
             return Ok(());
         }
         ts_auth::run(&settings, mode).await

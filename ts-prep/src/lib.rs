@@ -36,7 +36,6 @@ pub const IPV4_FORWARDING: &str = "proc/sys/net/ipv4/ip_forward";
 pub const IPV6_FORWARDING: &str = "proc/sys/net/ipv6/conf/all/forwarding";
 
 /// Reference message prefixes and advice lines, word for word (operators grep for them).
-pub const TUN_FAILED: &str = "Unable to create tuntap device file";
 pub const FORWARDING_FAILED: &str = "Failed to enable IP forwarding";
 pub const FORWARDING_NEEDED: &str =
     "To run tailscale as a proxy or router container, IP forwarding must be enabled.";
@@ -216,6 +215,14 @@ pub struct TunPlan {
 }
 
 impl TunPlan {
+    /// The directory, then the node, each with what its stat said.
+    fn paths(&self) -> [(&PathBuf, &Presence); 2] {
+        [
+            (&self.dir, &self.dir_presence),
+            (&self.node, &self.node_presence),
+        ]
+    }
+
     pub fn creates_dir(&self) -> bool {
         self.dir_presence == Presence::Missing
     }
@@ -272,41 +279,37 @@ pub struct Plan {
 
 /// Looks at the host (never changes it) and records what the phase has to do.
 pub fn plan(settings: &Settings, probe: &dyn Probe) -> Plan {
-    if settings.userspace {
-        return Plan {
-            userspace: true,
-            in_kubernetes: settings.in_kubernetes(),
-            tun: None,
-            sysctls: Vec::new(),
-        };
-    }
-    let dir = settings.host_path(TUN_DIR);
-    let node = settings.host_path(TUN_NODE);
-    let tun = TunPlan {
-        dir_presence: Presence::of(probe, &dir),
-        node_presence: Presence::of(probe, &node),
-        dir,
-        node,
-    };
+    let tun = (!settings.userspace).then(|| {
+        let dir = settings.host_path(TUN_DIR);
+        let node = settings.host_path(TUN_NODE);
+        TunPlan {
+            dir_presence: Presence::of(probe, &dir),
+            node_presence: Presence::of(probe, &node),
+            dir,
+            node,
+        }
+    });
+    // Empty in userspace mode.
     let families = settings.forwarding_families();
-    let mut sysctls = Vec::new();
-    for (wanted, family, rel) in [
+    let sysctls = [
         (families.ipv4, Family::Ipv4, IPV4_FORWARDING),
         (families.ipv6, Family::Ipv6, IPV6_FORWARDING),
-    ] {
-        if wanted {
-            let path = settings.host_path(rel);
-            sysctls.push(SysctlPlan {
-                family,
-                current: probe.read(&path),
-                path,
-            });
+    ]
+    .into_iter()
+    .filter(|(wanted, ..)| *wanted)
+    .map(|(_, family, rel)| {
+        let path = settings.host_path(rel);
+        SysctlPlan {
+            family,
+            current: probe.read(&path),
+            path,
         }
-    }
+    })
+    .collect();
     Plan {
-        userspace: false,
+        userspace: settings.userspace,
         in_kubernetes: settings.in_kubernetes(),
-        tun: Some(tun),
+        tun,
         sysctls,
     }
 }
@@ -393,27 +396,17 @@ impl Plan {
             return lines;
         }
         lines.push("mode: kernel networking (TS_USERSPACE is false)".to_string());
-        if let Some(tun) = &self.tun {
-            lines.push(match &tun.dir_presence {
-                Presence::Exists => format!("tun: {} exists", tun.dir.display()),
-                Presence::Missing => format!(
-                    "tun: {} missing: would create it (mode {TUN_DIR_MODE:04o})",
-                    tun.dir.display()
-                ),
+        let made = [
+            format!("mode {TUN_DIR_MODE:04o}"),
+            format!("char device {TUN_MAJOR},{TUN_MINOR}, mode {TUN_NODE_MODE:04o}"),
+        ];
+        for ((path, presence), made) in self.tun.iter().flat_map(TunPlan::paths).zip(made) {
+            let path = path.display();
+            lines.push(match presence {
+                Presence::Exists => format!("tun: {path} exists"),
+                Presence::Missing => format!("tun: {path} missing: would create it ({made})"),
                 Presence::Unknown(e) => format!(
-                    "tun: {} cannot be checked ({e}): left alone, as the reference does",
-                    tun.dir.display()
-                ),
-            });
-            lines.push(match &tun.node_presence {
-                Presence::Exists => format!("tun: {} exists", tun.node.display()),
-                Presence::Missing => format!(
-                    "tun: {} missing: would create it (char device {TUN_MAJOR},{TUN_MINOR}, mode {TUN_NODE_MODE:04o})",
-                    tun.node.display()
-                ),
-                Presence::Unknown(e) => format!(
-                    "tun: {} cannot be checked ({e}): left alone, as the reference does",
-                    tun.node.display()
+                    "tun: {path} cannot be checked ({e}): left alone, as the reference does"
                 ),
             });
         }
@@ -427,13 +420,14 @@ impl Plan {
             let path = sysctl.path.display();
             let family = sysctl.family;
             lines.push(match &sysctl.current {
-                Ok(content) if sysctl.needs_write() => format!(
-                    "forwarding: {family} {path} = {:?}: would write 1",
-                    content.trim()
-                ),
                 Ok(content) => format!(
-                    "forwarding: {family} {path} = {:?}: already 1, no write",
-                    content.trim()
+                    "forwarding: {family} {path} = {:?}: {}",
+                    content.trim(),
+                    if sysctl.needs_write() {
+                        "would write 1"
+                    } else {
+                        "already 1, no write"
+                    }
                 ),
                 Err(e) => format!(
                     "forwarding: {family} {path} unreadable ({e}): the run would fail with \"{FORWARDING_FAILED}\" before changing anything"
@@ -445,10 +439,7 @@ impl Plan {
 }
 
 fn apply_tun(tun: &TunPlan, host: &mut dyn Host, report: &mut Report) -> Result<(), TunError> {
-    for (path, presence) in [
-        (&tun.dir, &tun.dir_presence),
-        (&tun.node, &tun.node_presence),
-    ] {
+    for (path, presence) in tun.paths() {
         if let Presence::Unknown(e) = presence {
             tracing::warn!(
                 "Cannot check {} ({e}); leaving it alone, as the reference does",
