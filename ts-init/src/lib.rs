@@ -52,7 +52,8 @@ impl Cause {
                 Some(code) => code,
                 None => exit::FAILURE,
             },
-            Cause::Failed(failure) => failure.exit_code(),
+            // Configuration errors (2) are caught before anything starts and never get here.
+            Cause::Failed(_) => exit::FAILURE,
         }
     }
 }
@@ -112,14 +113,6 @@ pub enum Failure {
     GuardEnded(WaitStatus),
     #[error("watcher {} failed ({})", .0.name(), describe(.1))]
     WatcherFailed(Role, WaitStatus),
-}
-
-impl Failure {
-    /// Every failure ends the container with 1; configuration errors (2) are caught before
-    /// anything starts and never become a `Failure`.
-    pub fn exit_code(&self) -> i32 {
-        exit::FAILURE
-    }
 }
 
 /// How long a watcher's failure waits for tailscaled's death to show up, so that a watcher
@@ -713,6 +706,7 @@ impl Boot {
         };
         // The phase bounds itself; this margin only catches one that hangs.
         let hard_end = until + Duration::from_secs(1);
+        let name = Role::Settle.name();
         loop {
             match self.sup.next_event(&[], Some(hard_end)) {
                 Ok(Event::Exited(e)) if e.pid == pid => {
@@ -727,23 +721,16 @@ impl Boot {
                 }
                 Ok(Event::Readable(_)) => {}
                 Ok(Event::Timeout) => {
-                    tracing::warn!(
-                        "{} did not finish in time; stopping it",
-                        Role::Settle.name()
-                    );
-                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
-                    return;
+                    tracing::warn!("{name} did not finish in time; stopping it");
+                    break;
                 }
                 Err(e) => {
-                    tracing::error!(
-                        "waiting for {} failed ({e}); stopping it",
-                        Role::Settle.name()
-                    );
-                    let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
-                    return;
+                    tracing::error!("waiting for {name} failed ({e}); stopping it");
+                    break;
                 }
             }
         }
+        let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
     }
 
     fn link_socket(&self) {

@@ -73,12 +73,6 @@ pub enum Stopped {
     LoopFailed(Errno),
 }
 
-struct Child {
-    role: Role,
-    /// Each child leads its own process group, so its helpers can be stopped with it.
-    pgid: Pid,
-}
-
 /// Signals forwarded to tailscaled rather than acted on (D5).
 const FORWARDED: [Signal; 4] = [
     Signal::SIGHUP,
@@ -102,7 +96,9 @@ const UNBLOCKED: [Signal; 9] = [
 
 pub struct Supervisor {
     sigfd: SignalFd,
-    children: HashMap<Pid, Child>,
+    /// Live children by pid. Each leads its own process group (pgid = pid), so its helpers can
+    /// be stopped with it.
+    children: HashMap<Pid, Role>,
     /// Every process group we created, including those whose leader is gone.
     groups: Vec<Pid>,
     exits: VecDeque<Exit>,
@@ -130,12 +126,10 @@ impl Supervisor {
         let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
         // Not PID 1 (docker --init, shareProcessNamespace): orphans of our tree must still come
         // to us, not to whatever the real PID 1 is.
-        let subreaper = if std::process::id() != 1 {
+        let subreaper = std::process::id() != 1;
+        if subreaper {
             nix::sys::prctl::set_child_subreaper(true)?;
-            true
-        } else {
-            false
-        };
+        }
         Ok(Supervisor {
             sigfd,
             children: HashMap::new(),
@@ -151,7 +145,7 @@ impl Supervisor {
 
     pub fn spawn(&mut self, role: Role, spec: SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         let pid = process::spawn(spec)?;
-        self.children.insert(pid, Child { role, pgid: pid });
+        self.children.insert(pid, role);
         self.groups.push(pid);
         if role == Role::Tailscaled {
             self.tailscaled = Some(pid);
@@ -200,11 +194,10 @@ impl Supervisor {
                     PollTimeout::try_from(ms as i32).unwrap_or(PollTimeout::MAX)
                 }
             };
-            let mut pollfds = Vec::with_capacity(fds.len() + 1);
-            pollfds.push(PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN));
-            for fd in fds {
-                pollfds.push(PollFd::new(*fd, PollFlags::POLLIN));
-            }
+            let mut pollfds: Vec<PollFd> = std::iter::once(self.sigfd.as_fd())
+                .chain(fds.iter().copied())
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                .collect();
             match poll(&mut pollfds, timeout) {
                 Ok(0) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -273,9 +266,7 @@ impl Supervisor {
             match sig {
                 Signal::SIGCHLD => self.reap(),
                 Signal::SIGTERM | Signal::SIGINT => {
-                    if self.pending_shutdown.is_none() {
-                        self.pending_shutdown = Some(sig);
-                    }
+                    self.pending_shutdown.get_or_insert(sig);
                 }
                 s if FORWARDED.contains(&s) => self.forward(s),
                 other => tracing::debug!("ignoring {}", other.as_str()),
@@ -298,13 +289,9 @@ impl Supervisor {
                         continue;
                     }
                     match self.children.remove(&pid) {
-                        Some(child) => {
-                            self.report_exit(child.role, &status);
-                            self.exits.push_back(Exit {
-                                pid,
-                                role: child.role,
-                                status,
-                            })
+                        Some(role) => {
+                            self.report_exit(role, &status);
+                            self.exits.push_back(Exit { pid, role, status })
                         }
                         None => self.orphans_reaped += 1,
                     }
@@ -367,15 +354,15 @@ impl Supervisor {
     }
 
     fn signal_where(&self, sig: Signal, wanted: impl Fn(Role) -> bool) {
-        for (pid, child) in self.children.iter().filter(|(_, c)| wanted(c.role)) {
-            let result = if child.role == Role::Tailscaled {
-                kill(*pid, sig)
+        for (&pid, &role) in self.children.iter().filter(|(_, &role)| wanted(role)) {
+            let result = if role == Role::Tailscaled {
+                kill(pid, sig)
             } else {
-                killpg(child.pgid, sig)
+                killpg(pid, sig)
             };
             match result {
                 Ok(()) | Err(Errno::ESRCH) => {}
-                Err(e) => tracing::warn!("sending {} to {}: {e}", sig.as_str(), child.role.name()),
+                Err(e) => tracing::warn!("sending {} to {}: {e}", sig.as_str(), role.name()),
             }
         }
     }

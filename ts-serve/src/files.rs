@@ -79,22 +79,11 @@ impl FileWatch {
         } else {
             watch_dir(&dir)
         };
-        match inotify {
-            Ok(fd) => (
-                FileWatch {
-                    dir: dir.clone(),
-                    mode: Mode::Inotify(fd),
-                },
-                How::Inotify(dir),
-            ),
-            Err(why) => (
-                FileWatch {
-                    dir,
-                    mode: Mode::Poll(poll_timer()),
-                },
-                How::Poll { why },
-            ),
-        }
+        let (mode, how) = match inotify {
+            Ok(fd) => (Mode::Inotify(fd), How::Inotify(dir.clone())),
+            Err(why) => (Mode::Poll(poll_timer()), How::Poll { why }),
+        };
+        (FileWatch { dir, mode }, how)
     }
 
     /// Waits for the next possible change. Never fails: a broken inotify turns into polling
@@ -107,23 +96,17 @@ impl FileWatch {
             }
             Mode::Inotify(fd) => fd,
         };
-        let broken = match read_events(fd).await {
-            // Let the writer finish: more events within SETTLE extend the wait.
-            Ok(true) => loop {
-                match tokio::time::timeout(SETTLE, read_events(fd)).await {
-                    Err(_) => break None,
-                    Ok(Ok(true)) => continue,
-                    Ok(Ok(false)) => break Some("the watched directory went away".to_string()),
-                    Ok(Err(why)) => break Some(why),
-                }
-            },
-            // The watch was removed (directory deleted or unmounted).
-            Ok(false) => Some("the watched directory went away".to_string()),
-            Err(why) => Some(why),
-        };
-        if let Some(why) = broken {
-            self.fall_back(&why);
+        let mut events = read_events(fd).await;
+        // Let the writer finish: more events within SETTLE extend the wait.
+        while events == Ok(true) {
+            match tokio::time::timeout(SETTLE, read_events(fd)).await {
+                Ok(next) => events = next,
+                Err(_) => return,
+            }
         }
+        // Ok(false): the watch was removed (directory deleted or unmounted).
+        let why = events.err();
+        self.fall_back(why.as_deref().unwrap_or("the watched directory went away"));
     }
 
     fn fall_back(&mut self, why: &str) {
@@ -178,18 +161,11 @@ async fn read_events(fd: &mut AsyncFd<InotifyFd>) -> Result<bool, String> {
             .map_err(|e| format!("waiting for inotify events: {e}"))?;
         match guard.get_inner().0.read_events() {
             Ok(events) => {
-                if events
+                return Ok(!events
                     .iter()
-                    .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED))
-                {
-                    return Ok(false);
-                }
-                return Ok(true);
+                    .any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)))
             }
-            Err(nix::errno::Errno::EAGAIN) => {
-                guard.clear_ready();
-                continue;
-            }
+            Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
             Err(e) => return Err(format!("reading inotify events: {e}")),
         }
     }

@@ -41,7 +41,7 @@ pub struct ServiceConfig {
     pub tcp: BTreeMap<u16, Option<TcpPortHandler>>,
     #[serde(rename = "Web", skip_serializing_if = "BTreeMap::is_empty")]
     pub web: BTreeMap<String, Option<WebServerConfig>>,
-    #[serde(rename = "Tun", skip_serializing_if = "is_false")]
+    #[serde(rename = "Tun", skip_serializing_if = "std::ops::Not::not")]
     pub tun: bool,
 }
 
@@ -49,9 +49,9 @@ pub struct ServiceConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TcpPortHandler {
-    #[serde(rename = "HTTPS", skip_serializing_if = "is_false")]
+    #[serde(rename = "HTTPS", skip_serializing_if = "std::ops::Not::not")]
     pub https: bool,
-    #[serde(rename = "HTTP", skip_serializing_if = "is_false")]
+    #[serde(rename = "HTTP", skip_serializing_if = "std::ops::Not::not")]
     pub http: bool,
     #[serde(rename = "TCPForward", skip_serializing_if = "String::is_empty")]
     pub tcp_forward: String,
@@ -133,10 +133,6 @@ pub fn conflict(current: &ServeConfig, next: &ServeConfig) -> Option<String> {
         }
     }
     None
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 fn is_zero(n: &i64) -> bool {
