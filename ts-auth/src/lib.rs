@@ -59,13 +59,6 @@ pub enum CliError {
     Failed { sub: &'static str, how: String },
 }
 
-/// How ts-auth was asked to run.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Mode {
-    /// Stay resident after Running and fail when tailscaled leaves it.
-    pub guard: bool,
-}
-
 /// When `tailscale up` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpWhen {
@@ -96,7 +89,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(settings: &Settings, mode: Mode) -> Plan {
+    pub fn new(settings: &Settings, guard: bool) -> Plan {
         Plan {
             up: argv::tailscale_up(settings, settings.auth_key.as_ref()),
             up_when: if settings.auth_once {
@@ -108,7 +101,7 @@ impl Plan {
             socket: settings.socket.clone(),
             timeout: settings.boot_timeout,
             set: settings.auth_once.then(|| argv::tailscale_set(settings)),
-            guard: mode.guard,
+            guard,
             interactive: settings.auth_key.is_none() && !settings.oauth_login(),
         }
     }
@@ -157,10 +150,10 @@ impl Plan {
     }
 }
 
-/// Brings tailscaled to Running. Returns when Running is reached (not in guard mode), or when
+/// Brings tailscaled to Running. Returns when Running is reached (not with `guard`), or when
 /// guarding ends: `Ok(())` on a requested stop, an error when tailscaled left Running.
-pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
-    let plan = Plan::new(settings, mode);
+pub async fn run(settings: &Settings, guard: bool) -> Result<(), AuthError> {
+    let plan = Plan::new(settings, guard);
     let api = LocalApi::new(plan.socket.clone());
     let deadline = Instant::now() + plan.timeout;
     let login = Login {
@@ -182,7 +175,7 @@ pub async fn run(settings: &Settings, mode: Mode) -> Result<(), AuthError> {
         return Ok(());
     }
     tokio::select! {
-        left = guard(api, plan.mask, watch) => left,
+        left = guard_running(api, plan.mask, watch) => left,
         sig = stop.recv() => {
             tracing::debug!("{sig} received, stopping the guard");
             Ok(())
@@ -318,7 +311,7 @@ async fn run_cli(
 
 /// Follows the bus after Running, on the watch that saw it (and on new ones when a stream
 /// ends): any other state ends the container.
-async fn guard(api: LocalApi, mask: u64, watch: BusWatch) -> Result<(), AuthError> {
+async fn guard_running(api: LocalApi, mask: u64, watch: BusWatch) -> Result<(), AuthError> {
     let mut follower = Follower::resume(api, mask, watch);
     loop {
         let notify: Notify = follower.next().await.map_err(AuthError::Read)?;

@@ -72,14 +72,13 @@ struct Cli {
 
 fn main() -> ExitCode {
     let (cli, phase) = ts_common::cli::parse_with::<Cli>("ts-auth", Cli::command());
-    let mode = ts_auth::Mode { guard: cli.guard };
     ts_localapi::run_phase(phase, |settings, explain| async move {
         if explain {
-            for line in ts_auth::Plan::new(&settings, mode).explain() {
+            for line in ts_auth::Plan::new(&settings, cli.guard).explain() {
                 println!("{line}");
             }
             return Ok(());
         }
-        ts_auth::run(&settings, mode).await
+        ts_auth::run(&settings, cli.guard).await
     })
 }

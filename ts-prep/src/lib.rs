@@ -11,7 +11,6 @@
 //!
 //! `--explain` prints [`Plan::explain`] and never gets a [`Host`], so it cannot write.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
@@ -43,9 +42,6 @@ pub const ADVICE_KUBERNETES: &str = "You can either set the sysctls as a privile
 pub const ADVICE_CONTAINER: &str = "You can fix this by running the container with privileged=true, or the equivalent in your container runtime that permits access to sysctls.";
 /// Our addition after the reference's tun fatal line: the reference says nothing about the fix.
 pub const TUN_ADVICE: &str = "Creating the tun device needs CAP_MKNOD (run ts-prep as a privileged initContainer, or the container with privileged=true), or mount /dev/net/tun into the container (e.g. docker run --device /dev/net/tun); TS_USERSPACE=true needs no tun device.";
-
-// ---------------------------------------------------------------------------------------------
-// Side effects
 
 /// The read-only half of the host: all that planning (and so `--explain`) may touch.
 pub trait Probe {
@@ -111,9 +107,6 @@ impl Host for RealHost {
         file.write_all(contents.as_bytes())
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Errors
 
 /// Creating `dev/net` or `dev/net/tun` failed.
 #[derive(Debug, thiserror::Error)]
@@ -182,9 +175,6 @@ impl PrepError {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The plan
-
 /// What a stat said about a path.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Presence {
@@ -231,25 +221,11 @@ impl TunPlan {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Ipv4 => "IPv4",
-            Family::Ipv6 => "IPv6",
-        })
-    }
-}
-
 /// One forwarding sysctl and what it read.
 #[derive(Debug)]
 pub struct SysctlPlan {
-    pub family: Family,
+    /// `IPv4` or `IPv6`.
+    pub family: &'static str,
     pub path: PathBuf,
     /// The file's content, or why it could not be read.
     pub current: io::Result<String>,
@@ -292,8 +268,8 @@ pub fn plan(settings: &Settings, probe: &dyn Probe) -> Plan {
     // Empty in userspace mode.
     let families = settings.forwarding_families();
     let sysctls = [
-        (families.ipv4, Family::Ipv4, IPV4_FORWARDING),
-        (families.ipv6, Family::Ipv6, IPV6_FORWARDING),
+        (families.ipv4, "IPv4", IPV4_FORWARDING),
+        (families.ipv6, "IPv6", IPV6_FORWARDING),
     ]
     .into_iter()
     .filter(|(wanted, ..)| *wanted)

@@ -24,8 +24,8 @@
 pub mod firewall;
 pub mod rules;
 
-use firewall::{Backend, Choice, Driver, Runner, SystemProbe};
-use rules::{Family, Rule};
+use firewall::{Backend, Driver, Runner, SystemProbe};
+use rules::{Family, Rule, TUN};
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -437,15 +437,14 @@ fn describe(cfg: &Config) -> String {
 }
 
 /// Picks the backend (logged once) and builds its driver.
-pub async fn driver<R: Runner>(cfg: &Config, mut runner: R) -> (Choice, Driver<R>) {
+pub async fn driver<R: Runner>(cfg: &Config, mut runner: R) -> Driver<R> {
     let choice = firewall::choose(cfg.firewall_mode, &mut SystemProbe(&mut runner)).await;
     tracing::info!(
         "firewall backend: {} ({})",
         choice.backend.name(),
         choice.why
     );
-    let backend = choice.backend;
-    (choice, Driver::new(backend, runner))
+    Driver::new(choice.backend, runner)
 }
 
 /// [`watch`] until SIGTERM or SIGINT (then `Ok`). The handlers are installed before the first
@@ -454,7 +453,7 @@ pub async fn run_until_signal<R: Runner>(cfg: &Config, runner: R) -> Result<(), 
     let mut stop = ts_localapi::signals::StopSignals::install();
     tokio::select! {
         r = async {
-            let (_, mut fw) = driver(cfg, runner).await;
+            let mut fw = driver(cfg, runner).await;
             watch(cfg, &mut fw).await
         } => r.map(|never| match never {}),
         sig = stop.recv() => {
@@ -502,15 +501,11 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
     }
     match &cfg.target {
         Some(TailnetTarget::Ip(ip)) => out.push(format!(
-            "  egress: traffic arriving on any interface but {} goes to TS_TAILNET_TARGET_IP={ip}, SNATed to this node's {} tailnet address, TCP MSS clamped on {}",
-            rules::TUN,
+            "  egress: traffic arriving on any interface but {TUN} goes to TS_TAILNET_TARGET_IP={ip}, SNATed to this node's {} tailnet address, TCP MSS clamped on {TUN}",
             Family::of(ip).name(),
-            rules::TUN
         )),
         Some(TailnetTarget::Fqdn(name)) => out.push(format!(
-            "  egress: traffic arriving on any interface but {} goes to the addresses of the peer TS_TAILNET_TARGET_FQDN={name} (from the netmap's peers, followed as they change), SNATed to this node's address of each family, TCP MSS clamped on {}",
-            rules::TUN,
-            rules::TUN
+            "  egress: traffic arriving on any interface but {TUN} goes to the addresses of the peer TS_TAILNET_TARGET_FQDN={name} (from the netmap's peers, followed as they change), SNATed to this node's address of each family, TCP MSS clamped on {TUN}"
         )),
         None => {}
     }

@@ -63,11 +63,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let (args, phase): (Args, _) = cli::parse_args("ts-proxy-rules", ENV_HELP);
-    let guard = args.watcher.guard;
     ts_localapi::run_phase(phase, |settings, explain| async move {
         ts_common::status::init(&settings, "ts-proxy-rules");
         let cfg = Config {
-            guard,
+            guard: args.watcher.guard,
             ..Config::from_settings(&settings)?
         };
         if explain {
