@@ -293,17 +293,14 @@ impl Watcher<'_> {
         if self.advertised.as_ref() == Some(&want) {
             return Ok(());
         }
-        let have = self
-            .daemon
-            .advertised_services()
-            .await
-            .map_err(|e| Problem::Daemon(format!("advertising services: {e}")))?;
+        let failed = |e: DaemonError| Problem::Daemon(format!("advertising services: {e}"));
+        let have = self.daemon.advertised_services().await.map_err(failed)?;
         if have != want {
             tracing::info!("serve proxy: advertising services: [{}]", want.join(" "));
             self.daemon
                 .set_advertised_services(&want)
                 .await
-                .map_err(|e| Problem::Daemon(format!("advertising services: {e}")))?;
+                .map_err(failed)?;
         }
         self.advertised = Some(want);
         Ok(())
