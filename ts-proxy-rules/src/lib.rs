@@ -24,7 +24,7 @@
 pub mod firewall;
 pub mod rules;
 
-use firewall::{Backend, Choice, Driver, Firewall, Runner, SystemProbe};
+use firewall::{Backend, Choice, Driver, Runner, SystemProbe};
 use rules::{Family, Rule};
 use std::collections::BTreeSet;
 use std::convert::Infallible;
@@ -106,13 +106,13 @@ impl Config {
 pub enum ProxyError {
     #[error("neither TS_DEST_IP nor TS_TAILNET_TARGET_IP / TS_TAILNET_TARGET_FQDN is set, so there is no rule to keep: set TS_DEST_IP (or --dest-ip) for ingress, or a tailnet target for egress, with TS_USERSPACE=false")]
     NothingToDo,
-    #[error("no tailscale IP matching family of {dest} found in [{}]; the node has no {family} tailnet address, so {dest} cannot be proxied (check the tailnet's IP settings or use a destination of the other family)", join(.addresses))]
+    #[error("no tailscale IP matching family of {dest} found in [{}]; the node has no {family} tailnet address, so {dest} cannot be proxied (check the tailnet's IP settings or use a destination of the other family)", join(.addresses, " "))]
     NoFamilyAddress {
         dest: IpAddr,
         family: &'static str,
         addresses: Vec<IpPrefix>,
     },
-    #[error("no forwarding rules for egress to {name} at [{}]: this node's tailnet addresses are [{}] and IPv6 NAT is {}; the target needs an address of a family this node has", join_ips(.targets), join(.addresses), if *.ipv6_nat { "available" } else { "unavailable" })]
+    #[error("no forwarding rules for egress to {name} at [{}]: this node's tailnet addresses are [{}] and IPv6 NAT is {}; the target needs an address of a family this node has", join(.targets, " "), join(.addresses, " "), if *.ipv6_nat { "available" } else { "unavailable" })]
     NoEgressFamily {
         name: String,
         targets: Vec<IpAddr>,
@@ -158,9 +158,9 @@ impl From<WatchEnd> for ProxyError {
     }
 }
 
-impl ProxyError {
+impl ts_common::cli::Failure for ProxyError {
     /// 2 for configuration problems (nothing was changed), 1 for everything else.
-    pub fn exit_code(&self) -> i32 {
+    fn exit_code(&self) -> i32 {
         match self {
             ProxyError::NothingToDo => ts_common::exit::USAGE,
             _ => ts_common::exit::FAILURE,
@@ -168,19 +168,12 @@ impl ProxyError {
     }
 }
 
-fn join(addresses: &[IpPrefix]) -> String {
-    addresses
+fn join<T: ToString>(items: &[T], sep: &str) -> String {
+    items
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn join_ips(ips: &[IpAddr]) -> String {
-    ips.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
+        .join(sep)
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -242,17 +235,13 @@ pub fn wanted(
             let mut families = BTreeSet::new();
             for target in targets {
                 let family = Family::of(target);
-                if family == Family::V6 && !ipv6_nat {
-                    continue;
-                }
                 // One target per family: a second DNAT of the same family would never match.
-                if !families.insert(family) {
+                if (family == Family::V6 && !ipv6_nat) || families.contains(&family) {
                     continue;
                 }
                 if let Some(local) = find_local(addresses, family) {
+                    families.insert(family);
                     out.extend(rules::egress(*target, local));
-                } else {
-                    families.remove(&family);
                 }
             }
             if families.is_empty() {
@@ -272,8 +261,8 @@ pub fn wanted(
 }
 
 /// Brings the rules of every family in `families` in line with `want`; returns the changes.
-pub async fn apply<F: Firewall>(
-    fw: &mut F,
+pub async fn apply<R: Runner>(
+    fw: &mut Driver<R>,
     families: &BTreeSet<Family>,
     want: &[Rule],
 ) -> Result<Vec<String>, ProxyError> {
@@ -325,7 +314,7 @@ impl Watch {
                 let ips = ips.clone();
                 self.unresolved_note = None;
                 if self.resolved.as_ref() != Some(&ips) {
-                    tracing::info!("TS_TAILNET_TARGET_FQDN={name} is [{}]", join_ips(&ips));
+                    tracing::info!("TS_TAILNET_TARGET_FQDN={name} is [{}]", join(&ips, " "));
                     self.resolved = Some(ips);
                     return true;
                 }
@@ -336,7 +325,7 @@ impl Watch {
                     "TS_TAILNET_TARGET_FQDN={name} matches no peer with an address in the netmap ({} peers); it either does not exist or is not reachable because of ACLs; {}",
                     found.peers,
                     match &self.resolved {
-                        Some(ips) => format!("keeping the rules for [{}]", join_ips(ips)),
+                        Some(ips) => format!("keeping the rules for [{}]", join(ips, " ")),
                         None => "no egress rules until it appears".into(),
                     }
                 );
@@ -366,7 +355,7 @@ impl Watch {
 /// firewall command failing. The bus is read by a task of its own ([`NodeWatch`]): changes
 /// that arrive while a reconcile runs are coalesced into the next one, and the guard ends the
 /// watcher even while a firewall command hangs (the command is killed).
-pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, ProxyError> {
+pub async fn watch<R: Runner>(cfg: &Config, fw: &mut Driver<R>) -> Result<Infallible, ProxyError> {
     let mut node = NodeWatch::spawn(LocalApi::new(&cfg.socket), cfg.watch_options());
     let mut ready_fd = cfg.ready_fd;
     let mut st = Watch::default();
@@ -374,8 +363,8 @@ pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, 
         "watching tailscaled at {} to keep {} in {} (inspect: {})",
         cfg.socket.display(),
         describe(cfg),
-        fw.backend().name(),
-        fw.inspect_hint()
+        fw.backend.name(),
+        fw.backend.inspect_hint()
     );
     loop {
         let now = node.changed().await?;
@@ -404,29 +393,22 @@ pub async fn watch<F: Firewall>(cfg: &Config, fw: &mut F) -> Result<Infallible, 
         let summary = if want.is_empty() {
             "no rules".to_string()
         } else {
-            want.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
+            join(&want, ", ")
         };
-        if changes.is_empty() {
+        let state = if changes.is_empty() {
             tracing::info!("rules already in place, nothing to change: {summary}");
+            "already in place, nothing to change"
         } else {
             tracing::info!("rules in place ({} changes): {summary}", changes.len());
-        }
+            "in place"
+        };
         for rule in &want {
             if let Rule::IngressDnat {
                 local, dest_raw, ..
             } = rule
             {
                 // The line operators (and tests) look for since the first version.
-                if changes.is_empty() {
-                    tracing::info!(
-                        "DNAT rule {local} -> {dest_raw} already in place, nothing to change"
-                    );
-                } else {
-                    tracing::info!("DNAT rule {local} -> {dest_raw} in place");
-                }
+                tracing::info!("DNAT rule {local} -> {dest_raw} {state}");
             }
         }
         st.families = want.iter().map(Rule::family).collect();
@@ -497,7 +479,6 @@ fn example_commands(backend: Backend, rule: &Rule) -> String {
 pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
     let choice = firewall::choose(cfg.firewall_mode, &mut SystemProbe(&mut runner)).await;
     let backend = choice.backend;
-    let fw = Driver::new(backend, runner);
     let mut out = vec![
         "ts-proxy-rules plan (nothing is changed by --explain):".to_string(),
         format!("  firewall backend: {} ({})", backend.name(), choice.why),
@@ -541,7 +522,7 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
     out.push(match backend {
         Backend::Iptables => format!(
             "  on every change, read the rules with: {}, then insert what is missing and delete stale ones (other address, other target, duplicates); the ingress rule is the reference's ({}), egress rules carry --comment {}; rules of any other shape are left alone",
-            [("nat", "PREROUTING"), ("nat", "POSTROUTING"), ("mangle", "FORWARD")]
+            firewall::iptables::CHAINS
                 .iter()
                 .map(|(t, c)| firewall::iptables::list(Family::V4, t, c).display_redacted())
                 .collect::<Vec<_>>()
@@ -554,7 +535,7 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
             firewall::nftables::list_table(Family::V4).display_redacted()
         ),
     });
-    out.push(format!("  inspect by hand: {}", fw.inspect_hint()));
+    out.push(format!("  inspect by hand: {}", backend.inspect_hint()));
     out.push(match cfg.ready_fd {
         Some(fd) => format!(
             "  readiness: write \"\\n\" to fd {fd} after the first reconcile{}, then close it",
@@ -583,10 +564,10 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
                     Ok(want) => {
                         out.push(format!(
                             "  now: tailnet addresses [{}]{}, so the rules would be:",
-                            join(&me.addresses),
+                            join(&me.addresses, " "),
                             match (&cfg.target, &egress) {
                                 (Some(TailnetTarget::Fqdn(n)), Egress::To(ips)) =>
-                                    format!(", {n} is [{}]", join_ips(ips)),
+                                    format!(", {n} is [{}]", join(ips, " ")),
                                 (Some(TailnetTarget::Fqdn(n)), _) =>
                                     format!(", {n} matches no peer yet"),
                                 _ => String::new(),
@@ -609,9 +590,3 @@ pub async fn explain<R: Runner>(cfg: &Config, mut runner: R) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
-
-impl ts_common::cli::Failure for ProxyError {
-    fn exit_code(&self) -> i32 {
-        ProxyError::exit_code(self)
-    }
-}

@@ -1,7 +1,7 @@
 //! The rules tsboot owns, independent of the backend that carries them (README D9, D22).
 //!
 //! The watcher computes the wanted set from the node's addresses, `TS_DEST_IP` and the tailnet
-//! target; a [`crate::firewall::Firewall`] makes the kernel hold exactly that set, once each.
+//! target; a [`crate::firewall::Driver`] makes the kernel hold exactly that set, once each.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -38,8 +38,6 @@ impl Family {
             Family::V6 => 128,
         }
     }
-
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
 }
 
 /// Which side of `tailscale0` a clamped handshake packet crosses.
@@ -49,6 +47,15 @@ pub enum Direction {
     Out,
     /// Arriving on `tailscale0` and forwarded on (the SYN-ACK back to the client).
     In,
+}
+
+impl Direction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Direction::Out => "out",
+            Direction::In => "in",
+        }
+    }
 }
 
 /// One rule.
@@ -85,10 +92,7 @@ impl fmt::Display for Rule {
             Rule::IngressDnat { local, dest, .. } => write!(f, "ingress DNAT {local} -> {dest}"),
             Rule::EgressDnat { target } => write!(f, "egress DNAT non-{TUN} -> {target}"),
             Rule::EgressSnat { target, local } => write!(f, "egress SNAT to {local} for {target}"),
-            Rule::ClampMss { dir, .. } => match dir {
-                Direction::Out => write!(f, "MSS clamp out {TUN}"),
-                Direction::In => write!(f, "MSS clamp in {TUN}"),
-            },
+            Rule::ClampMss { dir, .. } => write!(f, "MSS clamp {} {TUN}", dir.name()),
         }
     }
 }

@@ -1,14 +1,15 @@
 //! Unit tests: address choice, the wanted rule set, both drivers' plans (tables of listings,
 //! a property test against the fake iptables' rule model), the backend choice, and errors.
 
-use super::firewall::iptables::{ingress_rule, IptablesDriver};
+use super::firewall::iptables::ingress_rule;
 use super::firewall::nftables::{self, Listing};
-use super::firewall::{self as fw, Backend, Probe, Runner};
+use super::firewall::{self as fw, Backend, Driver, Probe, Runner};
 use super::rules::{Direction, Family, Rule};
 use super::*;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use ts_common::argv::Command;
+use ts_common::cli::Failure as _;
 use tsboot_tests::fake_cli::{apply as ipt_apply, parse_iptables, Tables};
 
 fn ip(s: &str) -> IpAddr {
@@ -255,7 +256,7 @@ fn ingress_listing_recognises_only_our_shape() {
 #[test]
 fn ingress_reconcile_keeps_the_references_commands() {
     block_on(async {
-        let mut d = IptablesDriver::new(Model::default());
+        let mut d = Driver::new(Backend::Iptables, Model::default());
         let a = [ingress("100.64.0.1", "1.2.3.4")];
         let b = [ingress("100.64.0.2", "1.2.3.4")];
         assert_eq!(d.reconcile(Family::V4, &a).await.unwrap().len(), 1);
@@ -302,7 +303,7 @@ fn ingress_leaks_and_duplicates_are_cleaned_foreign_rules_kept() {
         ] {
             m.seed("iptables", "nat", "PREROUTING", spec);
         }
-        let mut d = IptablesDriver::new(m);
+        let mut d = Driver::new(Backend::Iptables, m);
         let changes = d
             .reconcile(Family::V4, &[ingress("100.64.0.1", "1.2.3.4")])
             .await
@@ -326,7 +327,7 @@ fn egress4(target: &str, local: &str) -> Vec<Rule> {
 #[test]
 fn egress_rules_in_iptables_and_every_reconcile_path() {
     block_on(async {
-        let mut d = IptablesDriver::new(Model::default());
+        let mut d = Driver::new(Backend::Iptables, Model::default());
         // Someone else's rules in the same chains.
         d.runner.seed(
             "iptables",
@@ -428,7 +429,7 @@ fn egress_rules_in_iptables_and_every_reconcile_path() {
 #[test]
 fn egress_ipv6_uses_ip6tables() {
     block_on(async {
-        let mut d = IptablesDriver::new(Model::default());
+        let mut d = Driver::new(Backend::Iptables, Model::default());
         let want = rules::egress(ip("fd7a::2"), ip("fd7a::1")).to_vec();
         d.reconcile(Family::V6, &want).await.unwrap();
         assert_eq!(
@@ -443,10 +444,13 @@ fn egress_ipv6_uses_ip6tables() {
 #[test]
 fn iptables_failure_names_the_command_and_its_stderr() {
     block_on(async {
-        let mut d = IptablesDriver::new(Model {
-            fail_on: Some("-I"),
-            ..Default::default()
-        });
+        let mut d = Driver::new(
+            Backend::Iptables,
+            Model {
+                fail_on: Some("-I"),
+                ..Default::default()
+            },
+        );
         let err = d
             .reconcile(Family::V4, &[ingress("100.64.0.1", "1.2.3.4")])
             .await
@@ -586,7 +590,7 @@ proptest! {
             if with_egress {
                 want.extend(egress4(&target, &local));
             }
-            let mut d = IptablesDriver::new(m);
+            let mut d = Driver::new(Backend::Iptables, m);
             d.reconcile(Family::V4, &want).await.unwrap();
             for (table, chain) in [("nat", "PREROUTING"), ("nat", "POSTROUTING"), ("mangle", "FORWARD")] {
                 let rules = d.runner.chain("iptables", table, chain);

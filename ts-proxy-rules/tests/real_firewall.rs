@@ -19,8 +19,7 @@ use nix::sys::signal::Signal;
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
-use ts_proxy_rules::firewall::iptables::IptablesDriver;
-use ts_proxy_rules::firewall::nftables::NftDriver;
+use ts_proxy_rules::firewall::{Backend, Driver};
 use ts_proxy_rules::rules::{self, Family, Rule};
 use tsboot_tests::fake_tailscaled_ctl::fixture;
 use tsboot_tests::harness::PATIENCE;
@@ -270,7 +269,7 @@ fn real_iptables(test: &str, c: &Case) {
     );
 
     block_on(async {
-        let mut d = IptablesDriver::new(ns.runner());
+        let mut d = Driver::new(Backend::Iptables, ns.runner());
         let changes = d.reconcile(c.family, &want(c, c.a, c.t1)).await.unwrap();
         eprintln!("{test}: first reconcile ran:\n{}", changes.join("\n"));
         assert_eq!(
@@ -286,7 +285,7 @@ fn real_iptables(test: &str, c: &Case) {
         );
 
         // A restart (a new driver) with the rules in place: nothing.
-        let mut d = IptablesDriver::new(ns.runner());
+        let mut d = Driver::new(Backend::Iptables, ns.runner());
         assert!(
             d.reconcile(c.family, &want(c, c.a, c.t1))
                 .await
@@ -430,7 +429,7 @@ fn real_nft(test: &str, c: &Case) {
     let mut stale = want(c, c.b, c.t2);
     stale.push(Rule::EgressDnat { target: ip(c.t1) });
     block_on(async {
-        let mut d = NftDriver::new(ns.runner());
+        let mut d = Driver::new(Backend::Nftables, ns.runner());
         d.reconcile(c.family, &stale).await.unwrap();
     });
     ns.run(&[
@@ -444,7 +443,7 @@ fn real_nft(test: &str, c: &Case) {
     );
 
     block_on(async {
-        let mut d = NftDriver::new(ns.runner());
+        let mut d = Driver::new(Backend::Nftables, ns.runner());
         let changes = d.reconcile(c.family, &want(c, c.a, c.t1)).await.unwrap();
         eprintln!(
             "{test}: first reconcile ran (one transaction):\n{}",
@@ -462,7 +461,7 @@ fn real_nft(test: &str, c: &Case) {
             nft_table(&ns, c.family)
         );
 
-        let mut d = NftDriver::new(ns.runner());
+        let mut d = Driver::new(Backend::Nftables, ns.runner());
         assert!(
             d.reconcile(c.family, &want(c, c.a, c.t1))
                 .await
@@ -695,12 +694,12 @@ fn traffic(test: &str, nft: bool) {
     let want = rules::egress(ip(TARGET_TS), ip(NODE_TS)).to_vec();
     block_on(async {
         if nft {
-            NftDriver::new(t.node.runner())
+            Driver::new(Backend::Nftables, t.node.runner())
                 .reconcile(Family::V4, &want)
                 .await
                 .unwrap();
         } else {
-            IptablesDriver::new(t.node.runner())
+            Driver::new(Backend::Iptables, t.node.runner())
                 .reconcile(Family::V4, &want)
                 .await
                 .unwrap();

@@ -12,7 +12,7 @@
 //! Reconcile lists the three chains (`-S`), inserts what is missing, then deletes owned rules
 //! that are not wanted (another address, another target, duplicates) by their own spec.
 
-use super::{Backend, Runner};
+use super::Runner;
 use crate::rules::{Direction, Family, Rule, TUN};
 use crate::ProxyError;
 use std::net::IpAddr;
@@ -30,25 +30,19 @@ pub fn program(family: Family) -> &'static str {
 }
 
 /// The (table, chain) pairs a reconcile reads.
-const CHAINS: [(&str, &str); 3] = [
+pub const CHAINS: [(&str, &str); 3] = [
     ("nat", "PREROUTING"),
     ("nat", "POSTROUTING"),
     ("mangle", "FORWARD"),
 ];
 
-pub fn list(family: Family, table: &str, chain: &str) -> Command {
-    Command::new(program(family))
-        .arg("-t")
-        .arg(table)
-        .arg("-S")
-        .arg(chain)
+/// `iptables -t <table>` (`ip6tables` for IPv6).
+fn ipt(family: Family, table: &str) -> Command {
+    Command::new(program(family)).arg("-t").arg(table)
 }
 
-fn tagged(cmd: Command) -> Command {
-    cmd.arg("-m")
-        .arg("comment")
-        .arg("--comment")
-        .arg(EGRESS_TAG)
+pub fn list(family: Family, table: &str, chain: &str) -> Command {
+    ipt(family, table).arg("-S").arg(chain)
 }
 
 /// Where a rule lives: (table, chain).
@@ -64,7 +58,7 @@ fn home(rule: &Rule) -> (&'static str, &'static str) {
 /// tailscale's linuxfw do; the clamp appended, as linuxfw does).
 pub fn add(rule: &Rule) -> Command {
     let family = rule.family();
-    let ipt = |table: &str| Command::new(program(family)).arg("-t").arg(table);
+    let (table, chain) = home(rule);
     match rule {
         Rule::IngressDnat {
             local, dest_raw, ..
@@ -74,58 +68,18 @@ pub fn add(rule: &Rule) -> Command {
             &local.to_string(),
             dest_raw,
         ),
-        Rule::EgressDnat { target } => tagged(
-            ipt("nat")
-                .arg("-I")
-                .arg("PREROUTING")
-                .arg("1")
-                .arg("!")
-                .arg("-i")
-                .arg(TUN),
-        )
-        .arg("-j")
-        .arg("DNAT")
-        .arg("--to-destination")
-        .arg(target.to_string()),
-        Rule::EgressSnat { target, local } => tagged(
-            ipt("nat")
-                .arg("-I")
-                .arg("POSTROUTING")
-                .arg("1")
-                .arg("-d")
-                .arg(single_ip(*target).to_string()),
-        )
-        .arg("-j")
-        .arg("SNAT")
-        .arg("--to-source")
-        .arg(local.to_string()),
-        Rule::ClampMss { dir, .. } => tagged(
-            ipt("mangle")
-                .arg("-A")
-                .arg("FORWARD")
-                .arg(match dir {
-                    Direction::Out => "-o",
-                    Direction::In => "-i",
-                })
-                .arg(TUN)
-                .arg("-p")
-                .arg("tcp")
-                .arg("--tcp-flags")
-                .arg("SYN,RST")
-                .arg("SYN"),
-        )
-        .arg("-j")
-        .arg("TCPMSS")
-        .arg("--clamp-mss-to-pmtu"),
+        Rule::ClampMss { .. } => ipt(family, table).arg("-A").arg(chain),
+        _ => ipt(family, table).arg("-I").arg(chain).arg("1"),
     }
+    .args(&spec(rule, false))
 }
 
-/// The `-A <chain> …` line iptables prints for an egress rule (`-S`), words split.
-fn printed(rule: &Rule) -> Vec<String> {
-    let (_, chain) = home(rule);
-    let mut words: Vec<String> = vec!["-A".into(), chain.into()];
-    let tag = ["-m", "comment", "--comment", EGRESS_TAG];
+/// An egress rule's words after its chain: match, tag, target; `printed` as `-S` prints them,
+/// with the implicit `-m tcp` of `-p tcp` that the command adding the rule leaves out.
+fn spec(rule: &Rule, printed: bool) -> Vec<String> {
+    let mut words = Vec::new();
     let mut push = |w: &[&str]| words.extend(w.iter().map(|s| s.to_string()));
+    let tag = ["-m", "comment", "--comment", EGRESS_TAG];
     match rule {
         // Compared by parsing instead (see `ingress_rule`): TS_DEST_IP is kept verbatim.
         Rule::IngressDnat { .. } => {}
@@ -144,17 +98,11 @@ fn printed(rule: &Rule) -> Vec<String> {
                 Direction::Out => "-o",
                 Direction::In => "-i",
             };
-            push(&[
-                flag,
-                TUN,
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--tcp-flags",
-                "SYN,RST",
-                "SYN",
-            ]);
+            push(&[flag, TUN, "-p", "tcp"]);
+            if printed {
+                push(&["-m", "tcp"]);
+            }
+            push(&["--tcp-flags", "SYN,RST", "SYN"]);
             push(&tag);
             push(&["-j", "TCPMSS", "--clamp-mss-to-pmtu"]);
         }
@@ -227,7 +175,7 @@ pub fn plan_chain(
                     }
                     None => false,
                 },
-                _ => printed(rule) == words,
+                _ => spec(rule, true) == words[2..],
             };
             if hit && !found[i] {
                 matched = Some(i);
@@ -239,11 +187,7 @@ pub fn plan_chain(
         } else if let Some(del) = ingress_delete {
             deletes.push(del);
         } else if is_tagged(&words) {
-            let mut del = Command::new(program(family))
-                .arg("-t")
-                .arg(table)
-                .arg("-D")
-                .arg(chain);
+            let mut del = ipt(family, table).arg("-D").arg(chain);
             for w in &words[2..] {
                 del = del.arg(w.trim_matches('"'));
             }
@@ -259,61 +203,26 @@ pub fn plan_chain(
     (adds, deletes)
 }
 
-pub struct IptablesDriver<R: Runner> {
-    pub runner: R,
-    ipv6_nat: Option<bool>,
-}
-
-impl<R: Runner> IptablesDriver<R> {
-    pub fn new(runner: R) -> Self {
-        IptablesDriver {
-            runner,
-            ipv6_nat: None,
-        }
+/// Lists the three chains, then inserts what is missing and deletes the owned rules that are
+/// not wanted; returns the commands run.
+pub async fn reconcile<R: Runner>(
+    runner: &mut R,
+    family: Family,
+    want: &[Rule],
+) -> Result<Vec<String>, ProxyError> {
+    let mut adds = Vec::new();
+    let mut deletes = Vec::new();
+    for (table, chain) in CHAINS {
+        let listing = runner.run(&list(family, table, chain)).await?;
+        let (a, d) = plan_chain(family, table, chain, &listing, want);
+        adds.extend(a);
+        deletes.extend(d);
     }
-
-    pub async fn reconcile(
-        &mut self,
-        family: Family,
-        want: &[Rule],
-    ) -> Result<Vec<String>, ProxyError> {
-        let mut adds = Vec::new();
-        let mut deletes = Vec::new();
-        for (table, chain) in CHAINS {
-            let listing = self.runner.run(&list(family, table, chain)).await?;
-            let (a, d) = plan_chain(family, table, chain, &listing, want);
-            adds.extend(a);
-            deletes.extend(d);
-        }
-        let mut done = Vec::new();
-        for cmd in adds.iter().chain(&deletes) {
-            self.runner.run(cmd).await?;
-            tracing::info!("ran {}", cmd.display_redacted());
-            done.push(cmd.display_redacted());
-        }
-        Ok(done)
+    let mut done = Vec::new();
+    for cmd in adds.iter().chain(&deletes) {
+        runner.run(cmd).await?;
+        tracing::info!("ran {}", cmd.display_redacted());
+        done.push(cmd.display_redacted());
     }
-
-    pub async fn ipv6_nat(&mut self) -> bool {
-        if let Some(ok) = self.ipv6_nat {
-            return ok;
-        }
-        let ok = self
-            .runner
-            .run(&list(Family::V6, "nat", "POSTROUTING"))
-            .await
-            .is_ok();
-        self.ipv6_nat = Some(ok);
-        ok
-    }
-
-    pub fn inspect_hint(&self) -> String {
-        format!(
-            "iptables -t nat -S; iptables -t mangle -S FORWARD (ip6tables for IPv6); egress rules carry --comment {EGRESS_TAG}"
-        )
-    }
-
-    pub fn backend(&self) -> Backend {
-        Backend::Iptables
-    }
+    Ok(done)
 }

@@ -1,10 +1,10 @@
 //! The firewall seam: every rule tsboot owns (ingress DNAT for `TS_DEST_IP`, egress to a
-//! tailnet target) goes through [`Firewall`], carried by the backend tailscaled uses (D22).
+//! tailnet target) goes through a [`Driver`], carried by the backend tailscaled uses (D22).
 //!
-//! Two drivers, both reached through one [`Runner`] (the single spawn path, with a timeout on
-//! every command):
-//! * [`iptables::IptablesDriver`]: `iptables` / `ip6tables`, the reference's commands;
-//! * [`nftables::NftDriver`]: the `nft` command line. Chosen over a netlink crate on purpose:
+//! One [`Driver`], over one [`Runner`] (the single spawn path, with a timeout on every command),
+//! for either backend:
+//! * [`iptables`]: `iptables` / `ip6tables`, the reference's commands;
+//! * [`nftables`]: the `nft` command line. Chosen over a netlink crate on purpose:
 //!   no new dependency, the same program an operator inspects the rules with, a whole change
 //!   applied as one `nft` transaction (atomic), and `nft -j` gives a stable JSON listing to
 //!   diff against. The cost, one process per reconcile, is paid only when an address or the
@@ -50,41 +50,34 @@ impl Default for SystemRunner {
 impl Runner for SystemRunner {
     async fn run(&mut self, cmd: &Command) -> Result<String, ProxyError> {
         use ts_localapi::command::{self, Output, RunError};
-        let output = match command::run(cmd, self.timeout, Output::Capture).await {
-            Ok(done) => done,
-            Err(RunError::Timeout { .. }) => {
-                return Err(ProxyError::Timeout {
-                    command: cmd.display_redacted(),
-                    after: self.timeout,
-                })
-            }
-            Err(RunError::Spawn(e)) => {
-                return Err(ProxyError::Spawn {
-                    command: cmd.display_redacted(),
-                    program: cmd.program.clone(),
-                    source: e.into_io(),
-                })
-            }
-            Err(RunError::Wait { source, .. }) => {
-                return Err(ProxyError::Spawn {
-                    command: cmd.display_redacted(),
-                    program: cmd.program.clone(),
-                    source,
-                })
-            }
+        let shown = cmd.display_redacted();
+        let spawn = |source| ProxyError::Spawn {
+            command: shown.clone(),
+            program: cmd.program.clone(),
+            source,
         };
+        let output = command::run(cmd, self.timeout, Output::Capture)
+            .await
+            .map_err(|e| match e {
+                RunError::Timeout { .. } => ProxyError::Timeout {
+                    command: shown.clone(),
+                    after: self.timeout,
+                },
+                RunError::Spawn(e) => spawn(e.into_io()),
+                RunError::Wait { source, .. } => spawn(source),
+            })?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
             return Err(ProxyError::Command {
-                command: cmd.display_redacted(),
+                command: shown,
                 program: cmd.program.clone(),
                 status: describe_status(&output.status),
-                stderr: outside(&String::from_utf8_lossy(&output.stderr)),
+                stderr: outside(&stderr),
             });
         }
         // The reference let iptables write to its stderr; keep such warnings visible.
-        let stderr = String::from_utf8_lossy(&output.stderr);
         if !stderr.trim().is_empty() {
-            tracing::warn!("{}: {}", cmd.display_redacted(), outside(&stderr));
+            tracing::warn!("{shown}: {}", outside(&stderr));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
@@ -111,6 +104,20 @@ impl Backend {
         match self {
             Backend::Iptables => "iptables",
             Backend::Nftables => "nftables",
+        }
+    }
+
+    /// How to look at the rules by hand, for the log and `--explain`.
+    pub fn inspect_hint(&self) -> String {
+        match self {
+            Backend::Iptables => format!(
+                "iptables -t nat -S; iptables -t mangle -S FORWARD (ip6tables for IPv6); egress rules carry --comment {}",
+                iptables::EGRESS_TAG
+            ),
+            Backend::Nftables => format!(
+                "nft list table ip {0}; nft list table ip6 {0}",
+                nftables::TABLE
+            ),
         }
     }
 }
@@ -256,77 +263,45 @@ pub async fn choose<P: Probe>(mode: Option<FirewallMode>, probe: &mut P) -> Choi
     }
 }
 
-/// Holds tsboot's rules in the kernel.
-pub trait Firewall {
-    fn backend(&self) -> Backend;
-
-    /// Makes the rules tsboot owns for `family` exactly `want` (all of that family, each once),
-    /// new ones before old ones go so traffic never meets a gap. Returns what was changed.
-    fn reconcile(
-        &mut self,
-        family: Family,
-        want: &[Rule],
-    ) -> impl Future<Output = Result<Vec<String>, ProxyError>>;
-
-    /// Can this backend NAT IPv6 here? Asked before installing IPv6 egress for a name.
-    fn ipv6_nat(&mut self) -> impl Future<Output = bool>;
-
-    /// How to look at the rules by hand, for the log and `--explain`.
-    fn inspect_hint(&self) -> String;
-}
-
-/// Either driver, chosen at run time.
-pub enum Driver<R: Runner> {
-    Iptables(iptables::IptablesDriver<R>),
-    Nftables(nftables::NftDriver<R>),
+/// Holds tsboot's rules in the kernel, in the chosen backend.
+pub struct Driver<R: Runner> {
+    pub backend: Backend,
+    pub runner: R,
+    /// [`Driver::ipv6_nat`]'s answer, asked once.
+    ipv6_nat: Option<bool>,
 }
 
 impl<R: Runner> Driver<R> {
     pub fn new(backend: Backend, runner: R) -> Self {
-        match backend {
-            Backend::Iptables => Driver::Iptables(iptables::IptablesDriver::new(runner)),
-            Backend::Nftables => Driver::Nftables(nftables::NftDriver::new(runner)),
+        Driver {
+            backend,
+            runner,
+            ipv6_nat: None,
         }
     }
 
-    pub fn runner(&mut self) -> &mut R {
-        match self {
-            Driver::Iptables(d) => &mut d.runner,
-            Driver::Nftables(d) => &mut d.runner,
-        }
-    }
-}
-
-impl<R: Runner> Firewall for Driver<R> {
-    fn backend(&self) -> Backend {
-        match self {
-            Driver::Iptables(_) => Backend::Iptables,
-            Driver::Nftables(_) => Backend::Nftables,
-        }
-    }
-
-    async fn reconcile(
+    /// Makes the rules tsboot owns for `family` exactly `want` (all of that family, each once),
+    /// new ones before old ones go so traffic never meets a gap. Returns what was changed.
+    pub async fn reconcile(
         &mut self,
         family: Family,
         want: &[Rule],
     ) -> Result<Vec<String>, ProxyError> {
-        match self {
-            Driver::Iptables(d) => d.reconcile(family, want).await,
-            Driver::Nftables(d) => d.reconcile(family, want).await,
+        match self.backend {
+            Backend::Iptables => iptables::reconcile(&mut self.runner, family, want).await,
+            Backend::Nftables => nftables::reconcile(&mut self.runner, family, want).await,
         }
     }
 
-    async fn ipv6_nat(&mut self) -> bool {
-        match self {
-            Driver::Iptables(d) => d.ipv6_nat().await,
-            Driver::Nftables(d) => d.ipv6_nat().await,
+    /// Can this backend NAT IPv6 here? Asked before installing IPv6 egress for a name.
+    pub async fn ipv6_nat(&mut self) -> bool {
+        if self.ipv6_nat.is_none() {
+            let probe = match self.backend {
+                Backend::Iptables => iptables::list(Family::V6, "nat", "POSTROUTING"),
+                Backend::Nftables => nftables::ipv6_nat_probe(),
+            };
+            self.ipv6_nat = Some(self.runner.run(&probe).await.is_ok());
         }
-    }
-
-    fn inspect_hint(&self) -> String {
-        match self {
-            Driver::Iptables(d) => d.inspect_hint(),
-            Driver::Nftables(d) => d.inspect_hint(),
-        }
+        self.ipv6_nat == Some(true)
     }
 }

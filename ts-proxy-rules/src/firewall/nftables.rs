@@ -13,10 +13,11 @@
 //! the kernel applies as one transaction. A table whose chains are not exactly these three is
 //! rebuilt in that same transaction; a family with nothing wanted loses its table.
 
-use super::{Backend, Runner};
+use super::Runner;
 use crate::rules::{Direction, Family, Rule, TUN};
 use crate::ProxyError;
-use serde_json::Value;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use ts_common::argv::Command;
 
 /// The name of tsboot's table in each family.
@@ -29,29 +30,13 @@ pub fn nft_family(family: Family) -> &'static str {
     }
 }
 
-/// (name, spec) of the base chains, the spec as `nft -j` reports it: type, hook, priority.
-const CHAINS: [(&str, &str, &str, i64); 3] = [
-    ("prerouting", "nat", "prerouting", -100),
-    ("postrouting", "nat", "postrouting", 100),
-    ("forward", "filter", "forward", -150),
+/// The base chains, each named after its hook: (name, type, priority as `nft -j` reports it,
+/// priority as declared).
+const CHAINS: [(&str, &str, i64, &str); 3] = [
+    ("prerouting", "nat", -100, "dstnat"),
+    ("postrouting", "nat", 100, "srcnat"),
+    ("forward", "filter", -150, "mangle"),
 ];
-
-fn chain_decl(family: Family, name: &str) -> String {
-    let prio = match name {
-        "prerouting" => "dstnat",
-        "postrouting" => "srcnat",
-        _ => "mangle",
-    };
-    let (_, kind, hook, _) = CHAINS
-        .iter()
-        .find(|c| c.0 == name)
-        .copied()
-        .unwrap_or(CHAINS[0]);
-    format!(
-        "add chain {} {TABLE} {name} {{ type {kind} hook {hook} priority {prio}; policy accept; }}",
-        nft_family(family)
-    )
-}
 
 /// `nft -j list ruleset`, for the backend choice.
 pub fn list_ruleset() -> Command {
@@ -67,15 +52,48 @@ pub fn list_table(family: Family) -> Command {
         .arg(TABLE)
 }
 
+/// A `nft -j list …` document, as far as tsboot reads it.
+#[derive(Deserialize)]
+struct Doc {
+    nftables: Option<Vec<Item>>,
+}
+
+/// One object of the `nftables` array (`metainfo`, `table`, `chain`, `rule`, …).
+#[derive(Deserialize)]
+struct Item {
+    table: Option<IgnoredAny>,
+    chain: Option<NftChain>,
+    rule: Option<NftRule>,
+}
+
+/// A regular chain has no type, hook or priority; it matches none of [`CHAINS`].
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct NftChain {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    hook: String,
+    prio: i64,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct NftRule {
+    chain: String,
+    handle: Option<u64>,
+    comment: String,
+}
+
+fn items(json: &str) -> Result<Option<Vec<Item>>, String> {
+    serde_json::from_str::<Doc>(json)
+        .map(|doc| doc.nftables)
+        .map_err(|e| format!("nft -j output: {e}"))
+}
+
 /// Rule objects in a `nft -j list …` document.
 pub fn count_rules(json: &str) -> Result<usize, String> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| format!("nft -j output: {e}"))?;
-    Ok(doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .map_or(0, |items| {
-            items.iter().filter(|i| i.get("rule").is_some()).count()
-        }))
+    Ok(items(json)?.map_or(0, |items| items.iter().filter(|i| i.rule.is_some()).count()))
 }
 
 fn chain_of(rule: &Rule) -> &'static str {
@@ -95,21 +113,14 @@ pub fn comment(rule: &Rule) -> String {
         Rule::EgressSnat { target, local } => {
             format!("tsboot egress snat {local} for {target}")
         }
-        Rule::ClampMss { dir, .. } => match dir {
-            Direction::Out => format!("tsboot clamp mss out {TUN}"),
-            Direction::In => format!("tsboot clamp mss in {TUN}"),
-        },
+        Rule::ClampMss { dir, .. } => format!("tsboot clamp mss {} {TUN}", dir.name()),
     }
 }
 
 /// The nft statement that adds `rule` to tsboot's table.
 pub fn add(rule: &Rule) -> String {
-    let family = rule.family();
-    let fam = nft_family(family);
-    let daddr = match family {
-        Family::V4 => "ip daddr",
-        Family::V6 => "ip6 daddr",
-    };
+    let fam = nft_family(rule.family());
+    let daddr = format!("{fam} daddr");
     let body = match rule {
         Rule::IngressDnat { local, dest, .. } => format!("{daddr} {local} dnat to {dest}"),
         Rule::EgressDnat { target } => format!("iifname != \"{TUN}\" dnat to {target}"),
@@ -140,30 +151,16 @@ pub struct Listing {
 }
 
 pub fn parse_listing(json: &str) -> Result<Listing, String> {
-    let doc: Value = serde_json::from_str(json).map_err(|e| format!("nft -j output: {e}"))?;
-    let items = doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .ok_or("nft -j output has no \"nftables\" array")?;
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let items = items(json)?.ok_or("nft -j output has no \"nftables\" array")?;
     let mut out = Listing::default();
     for item in items {
-        if item.get("table").is_some() {
-            out.exists = true;
-        } else if let Some(c) = item.get("chain") {
-            out.chains.push((
-                text(c, "name"),
-                text(c, "type"),
-                text(c, "hook"),
-                c.get("prio").and_then(Value::as_i64).unwrap_or(i64::MIN),
-            ));
-        } else if let Some(r) = item.get("rule") {
-            let handle = r
-                .get("handle")
-                .and_then(Value::as_u64)
-                .ok_or("nft -j listed a rule without a handle")?;
-            out.rules
-                .push((text(r, "chain"), handle, text(r, "comment")));
+        out.exists |= item.table.is_some();
+        if let Some(c) = item.chain {
+            out.chains.push((c.name, c.kind, c.hook, c.prio));
+        }
+        if let Some(r) = item.rule {
+            let handle = r.handle.ok_or("nft -j listed a rule without a handle")?;
+            out.rules.push((r.chain, handle, r.comment));
         }
     }
     Ok(out)
@@ -182,13 +179,11 @@ pub fn plan(family: Family, have: &Listing, want: &[Rule]) -> Vec<String> {
     }
     let chains_ok = have.exists
         && have.chains.len() == CHAINS.len()
-        && CHAINS.iter().all(|(name, kind, hook, prio)| {
+        && CHAINS.iter().all(|(name, kind, prio, _)| {
             have.chains.iter().any(|c| {
-                (c.0.as_str(), c.1.as_str(), c.2.as_str(), c.3) == (name, kind, hook, *prio)
+                (c.0.as_str(), c.1.as_str(), c.2.as_str(), c.3) == (name, kind, name, *prio)
             })
         });
-    let mut out = Vec::new();
-    let mut missing: Vec<&Rule> = Vec::new();
     if chains_ok {
         let mut kept = vec![false; want.len()];
         let mut deletes = Vec::new();
@@ -202,22 +197,25 @@ pub fn plan(family: Family, have: &Listing, want: &[Rule]) -> Vec<String> {
                 None => deletes.push(format!("delete rule {fam} {TABLE} {chain} handle {handle}")),
             }
         }
-        missing.extend(want.iter().zip(&kept).filter(|(_, k)| !**k).map(|(r, _)| r));
-        if missing.is_empty() && deletes.is_empty() {
-            return Vec::new();
-        }
-        out.extend(missing.iter().map(|r| add(r)));
+        let mut out: Vec<String> = want
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| !**k)
+            .map(|(r, _)| add(r))
+            .collect();
         out.extend(deletes);
         return out;
     }
     // Missing, or not the chains tsboot makes: build the table afresh in one transaction (the
     // `add table` first makes the `delete` valid when there was none).
-    out.push(format!("add table {fam} {TABLE}"));
-    out.push(format!("delete table {fam} {TABLE}"));
-    out.push(format!("add table {fam} {TABLE}"));
-    for (name, ..) in CHAINS {
-        out.push(chain_decl(family, name));
-    }
+    let mut out = vec![
+        format!("add table {fam} {TABLE}"),
+        format!("delete table {fam} {TABLE}"),
+        format!("add table {fam} {TABLE}"),
+    ];
+    out.extend(CHAINS.iter().map(|(name, kind, _, prio)| {
+        format!("add chain {fam} {TABLE} {name} {{ type {kind} hook {name} priority {prio}; policy accept; }}")
+    }));
     out.extend(want.iter().map(add));
     out
 }
@@ -227,72 +225,43 @@ pub fn transaction(statements: &[String]) -> Command {
     Command::new("nft").arg(statements.join("; "))
 }
 
-pub struct NftDriver<R: Runner> {
-    pub runner: R,
-    ipv6_nat: Option<bool>,
-}
-
 /// nft's answer when the table does not exist.
 const NO_SUCH_TABLE: &str = "No such file or directory";
 
-impl<R: Runner> NftDriver<R> {
-    pub fn new(runner: R) -> Self {
-        NftDriver {
-            runner,
-            ipv6_nat: None,
+async fn listing<R: Runner>(runner: &mut R, family: Family) -> Result<Listing, ProxyError> {
+    let cmd = list_table(family);
+    match runner.run(&cmd).await {
+        Ok(out) => parse_listing(&out).map_err(|why| ProxyError::Listing {
+            command: cmd.display_redacted(),
+            why,
+        }),
+        Err(ProxyError::Command { stderr, .. }) if stderr.contains(NO_SUCH_TABLE) => {
+            Ok(Listing::default())
         }
+        Err(e) => Err(e),
     }
+}
 
-    async fn listing(&mut self, family: Family) -> Result<Listing, ProxyError> {
-        let cmd = list_table(family);
-        match self.runner.run(&cmd).await {
-            Ok(out) => parse_listing(&out).map_err(|why| ProxyError::Listing {
-                command: cmd.display_redacted(),
-                why,
-            }),
-            Err(ProxyError::Command { stderr, .. }) if stderr.contains(NO_SUCH_TABLE) => {
-                Ok(Listing::default())
-            }
-            Err(e) => Err(e),
-        }
+/// Lists tsboot's table and applies the [`plan`] as one transaction; returns its statements.
+pub async fn reconcile<R: Runner>(
+    runner: &mut R,
+    family: Family,
+    want: &[Rule],
+) -> Result<Vec<String>, ProxyError> {
+    let statements = plan(family, &listing(runner, family).await?, want);
+    if statements.is_empty() {
+        return Ok(Vec::new());
     }
+    runner.run(&transaction(&statements)).await?;
+    for s in &statements {
+        tracing::info!("nft: {s}");
+    }
+    Ok(statements)
+}
 
-    pub async fn reconcile(
-        &mut self,
-        family: Family,
-        want: &[Rule],
-    ) -> Result<Vec<String>, ProxyError> {
-        let have = self.listing(family).await?;
-        let statements = plan(family, &have, want);
-        if statements.is_empty() {
-            return Ok(Vec::new());
-        }
-        let cmd = transaction(&statements);
-        self.runner.run(&cmd).await?;
-        for s in &statements {
-            tracing::info!("nft: {s}");
-        }
-        Ok(statements)
-    }
-
-    /// Whether an IPv6 NAT chain is accepted (`nft -c`: checked, never committed).
-    pub async fn ipv6_nat(&mut self) -> bool {
-        if let Some(ok) = self.ipv6_nat {
-            return ok;
-        }
-        let probe = Command::new("nft").arg("-c").arg(format!(
-            "add table ip6 {TABLE}-probe; add chain ip6 {TABLE}-probe p {{ type nat hook postrouting priority srcnat; }}"
-        ));
-        let ok = self.runner.run(&probe).await.is_ok();
-        self.ipv6_nat = Some(ok);
-        ok
-    }
-
-    pub fn inspect_hint(&self) -> String {
-        format!("nft list table ip {TABLE}; nft list table ip6 {TABLE}")
-    }
-
-    pub fn backend(&self) -> Backend {
-        Backend::Nftables
-    }
+/// Whether an IPv6 NAT chain is accepted (`nft -c`: checked, never committed).
+pub fn ipv6_nat_probe() -> Command {
+    Command::new("nft").arg("-c").arg(format!(
+        "add table ip6 {TABLE}-probe; add chain ip6 {TABLE}-probe p {{ type nat hook postrouting priority srcnat; }}"
+    ))
 }
