@@ -174,13 +174,10 @@ impl Watcher<'_> {
         } else if self_changed && self.cert_domain.is_some() {
             // A HEAD daemon sends only the self node at runtime; the domains may have changed
             // with it, and the dns-config endpoint has them.
-            match self.daemon.cert_domains().await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!("serve proxy: reading the certificate domains: {e}");
-                    None
-                }
-            }
+            self.daemon.cert_domains().await.unwrap_or_else(|e| {
+                tracing::warn!("serve proxy: reading the certificate domains: {e}");
+                None
+            })
         } else {
             None
         };
