@@ -268,16 +268,15 @@ async fn follow_node(shared: Arc<Shared>) {
                 Err(e) => break e,
             }
         };
-        let was_connected;
-        {
+        let was_connected = {
             let mut node = shared.node.lock().unwrap_or_else(|p| p.into_inner());
-            was_connected = node.connected;
+            let was_connected = std::mem::take(&mut node.connected);
             node.rewatches += follower.rewatches() + u64::from(was_connected);
-            node.connected = false;
             node.state = None;
             node.addresses.clear();
             node.not_connected = status::one_line(&short(&why));
-        }
+            was_connected
+        };
         if was_connected || first {
             tracing::info!("not watching tailscaled's IPN bus: {why}; trying again");
         }

@@ -317,21 +317,21 @@ impl Boot {
         env
     }
 
-    fn resolve(&self, phase: &Phase) -> Result<std::path::PathBuf, Failure> {
-        process::find_sibling(phase.program).ok_or(Failure::PhaseNotFound(phase.program))
-    }
-
-    /// Starts one of tsboot's own phases (found next to ts-init, then on PATH).
+    /// Starts one of tsboot's own phases (found next to ts-init, then on PATH), with
+    /// [`Boot::child_env`] and `extra_env`.
     fn spawn_phase(
         &mut self,
         role: Role,
         phase: &Phase,
-        env_set: Vec<(String, String)>,
+        extra_env: Vec<(String, String)>,
         env_remove: &[&str],
         ready_fd: Option<&OwnedFd>,
         result_fd: Option<&OwnedFd>,
     ) -> Result<Pid, Cause> {
-        let path = self.resolve(phase)?;
+        let path =
+            process::find_sibling(phase.program).ok_or(Failure::PhaseNotFound(phase.program))?;
+        let mut env_set = self.child_env(phase.readiness);
+        env_set.extend(extra_env);
         self.sup
             .spawn(
                 role,
@@ -350,19 +350,17 @@ impl Boot {
 
     /// Runs a one-shot phase to completion; non-zero exit fails the boot.
     fn run_phase(&mut self, role: Role, phase: &Phase) -> Result<(), Cause> {
-        let env_set = self.child_env(false);
-        let pid = self.spawn_phase(role, phase, env_set, &["TS_READY_FD"], None, None)?;
+        let pid = self.spawn_phase(role, phase, Vec::new(), &["TS_READY_FD"], None, None)?;
         let status = self.wait_exit(pid, role)?;
         check_success(role, &status)
     }
 
     fn run_preflight(&mut self, phase: &Phase) -> Result<PreflightResult, Cause> {
         let (read_end, write_end) = pipe()?;
-        let env_set = self.child_env(false);
         let pid = self.spawn_phase(
             Role::Preflight,
             phase,
-            env_set,
+            Vec::new(),
             &["TS_READY_FD"],
             None,
             Some(&write_end),
@@ -397,9 +395,7 @@ impl Boot {
         extra_env: Vec<(String, String)>,
     ) -> Result<OwnedFd, Cause> {
         let (read_end, write_end) = pipe()?;
-        let mut env_set = self.child_env(phase.readiness);
         let has_key = !extra_env.is_empty();
-        env_set.extend(extra_env);
         // Credentials go to ts-auth only; watchers never see them (D15). A key found by the
         // preflight replaces whatever the environment had.
         let env_remove: &[&str] = match role {
@@ -407,7 +403,7 @@ impl Boot {
             Role::Auth => &[],
             _ => DAEMON_ENV_REMOVE,
         };
-        self.spawn_phase(role, phase, env_set, env_remove, Some(&write_end), None)?;
+        self.spawn_phase(role, phase, extra_env, env_remove, Some(&write_end), None)?;
         Ok(read_end)
     }
 
@@ -694,10 +690,10 @@ impl Boot {
             "--timeout".to_string(),
             format!("{}ms", left.as_millis().max(1)),
         ]);
-        let env_set = self.child_env(false);
         let mut env_remove = DAEMON_ENV_REMOVE.to_vec();
         env_remove.push("TS_READY_FD");
-        let pid = match self.spawn_phase(Role::Settle, &phase, env_set, &env_remove, None, None) {
+        let pid = match self.spawn_phase(Role::Settle, &phase, Vec::new(), &env_remove, None, None)
+        {
             Ok(pid) => pid,
             Err(cause) => {
                 tracing::warn!("cannot wait for a consistent state secret: {cause}");

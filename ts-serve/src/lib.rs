@@ -174,13 +174,10 @@ impl Watcher<'_> {
         } else if self_changed && self.cert_domain.is_some() {
             // A HEAD daemon sends only the self node at runtime; the domains may have changed
             // with it, and the dns-config endpoint has them.
-            match self.daemon.cert_domains().await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!("serve proxy: reading the certificate domains: {e}");
-                    None
-                }
-            }
+            self.daemon.cert_domains().await.unwrap_or_else(|e| {
+                tracing::warn!("serve proxy: reading the certificate domains: {e}");
+                None
+            })
         } else {
             None
         };
@@ -293,17 +290,14 @@ impl Watcher<'_> {
         if self.advertised.as_ref() == Some(&want) {
             return Ok(());
         }
-        let have = self
-            .daemon
-            .advertised_services()
-            .await
-            .map_err(|e| Problem::Daemon(format!("advertising services: {e}")))?;
+        let failed = |e: DaemonError| Problem::Daemon(format!("advertising services: {e}"));
+        let have = self.daemon.advertised_services().await.map_err(failed)?;
         if have != want {
             tracing::info!("serve proxy: advertising services: [{}]", want.join(" "));
             self.daemon
                 .set_advertised_services(&want)
                 .await
-                .map_err(|e| Problem::Daemon(format!("advertising services: {e}")))?;
+                .map_err(failed)?;
         }
         self.advertised = Some(want);
         Ok(())
