@@ -195,12 +195,11 @@ impl Login<'_> {
     /// Running, then (TS_AUTH_ONCE) `tailscale set` with the preferences the environment owns,
     /// whether or not `up` ran on this boot (D19). Returns the watch that saw Running, for the
     /// guard to go on with (one watch less per boot).
-    async fn until_running_then_set(self) -> Result<BusWatch, AuthError> {
-        let (plan, deadline) = (self.plan, self.deadline);
+    async fn until_running_then_set(mut self) -> Result<BusWatch, AuthError> {
         let watch = self.until_running().await?;
-        if let Some(set) = &plan.set {
+        if let Some(set) = &self.plan.set {
             tracing::info!("Running 'tailscale set'");
-            run_cli(set, "set", deadline)
+            run_cli(set, "set", self.deadline)
                 .await
                 .map_err(AuthError::Set)?;
         }
@@ -210,7 +209,7 @@ impl Login<'_> {
     /// The login watches ask for the state only (README D26): no netmap, whatever the tailnet.
     /// Without TS_AUTH_ONCE `up` runs at once, and the first watch starts after it: a watch
     /// opened before would only be closed again unread (the reference opens and closes one).
-    async fn until_running(mut self) -> Result<BusWatch, AuthError> {
+    async fn until_running(&mut self) -> Result<BusWatch, AuthError> {
         let mut watch = match self.plan.up_when {
             UpWhen::OnNeedsLogin => self.watch(AuthError::Watch).await?,
             UpWhen::AtOnce => self.login().await?,
@@ -245,10 +244,10 @@ impl Login<'_> {
 
     async fn watch(&self, wrap: fn(LocalApiError) -> AuthError) -> Result<BusWatch, AuthError> {
         let opened = self.api.watch_ipn_bus(self.plan.mask);
-        match tokio::time::timeout_at(self.deadline, opened).await {
-            Ok(result) => result.map_err(wrap),
-            Err(_) => Err(AuthError::Deadline(self.plan.timeout)),
-        }
+        tokio::time::timeout_at(self.deadline, opened)
+            .await
+            .map_err(|_| AuthError::Deadline(self.plan.timeout))?
+            .map_err(wrap)
     }
 
     /// Runs `tailscale up` and re-watches.

@@ -199,21 +199,13 @@ pub async fn choose<P: Probe>(mode: Option<FirewallMode>, probe: &mut P) -> Choi
             choice(Backend::Nftables, "TS_DEBUG_FIREWALL_MODE=nftables".into())
         }
         None => {
-            let missing: Vec<&str> = ["iptables", "ip6tables"]
+            let (present, missing): (Vec<&str>, Vec<&str>) = ["iptables", "ip6tables"]
                 .into_iter()
-                .filter(|p| !probe.on_path(p))
-                .collect();
-            let unusable = match missing.as_slice() {
-                [] => false,
+                .partition(|p| probe.on_path(p));
+            let unusable = match present[..] {
+                [_, _] => false,
                 // One is missing: the other decides, as tailscaled runs both.
-                [gone] => {
-                    let other = if *gone == "iptables" {
-                        "ip6tables"
-                    } else {
-                        "iptables"
-                    };
-                    probe.read(&Command::new(other).arg("-S")).await.is_err()
-                }
+                [other] => probe.read(&Command::new(other).arg("-S")).await.is_err(),
                 _ => true,
             };
             if unusable {

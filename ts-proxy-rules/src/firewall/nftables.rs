@@ -120,11 +120,10 @@ pub fn comment(rule: &Rule) -> String {
 /// The nft statement that adds `rule` to tsboot's table.
 pub fn add(rule: &Rule) -> String {
     let fam = nft_family(rule.family());
-    let daddr = format!("{fam} daddr");
     let body = match rule {
-        Rule::IngressDnat { local, dest, .. } => format!("{daddr} {local} dnat to {dest}"),
+        Rule::IngressDnat { local, dest, .. } => format!("{fam} daddr {local} dnat to {dest}"),
         Rule::EgressDnat { target } => format!("iifname != \"{TUN}\" dnat to {target}"),
-        Rule::EgressSnat { target, local } => format!("{daddr} {target} snat to {local}"),
+        Rule::EgressSnat { target, local } => format!("{fam} daddr {target} snat to {local}"),
         Rule::ClampMss { dir, .. } => format!(
             "{} \"{TUN}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu",
             match dir {
