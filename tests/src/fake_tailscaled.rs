@@ -11,10 +11,10 @@
 //!   (`FAKE_TAILSCALED_USERMETRICS=<file>` replaces it) and `GET /localapi/v0/watch-ipn-bus`
 //!   (other paths: 404, text body), enforcing the
 //!   daemon's Host rule (empty or exactly `local-tailscaled.sock`) and refusing any
-//!   `Referer`/`Origin`, both with `403 invalid localapi request` (docs/tailscaled-localapi.md §1);
+//!   `Referer`/`Origin`, both with `403 invalid localapi request` (docs/tailscaled-protocol.md §1);
 //! * streams `200`, `Content-Type: application/json`, chunked, one compact JSON object per
 //!   line, flushed per message. The first message is built from the current state according to
-//!   the mask and the era (docs/tailscaled-localapi.md §2.3); later events go to every watcher verbatim and are
+//!   the mask and the era (docs/tailscaled-protocol.md §2.3); later events go to every watcher verbatim and are
 //!   folded into the state (State, Prefs, NetMap, SelfChange, InitialStatus, BrowseToURL,
 //!   Health), so a new watcher sees where things stand. A broadcast HEAD "fell behind"
 //!   `ErrMessage` also ends every stream, as the real daemon does for a lagging watcher.
@@ -360,7 +360,7 @@ impl BusState {
     }
 
     /// Sends `line` to every open watch and folds it. Returns an error for non-objects.
-    /// A HEAD daemon leaves out what a watcher's mask did not ask for (docs/tailscaled-localapi.md §2.3):
+    /// A HEAD daemon leaves out what a watcher's mask did not ask for (docs/tailscaled-protocol.md §2.3):
     /// peer changes without bit 12 (or 15), patches without bit 15, and a runtime `NetMap`
     /// with bit 13. The seed knew none of these bits and sent every event whole.
     pub fn broadcast(&mut self, line: &str) -> Result<(), String> {

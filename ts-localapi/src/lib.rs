@@ -2,7 +2,7 @@
 //! ([`localapi`]), the IPN-bus messages ([`notify`], peers apart in [`peers`]) parsed as they
 //! stream in ([`stream`]), the node kept current by a reader task ([`node`]), the stop signals
 //! of a long-lived phase ([`signals`]) and the one-thread runtime they all run on ([`run_phase`]).
-//! Wire facts: docs/tailscaled-localapi.md.
+//! Wire facts: docs/tailscaled-protocol.md.
 
 use ts_common::cli::{Failure, Phase};
 use ts_common::Settings;

@@ -1,4 +1,4 @@
-//! tailscaled's LocalAPI over its unix socket (docs/tailscaled-localapi.md §1-2): the IPN bus watch.
+//! tailscaled's LocalAPI over its unix socket (docs/tailscaled-protocol.md §1-2): the IPN bus watch.
 //!
 //! One HTTP/1.1 connection per watch, made by hyperlocal's unix-socket connector and hyper's
 //! client, driven by a task on the caller's runtime (works on a `current_thread` runtime) and
@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ts_common::logging::{outside, outside_max};
 
-/// `NotifyInitialState`: the first message carries the state (docs/tailscaled-localapi.md §2.3).
+/// `NotifyInitialState`: the first message carries the state (docs/tailscaled-protocol.md §2.3).
 pub const NOTIFY_INITIAL_STATE: u64 = 1 << 1;
 /// `NotifyInitialNetMap`: the first message carries the whole netmap, every peer included.
 pub const NOTIFY_INITIAL_NETMAP: u64 = 1 << 3;

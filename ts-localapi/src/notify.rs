@@ -4,7 +4,7 @@
 //! DERP maps, packet filters, engine counters, private keys) is skipped while parsing, so a
 //! message never costs more memory than its few interesting values and secrets never reach a
 //! log line or an error message. The reader is tolerant the way Go's `encoding/json` is:
-//! unknown keys are ignored and `null` means the same as an absent key (docs/tailscaled-localapi.md §3.2).
+//! unknown keys are ignored and `null` means the same as an absent key (docs/tailscaled-protocol.md §3.2).
 //! Types of the fields we do read are checked: a `State` that is not an integer or an address
 //! that is not a prefix is an error, as it would be for the Go client.
 
@@ -17,10 +17,10 @@ use std::net::IpAddr;
 use ts_common::settings::IpPrefix;
 
 /// The `ErrMessage` a HEAD daemon (v1.102+) sends to a lagging watcher right before it ends the
-/// stream (docs/tailscaled-localapi.md §2.2). A client that sees it should watch again.
+/// stream (docs/tailscaled-protocol.md §2.2). A client that sees it should watch again.
 pub const FELL_BEHIND: &str = "IPN bus consumer fell behind; closing watch";
 
-/// `ipn.State` (docs/tailscaled-localapi.md §3.1): a JSON integer on the bus, a name in `ipnstate.Status`.
+/// `ipn.State` (docs/tailscaled-protocol.md §3.1): a JSON integer on the bus, a name in `ipnstate.Status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BackendState {
     NoState,
@@ -173,7 +173,7 @@ pub struct Prefs {
     pub hostname: String,
 }
 
-/// The parts of `netmap.NetworkMap` containerboot relies on (docs/tailscaled-localapi.md §3.4).
+/// The parts of `netmap.NetworkMap` containerboot relies on (docs/tailscaled-protocol.md §3.4).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase", default, bound(deserialize = "M: PeerMode"))]
 pub struct NetMap<M = Skip> {
@@ -318,7 +318,7 @@ impl<M: PeerMode> Notify<M> {
         })
     }
 
-    /// The compatible reader of docs/tailscaled-localapi.md §3.4: the self node from `SelfChange`, else
+    /// The compatible reader of docs/tailscaled-protocol.md §3.4: the self node from `SelfChange`, else
     /// `NetMap.SelfNode`; its addresses if it has any, else the top-level `NetMap.Addresses`.
     /// Failing both, `InitialStatus.Self` (when it names a node) with its bare IPs as
     /// single-IP prefixes. `None` when the message says nothing about this device.

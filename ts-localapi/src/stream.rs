@@ -1,4 +1,4 @@
-//! IPN bus lines parsed while they arrive (docs/tailscaled-localapi.md §2.1), so a message never has to fit
+//! IPN bus lines parsed while they arrive (docs/tailscaled-protocol.md §2.1), so a message never has to fit
 //! in memory: a full netmap of a large tailnet (one line, tens of MiB) costs what its few
 //! interesting values cost, because everything else (peers, DERP map, packet filter) is skipped
 //! by the parser as it streams past (`serde::de::IgnoredAny`), never buffered.
