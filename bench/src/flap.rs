@@ -170,7 +170,6 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
     goals.add(
         "5a",
         format!("flapping {rate}/s for {secs} s: apiserver requests per second (storm + settling)"),
-        "≤ 10/s",
         format!(
             "{api_rate:.1}/s ({api_all} in {whole:.1} s; {:.1}/s during the storm)",
             api_storm / s
@@ -182,7 +181,6 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
         format!(
             "flapping {rate}/s for {secs} s: iptables executions per second (storm + settling)"
         ),
-        "≤ 10/s",
         format!(
             "{ipt_rate:.1}/s ({ipt_all} in {whole:.1} s; {:.1}/s during the storm)",
             ipt_storm / s
@@ -192,7 +190,6 @@ pub fn run(variant: &Variant, rate: u32, secs: u32, goals: &mut Goals) -> Result
     goals.add(
         "5c",
         "flapping: final state (secret device fields, the one DNAT rule) is the last change's",
-        "exact",
         format!(
             "secret {}, DNAT rule {}, settled {:.1} s after the storm",
             if secret_ok { "exact" } else { "wrong" },
