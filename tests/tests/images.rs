@@ -47,6 +47,12 @@ impl Images {
     }
 }
 
+/// The built images and a lab with one node `c` named `lab`, or `None` after `SKIPPED: <why>`.
+fn images_and_lab(test: &str, lab: &str) -> Option<(Images, Lab)> {
+    let images = images(test)?;
+    Some((images, Lab::new(lab, &["c"])?))
+}
+
 /// The built images, or `None` after `SKIPPED: <why>` (a failure when CI requires them).
 fn images(test: &str) -> Option<Images> {
     let why = if !nix::unistd::geteuid().is_root() {
@@ -349,10 +355,7 @@ fn pid_in_namespace(host_pid: i32) -> String {
 
 #[test]
 fn drop_in_image_boots_to_running_answers_tailscale_status_reaps_and_stops_with_0() {
-    let Some(images) = images("image drop-in boot") else {
-        return;
-    };
-    let Some(lab) = Lab::new("image-boot", &["c"]) else {
+    let Some((images, lab)) = images_and_lab("image drop-in boot", "image-boot") else {
         return;
     };
     let c = boot_drop_in(&lab, &images, "tsboot-image", &[]);
@@ -447,10 +450,7 @@ fn compose_healthcheck() -> String {
 
 #[test]
 fn drop_in_image_answers_the_compose_healthcheck_through_ts_health() {
-    let Some(images) = images("image healthcheck") else {
-        return;
-    };
-    let Some(lab) = Lab::new("image-health", &["c"]) else {
+    let Some((images, lab)) = images_and_lab("image healthcheck", "image-health") else {
         return;
     };
     let cmd = compose_healthcheck();
@@ -497,10 +497,7 @@ fn drop_in_image_answers_the_compose_healthcheck_through_ts_health() {
 
 #[test]
 fn drop_in_image_reports_tailscaled_killed_by_sigkill_as_137() {
-    let Some(images) = images("image tailscaled SIGKILL") else {
-        return;
-    };
-    let Some(lab) = Lab::new("image-kill", &["c"]) else {
+    let Some((images, lab)) = images_and_lab("image tailscaled SIGKILL", "image-kill") else {
         return;
     };
     let c = boot_drop_in(&lab, &images, "tsboot-kill", &[]);
@@ -652,10 +649,7 @@ fn proxy_rules_image_keeps_the_dnat_rule_against_the_fake_tailscaled() {
 
 #[test]
 fn kubestate_image_preflights_and_writes_device_info_against_the_doubles() {
-    let Some(images) = images("image ts-kubestate") else {
-        return;
-    };
-    let Some(lab) = Lab::new("image-kube", &["c"]) else {
+    let Some((images, lab)) = images_and_lab("image ts-kubestate", "image-kube") else {
         return;
     };
     let kube = lab.fake_apiserver(
